@@ -1,0 +1,89 @@
+//! api-proxy: internal services call `ANY /proxy/{provider}/{connection_id}/{path}` with their
+//! API key; the proxy forwards the call to the provider's API with the connection's bearer
+//! token, refreshing and retrying once when the provider answers 401.
+
+pub mod forward;
+pub mod settings;
+
+pub use settings::Settings;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use shared::core::Core;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct ProxyState {
+    pub core: Core,
+    pub settings: Settings,
+    pub http: reqwest::Client,
+}
+
+pub struct Application {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<ProxyState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let core = Core::start(&settings.common, "api-proxy").await?;
+        let http = reqwest::Client::builder()
+            .timeout(settings.upstream_timeout)
+            .connect_timeout(settings.upstream_timeout.min(std::time::Duration::from_secs(10)))
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            // Redirects go back to the caller, who decides; the proxy never follows them with a token.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let api_keys = web::Data::new(settings.api_keys.clone());
+        let state = Arc::new(ProxyState { core, settings, http });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(api_keys.clone())
+                .app_data(shared::http::path_config())
+                .route("/healthz", web::get().to(shared::http::healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/proxy/{provider}/{connection_id}/{tail:.*}", web::route().to(forward::proxy))
+                .default_service(web::to(shared::http::not_found))
+        })
+        .workers(state.settings.workers)
+        .shutdown_timeout(state.settings.common.shutdown_grace.as_secs().max(1))
+        .disable_signals()
+        .bind(&state.settings.bind)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        tracing::info!(%addr, "api-proxy listening");
+        Ok(Self { addr, handle, task, state })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        if let Ok(mut state) = Arc::try_unwrap(self.state) {
+            state.core.stop().await;
+        }
+    }
+
+    pub async fn run_until_stopped(self) {
+        shared::http::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+async fn readyz(state: web::Data<ProxyState>) -> HttpResponse {
+    shared::http::readiness(vec![
+        ("postgres", shared::http::probe(state.core.store.ping()).await),
+        ("rabbitmq", shared::http::probe(state.core.broker.ping()).await),
+    ])
+}

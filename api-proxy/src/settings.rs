@@ -1,0 +1,44 @@
+//! The proxy's settings, read from the environment.
+
+use shared::config::{ApiKeys, CommonSettings, ConfigErrors, Env, Reader};
+use std::time::Duration;
+
+/// Address to listen on. Default: `0.0.0.0:8081`.
+pub const BIND: &str = "AUTHBRIDGE_PROXY_BIND";
+/// Timeout of one upstream call, headers and body (seconds). Default: 30.
+pub const UPSTREAM_TIMEOUT: &str = "AUTHBRIDGE_PROXY_UPSTREAM_TIMEOUT_SECONDS";
+/// Largest request body the proxy accepts (bytes); it is kept to retry once after a 401. Default: 10485760.
+pub const MAX_BODY: &str = "AUTHBRIDGE_PROXY_MAX_BODY_BYTES";
+/// HTTP worker threads. Default: the number of CPUs.
+pub const WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonSettings,
+    pub api_keys: ApiKeys,
+    pub bind: String,
+    pub upstream_timeout: Duration,
+    pub max_body: usize,
+    pub workers: usize,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let common = CommonSettings::read(&mut r);
+        let api_keys = ApiKeys::read(&mut r);
+        let bind = r.string(BIND, "0.0.0.0:8081");
+        let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
+        let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
+        let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        r.finish()?;
+        Ok(Self {
+            common: common.expect("checked"),
+            api_keys,
+            bind,
+            upstream_timeout,
+            max_body,
+            workers: workers.max(1),
+        })
+    }
+}

@@ -1,0 +1,95 @@
+//! auth-gateway: starts OAuth2 authorization-code flows for end users, handles the provider's
+//! callback, stores the tokens sealed and schedules their refresh; and serves the management
+//! API (providers, connections, fresh tokens, forced refresh, deletion).
+//!
+//! [`Application::build`] binds its own listener (port 0 in tests) and runs in-process.
+
+pub mod routes;
+pub mod settings;
+
+pub use settings::Settings;
+
+use actix_web::middleware::DefaultHeaders;
+use actix_web::{web, App, HttpServer};
+use shared::core::Core;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub core: Core,
+    pub settings: Settings,
+}
+
+impl AppState {
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/oauth/callback", self.settings.public_url.as_str().trim_end_matches('/'))
+    }
+}
+
+/// A running gateway.
+pub struct Application {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let core = Core::start(&settings.common, "auth-gateway").await?;
+        let api_keys = web::Data::new(settings.api_keys.clone());
+        let state = Arc::new(AppState { core, settings });
+        let data = web::Data::from(state.clone());
+        let grace = state.settings.common.shutdown_grace;
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude_regex("^/(healthz|readyz)"))
+                .wrap(
+                    DefaultHeaders::new()
+                        .add(("X-Content-Type-Options", "nosniff"))
+                        .add(("X-Frame-Options", "DENY"))
+                        .add(("Referrer-Policy", "no-referrer"))
+                        .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
+                )
+                .app_data(data.clone())
+                .app_data(api_keys.clone())
+                .app_data(shared::http::json_config(64 * 1024))
+                .app_data(shared::http::query_config())
+                .app_data(shared::http::path_config())
+                .configure(routes::configure)
+                .default_service(web::to(shared::http::not_found))
+        })
+        .workers(state.settings.workers)
+        .shutdown_timeout(grace.as_secs().max(1))
+        .disable_signals()
+        .bind(&state.settings.bind)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        tracing::info!(%addr, public_url = %state.settings.public_url, "auth-gateway listening");
+        Ok(Self { addr, handle, task, state })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking requests, finishes in-flight ones (bounded by the grace period), then
+    /// flushes the outbox.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        if let Ok(mut state) = Arc::try_unwrap(self.state) {
+            state.core.stop().await;
+        }
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then stops gracefully.
+    pub async fn run_until_stopped(self) {
+        shared::http::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}

@@ -1,0 +1,176 @@
+//! The management API: providers and connections. Tokens leave only through `/token`.
+
+use crate::AppState;
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use shared::http::{ApiError, Caller, ErrorCode};
+use shared::store::{Connection, ConnectionStatus};
+use shared::tokens::{Outcome, Trigger};
+
+/// A connection as the API shows it: status and schedule, never tokens.
+#[derive(Serialize)]
+pub struct ConnectionView {
+    provider: String,
+    connection_id: String,
+    status: ConnectionStatus,
+    scopes: Vec<String>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    refresh_due_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_refresh_at: Option<chrono::DateTime<chrono::Utc>>,
+    last_error: Option<String>,
+    error_count: i32,
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&Connection> for ConnectionView {
+    fn from(c: &Connection) -> Self {
+        Self {
+            provider: c.provider.clone(),
+            connection_id: c.connection_id.clone(),
+            status: c.status,
+            scopes: c.scopes.clone(),
+            expires_at: c.expires_at,
+            refresh_due_at: c.refresh_due_at,
+            last_refresh_at: c.last_refresh_at,
+            last_error: c.last_error.clone(),
+            error_count: c.error_count,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+pub async fn list_providers(_: Caller, state: web::Data<AppState>) -> HttpResponse {
+    let providers: Vec<_> = state
+        .core
+        .tokens
+        .catalog
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id,
+                "display_name": p.display_name,
+                "configured": p.is_configured(),
+                "authorize_url": p.authorize_url.as_str(),
+                "token_url": p.token_url.as_str(),
+                "api_base_url": p.api_base_url.as_ref().map(|u| u.as_str()),
+                "scopes": p.scopes,
+                "pkce": p.pkce,
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(serde_json::json!({ "providers": providers }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    provider: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn encode_cursor(c: &Connection) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&[&c.provider, &c.connection_id]).expect("serializes"))
+}
+
+fn decode_cursor(s: &str) -> Option<(String, String)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+    let [p, c]: [String; 2] = serde_json::from_slice(&raw).ok()?;
+    Some((p, c))
+}
+
+/// `GET /v1/connections?provider=&status=&limit=&cursor=`
+pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "status must be `active` or `needs_reauth`"))?),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "limit must be between 1 and 1000"));
+    }
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "cursor is not valid"))?),
+    };
+    let rows = state
+        .core
+        .store
+        .list_connections(q.provider.as_deref(), status, after.as_ref().map(|(p, c)| (p.as_str(), c.as_str())), limit)
+        .await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(encode_cursor)).flatten();
+    let views: Vec<ConnectionView> = rows.iter().map(ConnectionView::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "connections": views, "next_cursor": next })))
+}
+
+fn not_found(provider: &str, id: &str) -> ApiError {
+    ApiError::new(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`"))
+}
+
+fn needs_reauth(reason: &str) -> ApiError {
+    ApiError::new(ErrorCode::NeedsReauth, format!("the connection needs the end user to authorize again ({reason})"))
+}
+
+/// `GET /v1/connections/{provider}/{connection_id}`
+pub async fn get(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    let c = state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
+    Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
+}
+
+/// `GET /v1/connections/{provider}/{connection_id}/token`: a token valid for a while yet.
+#[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
+pub async fn token(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    match state.core.tokens.valid_token(&provider, &id).await? {
+        Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok(HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"))
+            .json(serde_json::json!({
+                "access_token": creds.access_token,
+                "token_type": creds.token_type.unwrap_or_else(|| "Bearer".into()),
+                "expires_at": c.expires_at,
+                "scopes": c.scopes,
+            }))),
+        Outcome::NotFound => Err(not_found(&provider, &id)),
+        Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
+        Outcome::Failed { error, .. } => Err(ApiError::new(ErrorCode::RefreshFailed, format!("the token is about to expire and refreshing it failed: {error}"))),
+        Outcome::NotDue => Err(ApiError::internal("unexpected outcome for EnsureFresh")),
+    }
+}
+
+/// `POST /v1/connections/{provider}/{connection_id}/refresh`: refresh now.
+#[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
+pub async fn refresh(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    match state.core.tokens.refresh(&provider, &id, Trigger::Force).await? {
+        Outcome::Refreshed(c, _) | Outcome::Current(c, _) => Ok(HttpResponse::Ok().json(ConnectionView::from(&c))),
+        Outcome::NotFound => Err(not_found(&provider, &id)),
+        Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
+        Outcome::Failed { error, .. } => Err(ApiError::new(ErrorCode::RefreshFailed, format!("refresh failed: {error}"))),
+        Outcome::NotDue => Err(ApiError::internal("unexpected outcome for Force")),
+    }
+}
+
+/// `DELETE /v1/connections/{provider}/{connection_id}`: forget the connection and revoke its
+/// tokens at the provider (RFC 7009) where the provider has a revocation endpoint.
+#[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
+pub async fn delete(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = path.into_inner();
+    let c = state.core.store.delete_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
+    if let (Some(p), Ok(creds)) = (state.core.tokens.catalog.get(&provider), state.core.store.open_credentials(&c)) {
+        let (token, hint) = match &creds.refresh_token {
+            Some(rt) => (rt.as_str(), "refresh_token"),
+            None => (creds.access_token.as_str(), "access_token"),
+        };
+        if let Err(e) = state.core.tokens.oauth.revoke(p, token, hint).await {
+            tracing::warn!(error = %e, "revoking the deleted connection's token at the provider failed");
+        }
+    }
+    Ok(HttpResponse::NoContent().finish())
+}

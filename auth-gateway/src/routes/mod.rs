@@ -1,0 +1,28 @@
+//! Route table of the gateway.
+
+mod connect;
+mod connections;
+
+use actix_web::{web, HttpResponse};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(shared::http::healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/v1/connect/sessions", web::post().to(connect::create_session))
+        .route("/connect/{token}", web::get().to(connect::open_session))
+        .route("/oauth/callback", web::get().to(connect::callback))
+        .route("/v1/providers", web::get().to(connections::list_providers))
+        .route("/v1/connections", web::get().to(connections::list))
+        .route("/v1/connections/{provider}/{connection_id}", web::get().to(connections::get))
+        .route("/v1/connections/{provider}/{connection_id}", web::delete().to(connections::delete))
+        .route("/v1/connections/{provider}/{connection_id}/token", web::get().to(connections::token))
+        .route("/v1/connections/{provider}/{connection_id}/refresh", web::post().to(connections::refresh));
+}
+
+async fn readyz(state: web::Data<crate::AppState>) -> HttpResponse {
+    let core = &state.core;
+    shared::http::readiness(vec![
+        ("postgres", shared::http::probe(core.store.ping()).await),
+        ("rabbitmq", shared::http::probe(core.broker.ping()).await),
+    ])
+}

@@ -1,0 +1,347 @@
+//! Typed configuration read from the environment.
+//!
+//! Every variable is a named constant below with its default. Services read a snapshot of the
+//! environment ([`Env`]) so tests can build settings without touching the process environment.
+//! Problems are collected and reported together, so an operator fixes a bad deployment in one go.
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::crypto::{CryptoError, Keyring};
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+/// PostgreSQL URL. Default: `postgres://postgres@127.0.0.1:5432/authbridge`.
+pub const DATABASE_URL: &str = "AUTHBRIDGE_DATABASE_URL";
+/// Maximum PostgreSQL connections per process. Default: 16.
+pub const DATABASE_POOL_SIZE: &str = "AUTHBRIDGE_DATABASE_POOL_SIZE";
+/// RabbitMQ URL. Default: `amqp://guest:guest@127.0.0.1:5672/%2f`.
+pub const AMQP_URL: &str = "AUTHBRIDGE_AMQP_URL";
+/// Prefix of every exchange and queue name. Default: `authbridge`.
+pub const QUEUE_PREFIX: &str = "AUTHBRIDGE_QUEUE_PREFIX";
+/// The primary token encryption key: 32 random bytes, base64. Required.
+pub const ENCRYPTION_KEY: &str = "AUTHBRIDGE_ENCRYPTION_KEY";
+/// Id stored beside ciphertexts sealed with the primary key. Default: a fingerprint of the key.
+pub const ENCRYPTION_KEY_ID: &str = "AUTHBRIDGE_ENCRYPTION_KEY_ID";
+/// Older keys (comma-separated base64) kept to read data sealed before a rotation. Default: none.
+pub const ENCRYPTION_OLD_KEYS: &str = "AUTHBRIDGE_ENCRYPTION_OLD_KEYS";
+/// Path of the providers TOML file. Default: none (built-in providers only).
+pub const PROVIDERS_FILE: &str = "AUTHBRIDGE_PROVIDERS_FILE";
+/// API keys (comma-separated) that internal callers present as `Authorization: Bearer <key>`.
+/// Required by the gateway and the proxy.
+pub const API_KEYS: &str = "AUTHBRIDGE_API_KEYS";
+/// Refresh this long before expiry (seconds). Default: 300.
+pub const REFRESH_MARGIN: &str = "AUTHBRIDGE_REFRESH_MARGIN_SECONDS";
+/// Refresh a connection whose token never expires at least this often (seconds). Default: 86400.
+pub const IDLE_REFRESH_INTERVAL: &str = "AUTHBRIDGE_IDLE_REFRESH_SECONDS";
+/// A token handed out or used by the proxy must stay valid at least this long (seconds);
+/// otherwise it is refreshed first. Default: 10.
+pub const MIN_TOKEN_VALIDITY: &str = "AUTHBRIDGE_MIN_TOKEN_VALIDITY_SECONDS";
+/// Timeout of every call to a provider's token or revocation endpoint (seconds). Default: 15.
+pub const PROVIDER_TIMEOUT: &str = "AUTHBRIDGE_PROVIDER_TIMEOUT_SECONDS";
+/// How long a service may take to finish in-flight work after SIGTERM (seconds). Default: 30.
+pub const SHUTDOWN_GRACE: &str = "AUTHBRIDGE_SHUTDOWN_GRACE_SECONDS";
+/// First delay before retrying a failed scheduled refresh (seconds); doubles per attempt. Default: 5.
+pub const RETRY_BASE: &str = "AUTHBRIDGE_RETRY_BASE_SECONDS";
+/// Longest delay between retries of a failed refresh (seconds). Default: 600.
+pub const RETRY_MAX: &str = "AUTHBRIDGE_RETRY_MAX_SECONDS";
+/// `json` for structured logs, `pretty` for development. Default: `pretty`.
+pub const LOG_FORMAT: &str = "AUTHBRIDGE_LOG_FORMAT";
+
+/// A value that must never be printed: its `Debug` and `Display` say `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(v: T) -> Self {
+        Self(v)
+    }
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A snapshot of environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env(HashMap<String, String>);
+
+impl Env {
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+    pub fn from_pairs<I, K, V>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.0.get(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+    }
+    pub fn set(&mut self, key: &str, value: impl Into<String>) {
+        self.0.insert(key.to_owned(), value.into());
+    }
+}
+
+/// Every configuration problem found, reported at once.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads typed values and collects what is wrong with them.
+pub struct Reader<'a> {
+    env: &'a Env,
+    pub errors: ConfigErrors,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(env: &'a Env) -> Self {
+        Self {
+            env,
+            errors: ConfigErrors::default(),
+        }
+    }
+    pub fn string(&self, key: &str, default: &str) -> String {
+        self.env.get(key).unwrap_or_else(|| default.to_owned())
+    }
+    pub fn optional(&self, key: &str) -> Option<String> {
+        self.env.get(key)
+    }
+    pub fn required(&mut self, key: &str, why: &str) -> Option<String> {
+        let v = self.env.get(key);
+        if v.is_none() {
+            self.errors.0.push(format!("{key} is not set: {why}"));
+        }
+        v
+    }
+    pub fn parse<T: std::str::FromStr>(&mut self, key: &str, default: T) -> T
+    where
+        T::Err: fmt::Display,
+    {
+        match self.env.get(key) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                self.errors.0.push(format!("{key}={v:?} is not valid: {e}"));
+                default
+            }),
+        }
+    }
+    pub fn seconds(&mut self, key: &str, default: u64) -> Duration {
+        Duration::from_secs_f64(self.parse::<f64>(key, default as f64).max(0.0))
+    }
+    pub fn list(&self, key: &str) -> Vec<String> {
+        self.env
+            .get(key)
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default()
+    }
+    pub fn fail(&mut self, message: String) {
+        self.errors.0.push(message);
+    }
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        if self.errors.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// Settings every service shares.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    pub database_url: Secret<String>,
+    pub database_pool_size: usize,
+    pub amqp_url: Secret<String>,
+    pub queue_prefix: String,
+    pub keyring: Keyring,
+    pub catalog: Catalog,
+    pub refresh_margin: Duration,
+    pub idle_refresh_interval: Duration,
+    pub min_token_validity: Duration,
+    pub provider_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl CommonSettings {
+    /// Reads the shared settings, adding any problem to the reader's list.
+    pub fn read(r: &mut Reader<'_>) -> Option<Self> {
+        let database_url = r.string(DATABASE_URL, "postgres://postgres@127.0.0.1:5432/authbridge");
+        let database_pool_size = r.parse(DATABASE_POOL_SIZE, 16usize);
+        let amqp_url = r.string(AMQP_URL, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let queue_prefix = r.string(QUEUE_PREFIX, "authbridge");
+        let keyring = match r.required(ENCRYPTION_KEY, "tokens are encrypted at rest; generate one with `openssl rand -base64 32`") {
+            None => None,
+            Some(k) => {
+                let old = r.list(ENCRYPTION_OLD_KEYS);
+                match Keyring::from_base64(&k, r.optional(ENCRYPTION_KEY_ID).as_deref(), &old) {
+                    Ok(ring) => Some(ring),
+                    Err(e @ (CryptoError::KeyNotBase64 | CryptoError::KeyWrongLength(_))) => {
+                        r.fail(format!("{ENCRYPTION_KEY} or {ENCRYPTION_OLD_KEYS}: {e}"));
+                        None
+                    }
+                    Err(e) => {
+                        r.fail(format!("{ENCRYPTION_KEY}: {e}"));
+                        None
+                    }
+                }
+            }
+        };
+        let providers_file = r.optional(PROVIDERS_FILE);
+        let env = r.env.clone();
+        let catalog = match Catalog::load(providers_file.as_deref(), &|k| env.get(k)) {
+            Ok(c) => Some(c),
+            Err(e @ (CatalogError::Read { .. } | CatalogError::Parse(_) | CatalogError::Invalid { .. })) => {
+                r.fail(format!("{PROVIDERS_FILE}: {e}"));
+                None
+            }
+        };
+        let refresh_margin = r.seconds(REFRESH_MARGIN, 300);
+        let idle_refresh_interval = r.seconds(IDLE_REFRESH_INTERVAL, 86_400);
+        let min_token_validity = r.seconds(MIN_TOKEN_VALIDITY, 10);
+        let provider_timeout = r.seconds(PROVIDER_TIMEOUT, 15);
+        let shutdown_grace = r.seconds(SHUTDOWN_GRACE, 30);
+        let retry_base = r.seconds(RETRY_BASE, 5);
+        let retry_max = r.seconds(RETRY_MAX, 600);
+        if !(1..=1024).contains(&database_pool_size) {
+            r.fail(format!("{DATABASE_POOL_SIZE} must be between 1 and 1024"));
+        }
+        if !queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            r.fail(format!("{QUEUE_PREFIX} may hold only letters, digits, '-', '_' and '.'"));
+        }
+        Some(Self {
+            database_url: Secret::new(database_url),
+            database_pool_size,
+            amqp_url: Secret::new(amqp_url),
+            queue_prefix,
+            keyring: keyring?,
+            catalog: catalog?,
+            refresh_margin,
+            idle_refresh_interval,
+            min_token_validity,
+            provider_timeout,
+            shutdown_grace,
+            retry_base,
+            retry_max,
+        })
+    }
+
+    /// Settings for tests: a random key, the built-in catalog, the local servers.
+    pub fn for_tests(database_url: &str, queue_prefix: &str) -> Self {
+        Self {
+            database_url: Secret::new(database_url.to_owned()),
+            database_pool_size: 8,
+            amqp_url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            queue_prefix: queue_prefix.to_owned(),
+            keyring: Keyring::random(),
+            catalog: Catalog::from_toml("", &|_| None).expect("built-ins are valid"),
+            refresh_margin: Duration::from_secs(300),
+            idle_refresh_interval: Duration::from_secs(86_400),
+            min_token_validity: Duration::from_secs(1),
+            provider_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The API keys internal callers may present. Only their SHA-256 digests are kept in memory.
+#[derive(Clone, Default)]
+pub struct ApiKeys(Vec<[u8; 32]>);
+
+impl fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> Self {
+        use sha2::{Digest, Sha256};
+        Self(keys.into_iter().map(|k| Sha256::digest(k.as_ref().as_bytes()).into()).collect())
+    }
+
+    /// Reads and checks the API keys; at least one key of 16 characters or more is required.
+    pub fn read(r: &mut Reader<'_>) -> Self {
+        let keys = r.list(API_KEYS);
+        if keys.is_empty() {
+            r.fail(format!("{API_KEYS} is not set: callers authenticate with one of these keys"));
+        }
+        if keys.iter().any(|k| k.len() < 16) {
+            r.fail(format!("{API_KEYS}: every key must be at least 16 characters long"));
+        }
+        Self::new(keys)
+    }
+
+    /// Constant-time check of a presented key against every known key.
+    pub fn verify(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut ok = subtle::Choice::from(0u8);
+        for k in &self.0 {
+            ok |= k.ct_eq(&digest);
+        }
+        ok.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_key_and_bad_numbers_are_reported_together() {
+        let env = Env::from_pairs([(DATABASE_POOL_SIZE, "many"), (PROVIDER_TIMEOUT, "soon")]);
+        let mut r = Reader::new(&env);
+        assert!(CommonSettings::read(&mut r).is_none());
+        let msg = r.finish().unwrap_err().to_string();
+        assert!(msg.contains(ENCRYPTION_KEY), "{msg}");
+        assert!(msg.contains(DATABASE_POOL_SIZE), "{msg}");
+        assert!(msg.contains(PROVIDER_TIMEOUT), "{msg}");
+    }
+
+    #[test]
+    fn short_encryption_key_is_refused_with_its_length() {
+        let env = Env::from_pairs([(ENCRYPTION_KEY, "AAAA")]);
+        let mut r = Reader::new(&env);
+        let _ = CommonSettings::read(&mut r);
+        let msg = r.finish().unwrap_err().to_string();
+        assert!(msg.contains("32 bytes"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("hunter2".to_string());
+        assert_eq!(format!("{s:?}"), "[redacted]");
+    }
+
+    #[test]
+    fn api_keys_verify_only_known_keys() {
+        let keys = ApiKeys::new(["0123456789abcdef-one", "0123456789abcdef-two"]);
+        assert!(keys.verify("0123456789abcdef-two"));
+        assert!(!keys.verify("0123456789abcdef-three"));
+        assert!(!keys.verify(""));
+    }
+}

@@ -1,0 +1,253 @@
+//! HTTP pieces every service shares: the error table, the API-key extractor, health and
+//! readiness, and the shutdown signal.
+//!
+//! Every error a service makes itself is JSON `{"error": <stable code>, "message": <human text>}`
+//! with the header `x-authbridge-error: <code>`, which tells it apart from an error the proxy
+//! merely relays from a provider. A 500 never shows its cause to the caller; the log does.
+
+use crate::config::ApiKeys;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use std::future::{ready, Ready};
+use std::time::Duration;
+
+/// Header on every error authbridge itself produces.
+pub const ERROR_HEADER: &str = "x-authbridge-error";
+
+/// The stable error codes and their HTTP status: one table for every service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    UnknownProvider,
+    ProviderNotConfigured,
+    ConnectionNotFound,
+    SessionNotFound,
+    SessionExpired,
+    SessionAlreadyUsed,
+    InvalidState,
+    NeedsReauth,
+    RefreshFailed,
+    ProviderHasNoApi,
+    PayloadTooLarge,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    Unavailable,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest | InvalidState => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            NotFound | UnknownProvider | ConnectionNotFound | SessionNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProviderNotConfigured | ProviderHasNoApi => StatusCode::UNPROCESSABLE_ENTITY,
+            SessionExpired | SessionAlreadyUsed => StatusCode::GONE,
+            NeedsReauth => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RefreshFailed | UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            Unauthorized => "unauthorized",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            UnknownProvider => "unknown_provider",
+            ProviderNotConfigured => "provider_not_configured",
+            ConnectionNotFound => "connection_not_found",
+            SessionNotFound => "session_not_found",
+            SessionExpired => "session_expired",
+            SessionAlreadyUsed => "session_already_used",
+            InvalidState => "invalid_state",
+            NeedsReauth => "needs_reauth",
+            RefreshFailed => "refresh_failed",
+            ProviderHasNoApi => "provider_has_no_api",
+            PayloadTooLarge => "payload_too_large",
+            UpstreamUnreachable => "upstream_unreachable",
+            UpstreamTimeout => "upstream_timeout",
+            Unavailable => "unavailable",
+            InternalError => "internal_error",
+        }
+    }
+}
+
+/// An error answered to the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 500: the cause goes to the log, the caller sees a generic message.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::InternalError, "internal error; see the service log")
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.code.status());
+        r.insert_header((ERROR_HEADER, self.code.as_str()));
+        r.insert_header((header::CACHE_CONTROL, "no-store"));
+        if self.code == ErrorCode::Unauthorized {
+            r.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"authbridge\""));
+        }
+        if let Some(d) = self.retry_after {
+            r.insert_header((header::RETRY_AFTER, d.as_secs().max(1).to_string()));
+        }
+        r.json(serde_json::json!({"error": self.code.as_str(), "message": self.message}))
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Pool(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again shortly")
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<crate::tokens::TokenError> for ApiError {
+    fn from(e: crate::tokens::TokenError) -> Self {
+        match e {
+            crate::tokens::TokenError::Store(s) => s.into(),
+            crate::tokens::TokenError::UnknownProvider(p) => ApiError::new(ErrorCode::UnknownProvider, format!("provider `{p}` is not in the catalog")),
+        }
+    }
+}
+
+/// Body, path and query extractor errors become `invalid_request` JSON errors.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default().limit(limit).error_handler(|e, _| {
+        let code = match &e {
+            actix_web::error::JsonPayloadError::Overflow { .. } | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ErrorCode::PayloadTooLarge,
+            _ => ErrorCode::InvalidRequest,
+        };
+        ApiError::new(code, format!("invalid JSON body: {e}")).into()
+    })
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {e}")).into())
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid path: {e}")).into())
+}
+
+/// The default service: unknown routes answer a JSON 404.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+/// An authenticated internal caller. Taking it as a handler argument is what makes a route
+/// require an API key, so no route can forget the check.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller;
+
+/// The bearer credential of a request, if it has one.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let keys = req.app_data::<web::Data<ApiKeys>>();
+        let ok = match (keys, bearer(req)) {
+            (Some(keys), Some(presented)) => keys.verify(presented),
+            _ => false,
+        };
+        ready(if ok {
+            Ok(Caller)
+        } else {
+            Err(ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>"))
+        })
+    }
+}
+
+/// Liveness: the process answers.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness from named checks: 200 when all pass, 503 with each check's state otherwise.
+pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> HttpResponse {
+    let ready = checks.iter().all(|(_, r)| r.is_ok());
+    let body: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| (name.to_owned(), serde_json::Value::String(r.err().unwrap_or_else(|| "ok".into()))))
+        .collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(serde_json::json!({"status": if ready {"ready"} else {"not_ready"}, "checks": body}))
+}
+
+/// Runs a readiness probe with a bound, so a hung dependency reads as "not ready".
+pub async fn probe<F, E>(f: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    match tokio::time::timeout(Duration::from_secs(3), f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,20 @@
+//! Shared building blocks of the authbridge services: configuration, the provider catalog,
+//! storage, messaging, crypto, the OAuth client, token lifecycle, HTTP helpers and telemetry.
+//!
+//! This crate depends on no service crate; services depend on it.
+
+pub mod catalog;
+pub mod config;
+pub mod core;
+pub mod crypto;
+pub mod http;
+pub mod messaging;
+pub mod oauth;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+/// Installs rustls' process-wide crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,403 @@
+//! Connections: one end user's tokens at one provider, sealed, with their refresh schedule.
+
+use super::outbox::{insert_outbox, OutboxMessage};
+use super::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use tokio_postgres::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    NeedsReauth,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsReauth => "needs_reauth",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "needs_reauth" => Some(Self::NeedsReauth),
+            _ => None,
+        }
+    }
+}
+
+/// The secret part of a connection. It is only ever stored sealed.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct Credentials {
+    pub access_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<String>,
+    /// Any other fields of the provider's token response, kept as received.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("token_type", &self.token_type)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored connection, without its secrets opened.
+#[derive(Clone)]
+pub struct Connection {
+    pub provider: String,
+    pub connection_id: String,
+    pub status: ConnectionStatus,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_due_at: Option<DateTime<Utc>>,
+    pub token_version: i64,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub error_count: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    key_id: String,
+    sealed: Vec<u8>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("provider", &self.provider)
+            .field("connection_id", &self.connection_id)
+            .field("status", &self.status)
+            .field("token_version", &self.token_version)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// The key id that sealed this connection's credentials.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+}
+
+/// Tokens to store, with the schedule computed from them.
+#[derive(Debug, Clone)]
+pub struct NewTokens {
+    pub credentials: Credentials,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_due_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "provider, connection_id, status, scopes, key_id, credentials, expires_at, \
+    refresh_due_at, token_version, last_refresh_at, last_error, error_count, created_at, updated_at";
+
+fn aad(provider: &str, connection_id: &str) -> Vec<u8> {
+    format!("connection:{provider}/{connection_id}").into_bytes()
+}
+
+fn from_row(row: &Row) -> Result<Connection, StoreError> {
+    let status: String = row.get("status");
+    Ok(Connection {
+        provider: row.get("provider"),
+        connection_id: row.get("connection_id"),
+        status: ConnectionStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        scopes: row.get("scopes"),
+        key_id: row.get("key_id"),
+        sealed: row.get("credentials"),
+        expires_at: row.get("expires_at"),
+        refresh_due_at: row.get("refresh_due_at"),
+        token_version: row.get("token_version"),
+        last_refresh_at: row.get("last_refresh_at"),
+        last_error: row.get("last_error"),
+        error_count: row.get("error_count"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+impl Store {
+    fn seal_credentials(&self, provider: &str, connection_id: &str, c: &Credentials) -> crate::crypto::Sealed {
+        let json = serde_json::to_vec(c).expect("credentials serialize");
+        self.keyring.seal(&json, &aad(provider, connection_id))
+    }
+
+    /// Opens a connection's sealed credentials.
+    pub fn open_credentials(&self, c: &Connection) -> Result<Credentials, StoreError> {
+        let plain = self.keyring.open(&c.key_id, &c.sealed, &aad(&c.provider, &c.connection_id))?;
+        serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt(format!("credentials: {e}")))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider, connection_id))]
+    pub async fn get_connection(&self, provider: &str, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2"))
+            .await?;
+        client.query_opt(&stmt, &[&provider, &connection_id]).await?.as_ref().map(from_row).transpose()
+    }
+
+    /// Lists connections in key order, `limit` at a time, after the given key.
+    pub async fn list_connections(
+        &self,
+        provider: Option<&str>,
+        status: Option<ConnectionStatus>,
+        after: Option<(&str, &str)>,
+        limit: i64,
+    ) -> Result<Vec<Connection>, StoreError> {
+        let client = self.client().await?;
+        let (ap, ac) = after.unwrap_or(("", ""));
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM connections
+                     WHERE ($1::text IS NULL OR provider = $1)
+                       AND ($2::text IS NULL OR status = $2)
+                       AND (provider, connection_id) > ($3, $4)
+                     ORDER BY provider, connection_id LIMIT $5"
+                ),
+                &[&provider, &status.map(|s| s.as_str()), &ap, &ac, &limit],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Stores tokens from a completed authorization, creating or replacing the connection, and
+    /// writes the events `events(new_version)` returns in the same transaction.
+    #[tracing::instrument(skip_all, fields(provider, connection_id))]
+    pub async fn save_authorized(
+        &self,
+        provider: &str,
+        connection_id: &str,
+        tokens: &NewTokens,
+        events: impl FnOnce(i64) -> Vec<OutboxMessage>,
+    ) -> Result<Connection, StoreError> {
+        let sealed = self.seal_credentials(provider, connection_id, &tokens.credentials);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO connections (provider, connection_id, status, scopes, key_id, credentials,
+                        expires_at, refresh_due_at, last_refresh_at)
+                     VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, now())
+                     ON CONFLICT (provider, connection_id) DO UPDATE SET
+                        status = 'active', scopes = EXCLUDED.scopes, key_id = EXCLUDED.key_id,
+                        credentials = EXCLUDED.credentials, expires_at = EXCLUDED.expires_at,
+                        refresh_due_at = EXCLUDED.refresh_due_at, last_refresh_at = now(),
+                        token_version = connections.token_version + 1,
+                        last_error = NULL, error_count = 0, updated_at = now()
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &provider,
+                    &connection_id,
+                    &tokens.scopes,
+                    &sealed.key_id,
+                    &sealed.blob,
+                    &tokens.expires_at,
+                    &tokens.refresh_due_at,
+                ],
+            )
+            .await?;
+        let conn = from_row(&row)?;
+        for m in events(conn.token_version) {
+            insert_outbox(&tx, &m).await?;
+        }
+        tx.commit().await?;
+        Ok(conn)
+    }
+
+    /// Deletes a connection and returns what it held (so its tokens can be revoked).
+    #[tracing::instrument(skip_all, fields(provider, connection_id))]
+    pub async fn delete_connection(&self, provider: &str, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!("DELETE FROM connections WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"),
+                &[&provider, &connection_id],
+            )
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Active connections whose refresh fell due before `before`: what the sweep reschedules.
+    pub async fn overdue_connections(&self, before: DateTime<Utc>, limit: i64) -> Result<Vec<Connection>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {COLUMNS} FROM connections
+                     WHERE status = 'active' AND refresh_due_at IS NOT NULL AND refresh_due_at < $1
+                     ORDER BY refresh_due_at LIMIT $2"
+                ),
+                &[&before, &limit],
+            )
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Takes the connection's row lock for a refresh. Every refresher of a connection — the
+    /// token-refresher, the proxy on a 401, the gateway's token endpoint, in any replica — goes
+    /// through this lock, so only one refresh grant per token reaches the provider. The lock is
+    /// released when the guard commits, or when it is dropped (the connection is then discarded,
+    /// which rolls the transaction back).
+    #[tracing::instrument(skip_all, fields(provider, connection_id))]
+    pub async fn lock_for_refresh(&self, provider: &str, connection_id: &str) -> Result<Option<RefreshGuard>, StoreError> {
+        let client = self.client().await?;
+        client.batch_execute("BEGIN").await?;
+        let mut guard = RefreshGuard {
+            client: Some(client),
+            store: self.clone(),
+            conn: None,
+        };
+        let row = guard
+            .client()
+            .query_opt(
+                &format!("SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2 FOR UPDATE"),
+                &[&provider, &connection_id],
+            )
+            .await?;
+        match row {
+            None => {
+                guard.rollback().await?;
+                Ok(None)
+            }
+            Some(row) => {
+                guard.conn = Some(from_row(&row)?);
+                Ok(Some(guard))
+            }
+        }
+    }
+}
+
+/// A connection's row lock held for the length of one refresh.
+pub struct RefreshGuard {
+    client: Option<deadpool_postgres::Object>,
+    store: Store,
+    conn: Option<Connection>,
+}
+
+impl RefreshGuard {
+    fn client(&self) -> &deadpool_postgres::Object {
+        self.client.as_ref().expect("guard is live")
+    }
+
+    /// The connection as read under the lock.
+    pub fn connection(&self) -> &Connection {
+        self.conn.as_ref().expect("guard holds a row")
+    }
+
+    pub fn credentials(&self) -> Result<Credentials, StoreError> {
+        self.store.open_credentials(self.connection())
+    }
+
+    async fn finish(mut self, sql: &str) -> Result<(), StoreError> {
+        let client = self.client.take().expect("guard is live");
+        let result = client.batch_execute(sql).await;
+        if result.is_err() {
+            // The connection's state is unknown: do not give it back to the pool.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        Ok(result?)
+    }
+
+    /// Releases the lock without changing anything.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.finish("ROLLBACK").await
+    }
+
+    /// Stores refreshed tokens: new version, schedule, cleared error, and the given events.
+    pub async fn commit_refreshed(
+        self,
+        tokens: &NewTokens,
+        events: impl FnOnce(i64) -> Vec<OutboxMessage>,
+    ) -> Result<Connection, StoreError> {
+        let c = self.connection();
+        let sealed = self.store.seal_credentials(&c.provider, &c.connection_id, &tokens.credentials);
+        let row = self
+            .client()
+            .query_one(
+                &format!(
+                    "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
+                        refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = now(),
+                        last_error = NULL, error_count = 0, status = 'active', updated_at = now()
+                     WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"
+                ),
+                &[
+                    &c.provider,
+                    &c.connection_id,
+                    &sealed.key_id,
+                    &sealed.blob,
+                    &tokens.scopes,
+                    &tokens.expires_at,
+                    &tokens.refresh_due_at,
+                ],
+            )
+            .await?;
+        let updated = from_row(&row)?;
+        for m in events(updated.token_version) {
+            insert_outbox(self.client(), &m).await?;
+        }
+        self.finish("COMMIT").await?;
+        Ok(updated)
+    }
+
+    /// The provider said no for good: the connection needs the end user to authorize again.
+    pub async fn commit_needs_reauth(self, reason: &str) -> Result<(), StoreError> {
+        let c = self.connection();
+        self.client()
+            .execute(
+                "UPDATE connections SET status = 'needs_reauth', refresh_due_at = NULL, last_error = $3,
+                    error_count = error_count + 1, updated_at = now()
+                 WHERE provider = $1 AND connection_id = $2",
+                &[&c.provider, &c.connection_id, &reason],
+            )
+            .await?;
+        self.finish("COMMIT").await
+    }
+
+    /// A refresh failed for a reason that may pass: record it, and when `retry` is given,
+    /// move the schedule to the retry time and write the retry event with it.
+    pub async fn commit_failure(
+        self,
+        reason: &str,
+        retry: Option<(DateTime<Utc>, OutboxMessage)>,
+    ) -> Result<(), StoreError> {
+        let c = self.connection();
+        let due = retry.as_ref().map(|(at, _)| *at);
+        self.client()
+            .execute(
+                "UPDATE connections SET last_error = $3, error_count = error_count + 1,
+                    refresh_due_at = COALESCE($4, refresh_due_at), updated_at = now()
+                 WHERE provider = $1 AND connection_id = $2",
+                &[&c.provider, &c.connection_id, &reason, &due],
+            )
+            .await?;
+        if let Some((_, m)) = &retry {
+            insert_outbox(self.client(), m).await?;
+        }
+        self.finish("COMMIT").await
+    }
+}
+
+impl Drop for RefreshGuard {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Dropped mid-transaction (an error or a cancelled future): close the connection so
+            // PostgreSQL rolls back and releases the row lock, instead of pooling it mid-transaction.
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}

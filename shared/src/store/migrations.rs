@@ -1,0 +1,89 @@
+//! Schema migrations, embedded and applied in order under an advisory lock.
+
+use super::StoreError;
+
+/// Arbitrary constant naming the migration lock.
+const MIGRATION_LOCK: i64 = 0x6175_7468_6272_6467; // "authbrdg"
+
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE connections (
+    provider        TEXT        NOT NULL,
+    connection_id   TEXT        NOT NULL,
+    status          TEXT        NOT NULL CHECK (status IN ('active', 'needs_reauth')),
+    scopes          TEXT[]      NOT NULL DEFAULT '{}',
+    key_id          TEXT        NOT NULL,
+    credentials     BYTEA       NOT NULL,
+    expires_at      TIMESTAMPTZ,
+    refresh_due_at  TIMESTAMPTZ,
+    token_version   BIGINT      NOT NULL DEFAULT 1,
+    last_refresh_at TIMESTAMPTZ,
+    last_error      TEXT,
+    error_count     INTEGER     NOT NULL DEFAULT 0,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, connection_id)
+);
+-- The sweep reads only active connections that are due: its cost follows the due ones.
+CREATE INDEX connections_refresh_due ON connections (refresh_due_at)
+    WHERE status = 'active' AND refresh_due_at IS NOT NULL;
+
+CREATE TABLE connect_sessions (
+    token_hash      BYTEA       PRIMARY KEY,
+    provider        TEXT        NOT NULL,
+    connection_id   TEXT        NOT NULL,
+    return_url      TEXT        NOT NULL,
+    expires_at      TIMESTAMPTZ NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    state_hash      BYTEA       UNIQUE,
+    verifier_key_id TEXT,
+    verifier        BYTEA,
+    started_at      TIMESTAMPTZ,
+    consumed_at     TIMESTAMPTZ
+);
+CREATE INDEX connect_sessions_expires ON connect_sessions (expires_at);
+
+CREATE TABLE outbox (
+    id         BIGSERIAL   PRIMARY KEY,
+    topic      TEXT        NOT NULL,
+    payload    JSONB       NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"#,
+)];
+
+pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = apply(client).await;
+    // Unlock even when a migration failed; the session-level lock would otherwise outlive us.
+    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+    result?;
+    unlock?;
+    Ok(())
+}
+
+async fn apply(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS authbridge_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .await?;
+    for (version, sql) in MIGRATIONS {
+        let done = client
+            .query_opt("SELECT 1 FROM authbridge_migrations WHERE version = $1", &[version])
+            .await?
+            .is_some();
+        if done {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await?;
+        tx.execute("INSERT INTO authbridge_migrations (version) VALUES ($1)", &[version]).await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! PostgreSQL storage behind a narrow interface: connections, connect sessions and the outbox.
+//!
+//! Services talk to [`Store`] only; no SQL lives outside this module. Migrations run at start-up
+//! under an advisory lock, so replicas starting together apply them once.
+
+mod connections;
+mod migrations;
+mod outbox;
+mod sessions;
+
+pub use connections::{Connection, ConnectionStatus, Credentials, NewTokens, RefreshGuard};
+pub use outbox::{OutboxMessage, OutboxRow};
+pub use sessions::{ConsumedSession, NewSession, SessionLookup, StartedSession};
+
+use crate::crypto::{CryptoError, Keyring};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("stored secret cannot be read: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("invalid database URL: {0}")]
+    Url(String),
+}
+
+/// The store: a connection pool and the keyring that seals what it writes.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    keyring: Keyring,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("pool", &self.pool.status()).finish()
+    }
+}
+
+fn pg_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut cfg = tokio_postgres::Config::from_str(url).map_err(|e| StoreError::Url(e.to_string()))?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(5));
+    }
+    cfg.application_name("authbridge");
+    Ok(cfg)
+}
+
+impl Store {
+    /// Builds the pool. Nothing connects until first use, so a service can start while
+    /// PostgreSQL is still coming up and report it through readiness.
+    pub fn new(url: &str, pool_size: usize, keyring: Keyring) -> Result<Self, StoreError> {
+        let mgr = Manager::from_config(
+            pg_config(url)?,
+            NoTls,
+            // Verified recycling sends an empty query before reuse: after a PostgreSQL restart a
+            // dead connection is replaced instead of failing the request that drew it.
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(pool_size)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Url(e.to_string()))?;
+        Ok(Self { pool, keyring })
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Applies pending migrations, retrying while the database is unreachable (bounded).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mut delay = Duration::from_millis(200);
+        let mut attempts = 0;
+        loop {
+            match self.pool.get().await {
+                Ok(mut client) => return migrations::run(&mut client).await,
+                Err(e) if attempts < 20 => {
+                    tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    attempts += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Readiness: a round trip to the database.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("").await?;
+        Ok(())
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Creates a fresh, empty database next to the one `admin_url` names and returns its URL.
+/// Used by tests (one database each) and by the dev launcher.
+pub async fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
+    let cfg = pg_config(admin_url)?;
+    let (client, conn) = cfg.connect(NoTls).await?;
+    let task = tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if !exists {
+        // Identifiers cannot be bound as parameters; the name is checked to be a plain word.
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Url(format!("database name {name:?} must be alphanumeric")));
+        }
+        client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await?;
+    }
+    drop(client);
+    let _ = task.await;
+    let mut url = url::Url::parse(admin_url).map_err(|e| StoreError::Url(e.to_string()))?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+/// Drops a database made by [`create_database`], ending its sessions first.
+pub async fn drop_database(admin_url: &str, name: &str) -> Result<(), StoreError> {
+    let (client, conn) = pg_config(admin_url)?.connect(NoTls).await?;
+    let task = tokio::spawn(conn);
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! Connect sessions: created by a backend, opened once by the end user's browser (which binds
+//! the OAuth `state` and PKCE verifier to them), consumed once by the callback.
+//!
+//! Only hashes of the session token and of the state are stored, and the verifier is sealed.
+//! Opening and consuming are single statements, so of two racing requests exactly one wins.
+
+use super::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub token_hash: Vec<u8>,
+    pub provider: String,
+    pub connection_id: String,
+    pub return_url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A session the browser just opened.
+#[derive(Debug, Clone)]
+pub struct StartedSession {
+    pub provider: String,
+    pub connection_id: String,
+    pub return_url: String,
+}
+
+/// A session the callback just consumed.
+#[derive(Clone)]
+pub struct ConsumedSession {
+    pub provider: String,
+    pub connection_id: String,
+    pub return_url: String,
+    pub verifier: Option<String>,
+}
+
+impl std::fmt::Debug for ConsumedSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumedSession")
+            .field("provider", &self.provider)
+            .field("connection_id", &self.connection_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a session or state could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionLookup {
+    Unknown,
+    Expired { return_url: String },
+    AlreadyUsed { return_url: String },
+}
+
+fn verifier_aad(state_hash: &[u8]) -> Vec<u8> {
+    format!("session-verifier:{}", hex::encode(state_hash)).into_bytes()
+}
+
+impl Store {
+    pub async fn create_session(&self, s: &NewSession) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at],
+            )
+            .await?;
+        // Housekeeping: sessions are worthless a day after they expire.
+        client
+            .execute("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'", &[])
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a session once: binds the state and verifier to it and restarts its clock for
+    /// the provider round trip.
+    pub async fn start_session(
+        &self,
+        token_hash: &[u8],
+        state_hash: &[u8],
+        verifier: Option<&str>,
+        flow_ttl: Duration,
+    ) -> Result<Result<StartedSession, SessionLookup>, StoreError> {
+        let sealed = verifier.map(|v| self.keyring.seal(v.as_bytes(), &verifier_aad(state_hash)));
+        let client = self.client().await?;
+        let ttl_secs = flow_ttl.as_secs_f64();
+        let row = client
+            .query_opt(
+                "UPDATE connect_sessions SET started_at = now(), state_hash = $2, verifier_key_id = $3,
+                    verifier = $4, expires_at = now() + make_interval(secs => $5)
+                 WHERE token_hash = $1 AND started_at IS NULL AND expires_at > now()
+                 RETURNING provider, connection_id, return_url",
+                &[
+                    &token_hash,
+                    &state_hash,
+                    &sealed.as_ref().map(|s| s.key_id.as_str()),
+                    &sealed.as_ref().map(|s| s.blob.as_slice()),
+                    &ttl_secs,
+                ],
+            )
+            .await?;
+        if let Some(r) = row {
+            return Ok(Ok(StartedSession {
+                provider: r.get(0),
+                connection_id: r.get(1),
+                return_url: r.get(2),
+            }));
+        }
+        let why = client
+            .query_opt(
+                "SELECT return_url, started_at IS NOT NULL FROM connect_sessions WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        Ok(Err(match why {
+            None => SessionLookup::Unknown,
+            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { return_url: r.get(0) },
+            Some(r) => SessionLookup::Expired { return_url: r.get(0) },
+        }))
+    }
+
+    /// Consumes the session bound to a state, once.
+    pub async fn consume_state(&self, state_hash: &[u8]) -> Result<Result<ConsumedSession, SessionLookup>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE connect_sessions SET consumed_at = now()
+                 WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
+                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier",
+                &[&state_hash],
+            )
+            .await?;
+        if let Some(r) = row {
+            let key_id: Option<String> = r.get(3);
+            let blob: Option<Vec<u8>> = r.get(4);
+            let verifier = match (key_id, blob) {
+                (Some(k), Some(b)) => {
+                    let plain = self.keyring.open(&k, &b, &verifier_aad(state_hash))?;
+                    Some(String::from_utf8(plain).map_err(|_| StoreError::Corrupt("verifier".into()))?)
+                }
+                _ => None,
+            };
+            return Ok(Ok(ConsumedSession {
+                provider: r.get(0),
+                connection_id: r.get(1),
+                return_url: r.get(2),
+                verifier,
+            }));
+        }
+        let why = client
+            .query_opt(
+                "SELECT return_url, consumed_at IS NOT NULL FROM connect_sessions WHERE state_hash = $1",
+                &[&state_hash],
+            )
+            .await?;
+        Ok(Err(match why {
+            None => SessionLookup::Unknown,
+            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { return_url: r.get(0) },
+            Some(r) => SessionLookup::Expired { return_url: r.get(0) },
+        }))
+    }
+}

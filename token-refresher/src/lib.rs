@@ -1,0 +1,223 @@
+//! token-refresher: keeps every connection alive.
+//!
+//! A consumer loop takes expiry events from the work queue (bounded prefetch, manual acks),
+//! [`refresh::handle`] does one delivery, and a sweep reschedules any connection that is
+//! overdue with no event in flight (a lost message, a purged queue, a restored backup).
+//! The process also serves `/healthz` and `/readyz`.
+
+pub mod refresh;
+pub mod settings;
+
+pub use settings::Settings;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use shared::core::Core;
+use shared::messaging::ExpiryEvent;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// State shared by the consumer, the sweep and the health server.
+pub struct Ctx {
+    pub core: Core,
+    pub settings: Settings,
+    pub consuming: AtomicBool,
+}
+
+pub struct Application {
+    pub addr: SocketAddr,
+    ctx: Arc<Ctx>,
+    shutdown: watch::Sender<bool>,
+    consumer: JoinHandle<()>,
+    sweep: JoinHandle<()>,
+    handle: actix_web::dev::ServerHandle,
+    http: JoinHandle<std::io::Result<()>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let core = Core::start(&settings.common, "token-refresher").await?;
+        let ctx = Arc::new(Ctx {
+            core,
+            settings,
+            consuming: AtomicBool::new(false),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let consumer = tokio::spawn(consume_loop(ctx.clone(), rx.clone()));
+        let sweep = tokio::spawn(sweep_loop(ctx.clone(), rx));
+        let data = web::Data::from(ctx.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/healthz", web::get().to(shared::http::healthz))
+                .route("/readyz", web::get().to(readyz))
+                .default_service(web::to(shared::http::not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(&ctx.settings.bind)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        let http = tokio::spawn(server);
+        tracing::info!(%addr, "token-refresher running");
+        Ok(Self {
+            addr,
+            ctx,
+            shutdown,
+            consumer,
+            sweep,
+            handle,
+            http,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops consuming, lets in-flight refreshes finish (bounded by the grace period); messages
+    /// not acknowledged by then are redelivered to another replica.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.consumer.await;
+        let _ = self.sweep.await;
+        self.handle.stop(true).await;
+        let _ = self.http.await;
+        if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
+            ctx.core.stop().await;
+        }
+    }
+
+    /// Simulates a crash: drops everything at once without finishing in-flight work.
+    pub async fn kill(self) {
+        self.consumer.abort();
+        self.sweep.abort();
+        self.handle.stop(false).await;
+        self.http.abort();
+    }
+
+    pub async fn run_until_stopped(self) {
+        shared::http::shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.stop().await;
+    }
+}
+
+async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
+    let consuming = if ctx.consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("not consuming".to_string()) };
+    shared::http::readiness(vec![
+        ("postgres", shared::http::probe(ctx.core.store.ping()).await),
+        ("rabbitmq", shared::http::probe(ctx.core.broker.ping()).await),
+        ("consumer", consuming),
+    ])
+}
+
+/// Connects, consumes until the connection breaks or shutdown, reconnects with backoff.
+async fn consume_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    while !*shutdown.borrow() {
+        match consume_once(&ctx, &mut shutdown).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                ctx.consuming.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer lost RabbitMQ; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    ctx.consuming.store(false, Ordering::Relaxed);
+}
+
+async fn consume_once(ctx: &Arc<Ctx>, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
+    let topology = &ctx.core.broker.topology;
+    let conn = shared::messaging::connect(ctx.core.broker.url(), "token-refresher-consumer").await?;
+    let ch = conn.create_channel().await?;
+    shared::messaging::declare(&ch, topology).await?;
+    ch.basic_qos(ctx.settings.prefetch, BasicQosOptions::default()).await?;
+    let tag = format!("token-refresher-{}", std::process::id());
+    let mut consumer = ch
+        .basic_consume(topology.work_queue().as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    ctx.consuming.store(true, Ordering::Relaxed);
+    tracing::info!(queue = %topology.work_queue(), prefetch = ctx.settings.prefetch, "consuming expiry events");
+    let mut inflight = tokio::task::JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                if let Err(e) = done { tracing::error!(error = %e, "delivery handler panicked"); }
+            }
+            next = consumer.next() => match next {
+                None => break Err(anyhow::anyhow!("consumer stream ended")),
+                Some(Err(e)) => break Err(e.into()),
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    inflight.spawn(async move { refresh::handle(&ctx, delivery).await; });
+                }
+            }
+        }
+    };
+    ctx.consuming.store(false, Ordering::Relaxed);
+    // Stop new deliveries, let in-flight ones finish within the grace period.
+    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+    let grace = ctx.settings.common.shutdown_grace;
+    let _ = tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await;
+    inflight.abort_all();
+    let _ = conn.close(200, "bye".into()).await;
+    result
+}
+
+/// Every `sweep_interval`, schedules active connections whose refresh is overdue by more than
+/// `sweep_grace`. Reads only due rows (partial index), so its cost follows the due connections.
+async fn sweep_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.sweep_interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        match sweep_once(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(rescheduled = n, "sweep rescheduled overdue connections"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed"),
+        }
+    }
+}
+
+/// One sweep pass; returns how many connections it rescheduled (at most one page of 500:
+/// the ones just scheduled stay overdue until refreshed, so the next pass takes the rest).
+pub async fn sweep_once(ctx: &Ctx) -> anyhow::Result<usize> {
+    let before = chrono::Utc::now() - chrono::Duration::from_std(ctx.settings.sweep_grace).unwrap_or_default();
+    let overdue = ctx.core.store.overdue_connections(before, 500).await?;
+    if overdue.is_empty() {
+        return Ok(0);
+    }
+    let now = chrono::Utc::now();
+    let events: Vec<_> = overdue
+        .iter()
+        .map(|c| {
+            ExpiryEvent {
+                provider: c.provider.clone(),
+                connection_id: c.connection_id.clone(),
+                token_version: c.token_version,
+                due_at: now,
+                attempt: 0,
+                traceparent: None,
+            }
+            .to_outbox()
+        })
+        .collect();
+    ctx.core.store.enqueue(&events).await?;
+    ctx.core.tokens.outbox_signal.notify_one();
+    Ok(overdue.len())
+}

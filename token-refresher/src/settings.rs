@@ -1,0 +1,41 @@
+//! The refresher's settings, read from the environment.
+
+use shared::config::{CommonSettings, ConfigErrors, Env, Reader};
+use std::time::Duration;
+
+/// Address of the health server. Default: `0.0.0.0:8082`.
+pub const BIND: &str = "AUTHBRIDGE_REFRESHER_BIND";
+/// Expiry events processed at once (AMQP prefetch). Default: 16.
+pub const PREFETCH: &str = "AUTHBRIDGE_REFRESHER_PREFETCH";
+/// How often the sweep looks for overdue connections (seconds). Default: 60.
+pub const SWEEP_INTERVAL: &str = "AUTHBRIDGE_SWEEP_INTERVAL_SECONDS";
+/// How long past due a connection must be before the sweep reschedules it (seconds). Default: 60.
+pub const SWEEP_GRACE: &str = "AUTHBRIDGE_SWEEP_GRACE_SECONDS";
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub common: CommonSettings,
+    pub bind: String,
+    pub prefetch: u16,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
+}
+
+impl Settings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let common = CommonSettings::read(&mut r);
+        let bind = r.string(BIND, "0.0.0.0:8082");
+        let prefetch = r.parse(PREFETCH, 16u16).max(1);
+        let sweep_interval = r.seconds(SWEEP_INTERVAL, 60).max(Duration::from_millis(100));
+        let sweep_grace = r.seconds(SWEEP_GRACE, 60);
+        r.finish()?;
+        Ok(Self {
+            common: common.expect("checked"),
+            bind,
+            prefetch,
+            sweep_interval,
+            sweep_grace,
+        })
+    }
+}

@@ -71,7 +71,13 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<Url, &'st
         s.push_str(query);
     }
     let u = Url::parse(&s).map_err(|_| "the path does not form a valid URL")?;
-    if u.scheme() != base.scheme() || u.host() != base.host() || u.port_or_known_default() != base.port_or_known_default() || !u.path().starts_with(base.path()) || u.username() != "" || u.password().is_some() {
+    if u.scheme() != base.scheme()
+        || u.host() != base.host()
+        || u.port_or_known_default() != base.port_or_known_default()
+        || !u.path().starts_with(base.path())
+        || u.username() != ""
+        || u.password().is_some()
+    {
         return Err("the path leaves the provider's API");
     }
     Ok(u)
@@ -84,15 +90,29 @@ fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
 async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Credentials), ApiError> {
     match state.core.tokens.valid_token(provider, id).await? {
         Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok((c.token_version, creds)),
-        Outcome::NotFound => Err(proxy_error(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`"))),
-        Outcome::NeedsReauth { reason } => Err(proxy_error(ErrorCode::NeedsReauth, format!("the connection needs the end user to authorize again ({reason})"))),
-        Outcome::Failed { error, .. } => Err(proxy_error(ErrorCode::RefreshFailed, format!("the token expired and refreshing it failed: {error}"))),
+        Outcome::NotFound => {
+            Err(proxy_error(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`")))
+        }
+        Outcome::NeedsReauth { reason } => Err(proxy_error(
+            ErrorCode::NeedsReauth,
+            format!("the connection needs the end user to authorize again ({reason})"),
+        )),
+        Outcome::Failed { error, .. } => {
+            Err(proxy_error(ErrorCode::RefreshFailed, format!("the token expired and refreshing it failed: {error}")))
+        }
         Outcome::NotDue => Err(ApiError::internal("unexpected outcome")),
     }
 }
 
-async fn send(state: &ProxyState, req: &HttpRequest, url: &Url, body: &Bytes, token: &str) -> Result<reqwest::Response, ApiError> {
-    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).map_err(|_| proxy_error(ErrorCode::InvalidRequest, "unsupported method"))?;
+async fn send(
+    state: &ProxyState,
+    req: &HttpRequest,
+    url: &Url,
+    body: &Bytes,
+    token: &str,
+) -> Result<reqwest::Response, ApiError> {
+    let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        .map_err(|_| proxy_error(ErrorCode::InvalidRequest, "unsupported method"))?;
     let listed = connection_listed(req.headers());
     let mut headers = reqwest::header::HeaderMap::with_capacity(req.headers().len() + 1);
     for (name, value) in req.headers() {
@@ -100,11 +120,15 @@ async fn send(state: &ProxyState, req: &HttpRequest, url: &Url, body: &Bytes, to
         if n == "host" || n == "authorization" || n == "content-length" || strip(n, &listed) {
             continue;
         }
-        if let (Ok(k), Ok(v)) = (reqwest::header::HeaderName::from_bytes(n.as_bytes()), reqwest::header::HeaderValue::from_bytes(value.as_bytes())) {
+        if let (Ok(k), Ok(v)) = (
+            reqwest::header::HeaderName::from_bytes(n.as_bytes()),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
             headers.append(k, v);
         }
     }
-    let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
+    let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
     headers.insert(reqwest::header::AUTHORIZATION, bearer);
     let mut rb = state.http.request(method, url.clone()).headers(headers);
     if !body.is_empty() {
@@ -149,37 +173,44 @@ fn relay(resp: reqwest::Response) -> HttpResponse {
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
 #[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
-pub async fn proxy(_: Caller, state: web::Data<ProxyState>, req: HttpRequest, mut payload: web::Payload) -> Result<HttpResponse, ApiError> {
+pub async fn proxy(
+    _: Caller,
+    state: web::Data<ProxyState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
     let provider_id = req.match_info().get("provider").unwrap_or_default().to_owned();
     let connection_id = req.match_info().get("connection_id").unwrap_or_default().to_owned();
     let span = tracing::Span::current();
     span.record("provider", provider_id.as_str());
     span.record("connection_id", connection_id.as_str());
-    let provider = state
-        .core
-        .tokens
-        .catalog
-        .get(&provider_id)
-        .ok_or_else(|| proxy_error(ErrorCode::UnknownProvider, format!("provider `{provider_id}` is not in the catalog")))?;
-    let base = provider
-        .api_base_url
-        .as_ref()
-        .ok_or_else(|| proxy_error(ErrorCode::ProviderHasNoApi, format!("provider `{provider_id}` has no api_base_url configured")))?;
+    let provider = state.core.tokens.catalog.get(&provider_id).ok_or_else(|| {
+        proxy_error(ErrorCode::UnknownProvider, format!("provider `{provider_id}` is not in the catalog"))
+    })?;
+    let base = provider.api_base_url.as_ref().ok_or_else(|| {
+        proxy_error(ErrorCode::ProviderHasNoApi, format!("provider `{provider_id}` has no api_base_url configured"))
+    })?;
     if !valid_connection_id(&connection_id) {
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
     // The raw (still percent-encoded) path after `/proxy/{provider}/{connection_id}/`.
     let raw_path = req.uri().path();
-    let prefix_len = "/proxy/".len() + raw_path["/proxy/".len()..].splitn(3, '/').take(2).map(|s| s.len() + 1).sum::<usize>();
+    let prefix_len =
+        "/proxy/".len() + raw_path["/proxy/".len()..].splitn(3, '/').take(2).map(|s| s.len() + 1).sum::<usize>();
     let raw_tail = raw_path.get(prefix_len..).unwrap_or("");
-    let url = upstream_url(base, raw_tail, req.query_string()).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+    let url =
+        upstream_url(base, raw_tail, req.query_string()).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 
     // The body is kept (bounded) so the call can be retried once after a refresh.
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > state.settings.max_body {
-            return Err(proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {} bytes", state.settings.max_body)));
+            return Err(proxy_error(
+                ErrorCode::PayloadTooLarge,
+                format!("request bodies are limited to {} bytes", state.settings.max_body),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -200,7 +231,10 @@ pub async fn proxy(_: Caller, state: web::Data<ProxyState>, req: HttpRequest, mu
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried))
         }
-        Outcome::NeedsReauth { reason } => Err(proxy_error(ErrorCode::NeedsReauth, format!("the provider refused the token and the refresh ({reason}); the end user must authorize again"))),
+        Outcome::NeedsReauth { reason } => Err(proxy_error(
+            ErrorCode::NeedsReauth,
+            format!("the provider refused the token and the refresh ({reason}); the end user must authorize again"),
+        )),
         Outcome::NotFound => Err(proxy_error(ErrorCode::ConnectionNotFound, "the connection was deleted")),
         _ => {
             span.record("upstream_status", 401u16);
@@ -219,13 +253,27 @@ mod tests {
 
     #[test]
     fn plain_paths_and_queries_are_joined_under_the_base() {
-        assert_eq!(upstream_url(&base(), "contacts/42", "a=1&b=%20").unwrap().as_str(), "https://api.example.com/v1/contacts/42?a=1&b=%20");
+        assert_eq!(
+            upstream_url(&base(), "contacts/42", "a=1&b=%20").unwrap().as_str(),
+            "https://api.example.com/v1/contacts/42?a=1&b=%20"
+        );
         assert_eq!(upstream_url(&base(), "", "").unwrap().as_str(), "https://api.example.com/v1/");
     }
 
     #[test]
     fn paths_that_try_to_leave_the_api_are_refused() {
-        for bad in ["../admin", "a/../../x", "%2e%2e/x", "%2E%2E/x", ".%2e/x", "/evil.com/x", "a\\b", "%5c..%5cx", "a%0d%0aHost:%20x", "%2f%2fevil.com"] {
+        for bad in [
+            "../admin",
+            "a/../../x",
+            "%2e%2e/x",
+            "%2E%2E/x",
+            ".%2e/x",
+            "/evil.com/x",
+            "a\\b",
+            "%5c..%5cx",
+            "a%0d%0aHost:%20x",
+            "%2f%2fevil.com",
+        ] {
             assert!(upstream_url(&base(), bad, "").is_err(), "{bad} was accepted");
         }
         let u = upstream_url(&base(), "@evil.com/x", "").unwrap();

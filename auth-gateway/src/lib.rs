@@ -37,6 +37,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(&settings.bind)?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Like [`build`](Self::build) on a listener the caller bound (tests bind port 0 first so
+    /// they know the public URL, and so the redirect URI, before the gateway starts).
+    pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
         let api_keys = web::Data::new(settings.api_keys.clone());
         let state = Arc::new(AppState { core, settings });
@@ -63,7 +70,7 @@ impl Application {
         .workers(state.settings.workers)
         .shutdown_timeout(grace.as_secs().max(1))
         .disable_signals()
-        .bind(&state.settings.bind)?;
+        .listen(listener)?;
         let addr = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();

@@ -69,7 +69,11 @@ impl Settings {
     /// A return URL is acceptable if it is an absolute http(s) URL without credentials and,
     /// when an allowlist is configured, matches one entry's scheme, host, port and path prefix.
     pub fn return_url_allowed(&self, u: &Url) -> bool {
-        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() || !u.username().is_empty() || u.password().is_some() {
+        if !matches!(u.scheme(), "http" | "https")
+            || u.host_str().is_none()
+            || !u.username().is_empty()
+            || u.password().is_some()
+        {
             return false;
         }
         if self.return_url_allowlist.is_empty() {

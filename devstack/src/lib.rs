@@ -1,1 +1,239 @@
+//! The whole system in one process: the mock provider, the gateway, the proxy and one or more
+//! refreshers, against the real PostgreSQL and RabbitMQ. Used by `authbridge-dev` (the README's
+//! run command) and by the end-to-end tests, which start one stack per test with its own
+//! database and its own queue prefix so tests run in parallel.
 
+use shared::catalog::{BodyFormat, ClientAuth, Provider};
+use shared::config::{ApiKeys, CommonSettings, Secret};
+use shared::crypto::Keyring;
+use std::time::Duration;
+use url::Url;
+
+/// The maintenance database the tests create their databases from.
+pub const ADMIN_DATABASE_URL_VAR: &str = "AUTHBRIDGE_TEST_ADMIN_DATABASE_URL";
+pub const DEFAULT_ADMIN_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_database_url() -> String {
+    std::env::var(ADMIN_DATABASE_URL_VAR).unwrap_or_else(|_| DEFAULT_ADMIN_DATABASE_URL.to_owned())
+}
+
+/// A provider entry pointing at a mock provider.
+pub fn mock_provider_entry(id: &str, mock_url: &str, client_id: &str, client_secret: &str) -> Provider {
+    let u = |p: &str| Url::parse(&format!("{mock_url}{p}")).expect("mock URL");
+    Provider {
+        id: id.to_owned(),
+        display_name: format!("Mock provider ({id})"),
+        authorize_url: u("/oauth/authorize"),
+        token_url: u("/oauth/token"),
+        revocation_url: Some(u("/oauth/revoke")),
+        api_base_url: Some(u("/api/")),
+        scopes: vec!["read".into(), "write".into()],
+        scope_separator: " ".into(),
+        pkce: true,
+        token_request_format: BodyFormat::Form,
+        client_auth: ClientAuth::Basic,
+        authorize_params: Default::default(),
+        refresh_margin: None,
+        client_id: Some(client_id.to_owned()),
+        client_secret: Some(Secret::new(client_secret.to_owned())),
+    }
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Lifetime of access tokens the mock provider issues.
+    pub token_ttl: Duration,
+    pub refreshers: usize,
+    /// Ports; 0 picks a free one.
+    pub gateway_port: u16,
+    pub proxy_port: u16,
+    pub refresher_port: u16,
+    pub mock_port: u16,
+    /// `None`: a fresh database, dropped on stop. `Some(name)`: that database, kept.
+    pub database: Option<String>,
+    /// `None`: a fresh queue prefix, deleted on stop.
+    pub queue_prefix: Option<String>,
+    pub keyring: Keyring,
+    pub api_key: String,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
+    pub http_workers: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(3600),
+            refreshers: 1,
+            gateway_port: 0,
+            proxy_port: 0,
+            refresher_port: 0,
+            mock_port: 0,
+            database: None,
+            queue_prefix: None,
+            keyring: Keyring::random(),
+            api_key: format!("test-key-{}", uuid::Uuid::new_v4().simple()),
+            sweep_interval: Duration::from_secs(1),
+            sweep_grace: Duration::from_secs(3),
+            http_workers: 1,
+        }
+    }
+}
+
+pub const MOCK_CLIENT_ID: &str = "authbridge-client";
+pub const MOCK_CLIENT_SECRET: &str = "s3cret:with&odd=chars";
+
+/// A running stack.
+pub struct Stack {
+    pub mock: mock_provider::MockServer,
+    pub gateway: auth_gateway::Application,
+    pub proxy: api_proxy::Application,
+    pub refreshers: Vec<token_refresher::Application>,
+    pub common: CommonSettings,
+    pub api_key: String,
+    pub database_url: String,
+    pub opts: StackOptions,
+    ephemeral_db: Option<String>,
+    ephemeral_prefix: bool,
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> anyhow::Result<Self> {
+        shared::install_crypto_provider();
+        let admin = admin_database_url();
+        let (db_name, ephemeral_db) = match &opts.database {
+            Some(n) => (n.clone(), None),
+            None => {
+                let n = format!("abtest_{}", uuid::Uuid::new_v4().simple());
+                (n.clone(), Some(n))
+            }
+        };
+        let database_url = shared::store::create_database(&admin, &db_name).await?;
+        let (prefix, ephemeral_prefix) = match &opts.queue_prefix {
+            Some(p) => (p.clone(), false),
+            None => (format!("abtest.{}", &uuid::Uuid::new_v4().simple().to_string()[..12]), true),
+        };
+
+        // The gateway's listener comes first: its address is the redirect URI the mock checks.
+        let gw_listener = std::net::TcpListener::bind(("127.0.0.1", opts.gateway_port))?;
+        let public_url = format!("http://{}", gw_listener.local_addr()?);
+        let mock = mock_provider::run(mock_provider::Settings {
+            bind: format!("127.0.0.1:{}", opts.mock_port),
+            clients: vec![mock_provider::Client {
+                id: MOCK_CLIENT_ID.into(),
+                secret: MOCK_CLIENT_SECRET.into(),
+                redirect_uris: vec![format!("{public_url}/oauth/callback")],
+            }],
+            access_token_ttl: opts.token_ttl,
+            workers: 2,
+        })
+        .await?;
+
+        let mut common = CommonSettings::for_tests(&database_url, &prefix);
+        common.keyring = opts.keyring.clone();
+        common.catalog.insert(mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET));
+        let mut json_variant = mock_provider_entry("mockjson", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
+        json_variant.token_request_format = BodyFormat::Json;
+        json_variant.client_auth = ClientAuth::Body;
+        json_variant.pkce = false;
+        common.catalog.insert(json_variant);
+        // Same provider, but its API lives on a port where nothing listens.
+        let mut down = mock_provider_entry("mockdown", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
+        down.api_base_url = Some(Url::parse("http://127.0.0.1:9/api/")?);
+        common.catalog.insert(down);
+        let api_keys = ApiKeys::new([opts.api_key.as_str()]);
+
+        let gateway = auth_gateway::Application::build_with_listener(
+            auth_gateway::Settings {
+                common: common.clone(),
+                api_keys: api_keys.clone(),
+                bind: gw_listener.local_addr()?.to_string(),
+                public_url: Url::parse(&public_url)?,
+                session_ttl: Duration::from_secs(600),
+                return_url_allowlist: vec![],
+                workers: opts.http_workers,
+            },
+            gw_listener,
+        )
+        .await?;
+        let proxy = api_proxy::Application::build(api_proxy::Settings {
+            common: common.clone(),
+            api_keys,
+            bind: format!("127.0.0.1:{}", opts.proxy_port),
+            upstream_timeout: Duration::from_secs(5),
+            max_body: 1024 * 1024,
+            workers: opts.http_workers,
+        })
+        .await?;
+        let mut stack = Self {
+            mock,
+            gateway,
+            proxy,
+            refreshers: Vec::new(),
+            common,
+            api_key: opts.api_key.clone(),
+            database_url,
+            opts: opts.clone(),
+            ephemeral_db,
+            ephemeral_prefix,
+        };
+        for i in 0..opts.refreshers {
+            let port = if i == 0 { opts.refresher_port } else { 0 };
+            stack.add_refresher(port).await?;
+        }
+        Ok(stack)
+    }
+
+    pub fn refresher_settings(&self, port: u16) -> token_refresher::Settings {
+        token_refresher::Settings {
+            common: self.common.clone(),
+            bind: format!("127.0.0.1:{port}"),
+            prefetch: 16,
+            sweep_interval: self.opts.sweep_interval,
+            sweep_grace: self.opts.sweep_grace,
+        }
+    }
+
+    /// Starts one more refresher replica.
+    pub async fn add_refresher(&mut self, port: u16) -> anyhow::Result<()> {
+        let r = token_refresher::Application::build(self.refresher_settings(port)).await?;
+        self.refreshers.push(r);
+        Ok(())
+    }
+
+    /// A store handle on the stack's database, for assertions.
+    pub fn store(&self) -> shared::store::Store {
+        shared::store::Store::new(&self.database_url, 2, self.common.keyring.clone()).expect("store")
+    }
+
+    /// A broker handle on the stack's queues, for assertions and fault injection.
+    pub fn broker(&self) -> shared::messaging::Broker {
+        shared::messaging::Broker::new(self.common.amqp_url.clone(), &self.common.queue_prefix, "devstack-test")
+    }
+
+    /// Stops everything; an ephemeral database and queue prefix are removed.
+    pub async fn stop(self) {
+        for r in self.refreshers {
+            r.stop().await;
+        }
+        self.proxy.stop().await;
+        self.gateway.stop().await;
+        self.mock.stop().await;
+        if self.ephemeral_prefix {
+            let b = shared::messaging::Broker::new(
+                self.common.amqp_url.clone(),
+                &self.common.queue_prefix,
+                "devstack-cleanup",
+            );
+            if let Err(e) = b.delete_topology().await {
+                tracing::warn!(error = %e, "could not delete the test topology");
+            }
+        }
+        if let Some(db) = self.ephemeral_db {
+            if let Err(e) = shared::store::drop_database(&admin_database_url(), &db).await {
+                tracing::warn!(error = %e, "could not drop the test database");
+            }
+        }
+    }
+}

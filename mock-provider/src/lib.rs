@@ -11,6 +11,9 @@
 //! - `GET /mock/stats`, `POST /mock/control`: counters for tests, and fault injection
 //!   (5xx, 429 with `Retry-After`, delays, denial, expiring every token).
 
+// Handlers return the HTTP answer itself as the error value; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
@@ -261,12 +264,12 @@ async fn authorize(state: web::Data<MockState>, q: web::Query<AuthorizeQuery>) -
 fn parse_params(req: &HttpRequest, body: &[u8]) -> Result<HashMap<String, String>, HttpResponse> {
     let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if ct.starts_with("application/json") {
-        let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body is not JSON"))?;
-        let obj = v.as_object().ok_or_else(|| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body is not a JSON object"))?;
-        Ok(obj
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-            .collect())
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|_| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body is not JSON"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body is not a JSON object"))?;
+        Ok(obj.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect())
     } else if ct.starts_with("application/x-www-form-urlencoded") {
         Ok(url::form_urlencoded::parse(body).into_owned().collect())
     } else {
@@ -285,15 +288,24 @@ fn authenticate(g: &Inner, req: &HttpRequest, params: &HashMap<String, String>) 
         .and_then(|raw| String::from_utf8(raw).ok())
         .and_then(|s| {
             let (id, secret) = s.split_once(':')?;
-            let dec = |x: &str| url::form_urlencoded::parse(format!("v={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            let dec =
+                |x: &str| url::form_urlencoded::parse(format!("v={x}").as_bytes()).next().map(|(_, v)| v.into_owned());
             Some((dec(id)?, dec(secret)?))
         });
     let body = params.get("client_secret").map(|s| (params.get("client_id").cloned().unwrap_or_default(), s.clone()));
     let (id, secret) = match (basic, body) {
-        (Some(_), Some(_)) => return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "more than one client authentication method")),
+        (Some(_), Some(_)) => {
+            return Err(oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "more than one client authentication method",
+            ))
+        }
         (Some(b), None) => b,
         (None, Some(b)) => b,
-        (None, None) => return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication required")),
+        (None, None) => {
+            return Err(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication required"))
+        }
     };
     match g.clients.get(&id) {
         Some(c) if c.secret == secret => Ok(id),
@@ -307,13 +319,7 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
         g.next_family
     });
     let access = token("at");
-    g.access.insert(
-        access.clone(),
-        AccessToken {
-            expires: Instant::now() + g.ttl,
-            family,
-        },
-    );
+    g.access.insert(access.clone(), AccessToken { expires: Instant::now() + g.ttl, family });
     let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -326,12 +332,7 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
         let rt = token("rt");
         g.refresh.insert(
             rt.clone(),
-            RefreshToken {
-                client_id: client_id.to_owned(),
-                family,
-                scope: scope.to_owned(),
-                used: false,
-            },
+            RefreshToken { client_id: client_id.to_owned(), family, scope: scope.to_owned(), used: false },
         );
         body["refresh_token"] = rt.into();
     }
@@ -379,15 +380,23 @@ async fn token_endpoint(state: web::Data<MockState>, req: HttpRequest, body: web
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown or used code");
             };
             if code.expires < Instant::now() || code.client_id != client_id {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "code expired or issued to another client");
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "code expired or issued to another client",
+                );
             }
             if params.get("redirect_uri") != Some(&code.redirect_uri) {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "redirect_uri does not match");
             }
             match (&code.challenge, params.get("code_verifier")) {
                 (None, None) => {}
-                (None, Some(_)) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "no code_challenge was sent"),
-                (Some(_), None) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "code_verifier is required"),
+                (None, Some(_)) => {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "no code_challenge was sent")
+                }
+                (Some(_), None) => {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "code_verifier is required")
+                }
                 (Some((challenge, method)), Some(v)) => {
                     let ok_len = (43..=128).contains(&v.len());
                     let computed = if method == "S256" {
@@ -480,12 +489,16 @@ async fn api(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes) ->
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if let Some(status) = fail {
-        return HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)).json(serde_json::json!({"message": "injected failure"}));
+        return HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE))
+            .json(serde_json::json!({"message": "injected failure"}));
     }
     let presented = shared::http::bearer(&req).map(str::to_owned);
     let mut g = state.0.lock().unwrap();
     g.stats.api_calls += 1;
-    let valid = presented.as_ref().and_then(|t| g.access.get(t)).is_some_and(|t| t.expires > Instant::now() && !g.revoked_families.contains(&t.family));
+    let valid = presented
+        .as_ref()
+        .and_then(|t| g.access.get(t))
+        .is_some_and(|t| t.expires > Instant::now() && !g.revoked_families.contains(&t.family));
     if !valid {
         g.stats.api_unauthorized += 1;
         return HttpResponse::Unauthorized()

@@ -89,17 +89,21 @@ struct CatalogFile {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("cannot read providers file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("providers file is not valid: {0}")]
     Parse(String),
     #[error("provider `{provider}`: {message}")]
     Invalid { provider: String, message: String },
 }
 
-fn builtin(id: &str, name: &str, authorize: &str, token: &str, api: Option<&str>, scopes: &[&str]) -> (String, ProviderEntry) {
+fn builtin(
+    id: &str,
+    name: &str,
+    authorize: &str,
+    token: &str,
+    api: Option<&str>,
+    scopes: &[&str],
+) -> (String, ProviderEntry) {
     (
         id.to_owned(),
         ProviderEntry {
@@ -118,11 +122,46 @@ fn builtin(id: &str, name: &str, authorize: &str, token: &str, api: Option<&str>
 /// The built-in entries, with the endpoints each provider's integration guide documents.
 pub fn builtins() -> BTreeMap<String, ProviderEntry> {
     [
-        builtin("kartra", "Kartra", "https://app.kartra.com/oauth/auth", "https://app.kartra.com/oauth/token", Some("https://app.kartra.com/api/v1"), &[]),
-        builtin("ontraport", "Ontraport", "https://api.ontraport.com/oauth2/auth", "https://api.ontraport.com/oauth2/token", None, &[]),
-        builtin("redtail", "Redtail CRM", "https://redtailtechnology.com/oauth/authorize", "https://redtailtechnology.com/oauth/token", None, &["read", "write"]),
-        builtin("whatconverts", "WhatConverts", "https://app.whatconverts.com/oauth/authorize", "https://app.whatconverts.com/oauth/token", Some("https://app.whatconverts.com/api/v1"), &["read_leads"]),
-        builtin("interact", "Interact", "https://api.interact.com/oauth/authorize", "https://api.interact.com/oauth/token", None, &["read_user", "write_data"]),
+        builtin(
+            "kartra",
+            "Kartra",
+            "https://app.kartra.com/oauth/auth",
+            "https://app.kartra.com/oauth/token",
+            Some("https://app.kartra.com/api/v1"),
+            &[],
+        ),
+        builtin(
+            "ontraport",
+            "Ontraport",
+            "https://api.ontraport.com/oauth2/auth",
+            "https://api.ontraport.com/oauth2/token",
+            None,
+            &[],
+        ),
+        builtin(
+            "redtail",
+            "Redtail CRM",
+            "https://redtailtechnology.com/oauth/authorize",
+            "https://redtailtechnology.com/oauth/token",
+            None,
+            &["read", "write"],
+        ),
+        builtin(
+            "whatconverts",
+            "WhatConverts",
+            "https://app.whatconverts.com/oauth/authorize",
+            "https://app.whatconverts.com/oauth/token",
+            Some("https://app.whatconverts.com/api/v1"),
+            &["read_leads"],
+        ),
+        builtin(
+            "interact",
+            "Interact",
+            "https://api.interact.com/oauth/authorize",
+            "https://api.interact.com/oauth/token",
+            None,
+            &["read_user", "write_data"],
+        ),
     ]
     .into_iter()
     .collect()
@@ -138,9 +177,7 @@ pub fn valid_provider_id(id: &str) -> bool {
 
 /// The environment variable prefix for a provider: `kartra` → `KARTRA`, `my-crm` → `MY_CRM`.
 pub fn env_prefix(id: &str) -> String {
-    id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
-        .collect()
+    id.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
 
 /// The loaded catalog.
@@ -153,10 +190,9 @@ impl Catalog {
     /// Reads the file (if any) and the environment, merged over the built-ins.
     pub fn load(path: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, CatalogError> {
         let text = match path {
-            Some(p) => Some(std::fs::read_to_string(p).map_err(|source| CatalogError::Read {
-                path: p.to_owned(),
-                source,
-            })?),
+            Some(p) => {
+                Some(std::fs::read_to_string(p).map_err(|source| CatalogError::Read { path: p.to_owned(), source })?)
+            }
             None => None,
         };
         Self::from_toml(text.as_deref().unwrap_or(""), env)
@@ -212,10 +248,7 @@ fn merge(base: ProviderEntry, over: ProviderEntry) -> ProviderEntry {
 }
 
 fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider, CatalogError> {
-    let invalid = |message: String| CatalogError::Invalid {
-        provider: id.to_owned(),
-        message,
-    };
+    let invalid = |message: String| CatalogError::Invalid { provider: id.to_owned(), message };
     if !valid_provider_id(id) {
         return Err(invalid("the id must be 1-64 characters of a-z, 0-9, '-' and '_'".into()));
     }
@@ -248,10 +281,8 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
     }
     let prefix = env_prefix(id);
     let client_id = env(&format!("{prefix}_CLIENT_ID")).or(e.client_id).filter(|s| !s.is_empty());
-    let client_secret = env(&format!("{prefix}_CLIENT_SECRET"))
-        .or(e.client_secret)
-        .filter(|s| !s.is_empty())
-        .map(Secret::new);
+    let client_secret =
+        env(&format!("{prefix}_CLIENT_SECRET")).or(e.client_secret).filter(|s| !s.is_empty()).map(Secret::new);
     Ok(Provider {
         id: id.to_owned(),
         display_name: e.display_name.unwrap_or_else(|| id.to_owned()),
@@ -269,6 +300,17 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         client_id,
         client_secret,
     })
+}
+
+/// A connection id is the application's own id for an end user: 1-255 printable characters
+/// without '/', whitespace or characters that need escaping in a URL path segment beyond
+/// `@`, `+`, `:` and `=`.
+pub fn valid_connection_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~@+:=".contains(&b))
 }
 
 #[cfg(test)]
@@ -309,7 +351,11 @@ mod tests {
             client_id = "from-file"
             client_secret = "file-secret"
         "#;
-        let env = |k: &str| (k == "KARTRA_CLIENT_ID").then(|| "kid".to_string()).or_else(|| (k == "KARTRA_CLIENT_SECRET").then(|| "ks".to_string()));
+        let env = |k: &str| {
+            (k == "KARTRA_CLIENT_ID")
+                .then(|| "kid".to_string())
+                .or_else(|| (k == "KARTRA_CLIENT_SECRET").then(|| "ks".to_string()))
+        };
         let c = Catalog::from_toml(toml, &env).unwrap();
         let k = c.get("kartra").unwrap();
         assert_eq!(k.token_request_format, BodyFormat::Json);
@@ -333,19 +379,9 @@ mod tests {
         assert!(err.to_string().contains("token_url"), "{err}");
         let err = Catalog::from_toml("[providers.kartra]\nunknown_field = 1", &no_env).unwrap_err();
         assert!(err.to_string().contains("unknown_field"), "{err}");
-        let err = Catalog::from_toml("[providers.Bad]\nauthorize_url=\"https://a\"\ntoken_url=\"https://a\"", &no_env).unwrap_err();
+        let err = Catalog::from_toml("[providers.Bad]\nauthorize_url=\"https://a\"\ntoken_url=\"https://a\"", &no_env)
+            .unwrap_err();
         assert!(err.to_string().contains("Bad"), "{err}");
         assert!(Catalog::from_toml("not toml [", &no_env).is_err());
     }
-}
-
-/// A connection id is the application's own id for an end user: 1-255 printable characters
-/// without '/', whitespace or characters that need escaping in a URL path segment beyond
-/// `@`, `+`, `:` and `=`.
-pub fn valid_connection_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 255
-        && id != "."
-        && id != ".."
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~@+:=".contains(&b))
 }

@@ -114,10 +114,7 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub fn new(env: &'a Env) -> Self {
-        Self {
-            env,
-            errors: ConfigErrors::default(),
-        }
+        Self { env, errors: ConfigErrors::default() }
     }
     pub fn string(&self, key: &str, default: &str) -> String {
         self.env.get(key).unwrap_or_else(|| default.to_owned())
@@ -190,7 +187,9 @@ impl CommonSettings {
         let database_pool_size = r.parse(DATABASE_POOL_SIZE, 16usize);
         let amqp_url = r.string(AMQP_URL, "amqp://guest:guest@127.0.0.1:5672/%2f");
         let queue_prefix = r.string(QUEUE_PREFIX, "authbridge");
-        let keyring = match r.required(ENCRYPTION_KEY, "tokens are encrypted at rest; generate one with `openssl rand -base64 32`") {
+        let keyring = match r
+            .required(ENCRYPTION_KEY, "tokens are encrypted at rest; generate one with `openssl rand -base64 32`")
+        {
             None => None,
             Some(k) => {
                 let old = r.list(ENCRYPTION_OLD_KEYS);

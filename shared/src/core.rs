@@ -31,14 +31,14 @@ impl Core {
         }
         let tokens = TokenService::new(store.clone(), settings);
         let (shutdown, rx) = watch::channel(false);
-        let relay = tokio::spawn(run_relay(store.clone(), broker.clone(), tokens.outbox_signal.clone(), Duration::from_secs(1), rx));
-        Ok(Self {
-            store,
-            broker,
-            tokens,
-            shutdown,
-            relay: Some(relay),
-        })
+        let relay = tokio::spawn(run_relay(
+            store.clone(),
+            broker.clone(),
+            tokens.outbox_signal.clone(),
+            Duration::from_secs(1),
+            rx,
+        ));
+        Ok(Self { store, broker, tokens, shutdown, relay: Some(relay) })
     }
 
     /// A receiver that turns true when the core stops.

@@ -48,10 +48,7 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ids: Vec<_> = self.all.keys().collect();
         ids.sort();
-        f.debug_struct("Keyring")
-            .field("primary", &self.primary.id)
-            .field("key_ids", &ids)
-            .finish()
+        f.debug_struct("Keyring").field("primary", &self.primary.id).field("key_ids", &ids).finish()
     }
 }
 
@@ -63,12 +60,8 @@ pub struct Sealed {
 }
 
 fn parse_key(b64: &str) -> Result<[u8; 32], CryptoError> {
-    let raw = STANDARD
-        .decode(b64.trim())
-        .map_err(|_| CryptoError::KeyNotBase64)?;
-    raw.as_slice()
-        .try_into()
-        .map_err(|_| CryptoError::KeyWrongLength(raw.len()))
+    let raw = STANDARD.decode(b64.trim()).map_err(|_| CryptoError::KeyNotBase64)?;
+    raw.as_slice().try_into().map_err(|_| CryptoError::KeyWrongLength(raw.len()))
 }
 
 /// The id of a key when the operator gives none: a short fingerprint, so two services given the
@@ -118,25 +111,17 @@ impl Keyring {
         let mut blob = Vec::with_capacity(NONCE_LEN + ct.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&ct);
-        Sealed {
-            key_id: self.primary.id.clone(),
-            blob,
-        }
+        Sealed { key_id: self.primary.id.clone(), blob }
     }
 
     /// Opens a sealed secret with the key it names.
     pub fn open(&self, key_id: &str, blob: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let key = self
-            .all
-            .get(key_id)
-            .ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
+        let key = self.all.get(key_id).ok_or_else(|| CryptoError::UnknownKey(key_id.to_owned()))?;
         if blob.len() < NONCE_LEN + 16 {
             return Err(CryptoError::Truncated);
         }
         let (nonce, ct) = blob.split_at(NONCE_LEN);
-        key.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| CryptoError::Open)
+        key.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Open)
     }
 }
 

@@ -95,11 +95,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { code, message: message.into(), retry_after: None }
     }
 
     /// A 500: the cause goes to the log, the caller sees a generic message.
@@ -150,7 +146,9 @@ impl From<crate::tokens::TokenError> for ApiError {
     fn from(e: crate::tokens::TokenError) -> Self {
         match e {
             crate::tokens::TokenError::Store(s) => s.into(),
-            crate::tokens::TokenError::UnknownProvider(p) => ApiError::new(ErrorCode::UnknownProvider, format!("provider `{p}` is not in the catalog")),
+            crate::tokens::TokenError::UnknownProvider(p) => {
+                ApiError::new(ErrorCode::UnknownProvider, format!("provider `{p}` is not in the catalog"))
+            }
         }
     }
 }
@@ -159,7 +157,8 @@ impl From<crate::tokens::TokenError> for ApiError {
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default().limit(limit).error_handler(|e, _| {
         let code = match &e {
-            actix_web::error::JsonPayloadError::Overflow { .. } | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ErrorCode::PayloadTooLarge,
+            actix_web::error::JsonPayloadError::Overflow { .. }
+            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ErrorCode::PayloadTooLarge,
             _ => ErrorCode::InvalidRequest,
         };
         ApiError::new(code, format!("invalid JSON body: {e}")).into()
@@ -167,11 +166,13 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
 }
 
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {e}")).into())
+    web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {e}")).into())
 }
 
 pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default().error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid path: {e}")).into())
+    web::PathConfig::default()
+        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid path: {e}")).into())
 }
 
 /// The default service: unknown routes answer a JSON 404.
@@ -222,7 +223,8 @@ pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> HttpRespons
         .map(|(name, r)| (name.to_owned(), serde_json::Value::String(r.err().unwrap_or_else(|| "ok".into()))))
         .collect();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    HttpResponse::build(status).json(serde_json::json!({"status": if ready {"ready"} else {"not_ready"}, "checks": body}))
+    HttpResponse::build(status)
+        .json(serde_json::json!({"status": if ready {"ready"} else {"not_ready"}, "checks": body}))
 }
 
 /// Runs a readiness probe with a bound, so a hung dependency reads as "not ready".
@@ -242,7 +244,8 @@ where
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -64,10 +64,7 @@ pub struct ExpiryEvent {
 
 impl ExpiryEvent {
     pub fn to_outbox(&self) -> OutboxMessage {
-        OutboxMessage {
-            topic: TOPIC_EXPIRY.to_owned(),
-            payload: serde_json::to_value(self).expect("event serializes"),
-        }
+        OutboxMessage { topic: TOPIC_EXPIRY.to_owned(), payload: serde_json::to_value(self).expect("event serializes") }
     }
 }
 
@@ -118,25 +115,25 @@ fn ls(v: &str) -> AMQPValue {
 
 /// Declares the whole topology; idempotent.
 pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
     ch.exchange_declare(s(&t.work_exchange()), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     ch.exchange_declare(s(&t.delay_exchange()), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     ch.exchange_declare(s(&t.dead_exchange()), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
-    let qopts = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
     let mut quorum = FieldTable::default();
     quorum.insert(s("x-queue-type"), ls("quorum"));
     let mut work_args = quorum.clone();
     work_args.insert(s("x-delivery-limit"), AMQPValue::LongInt(DELIVERY_LIMIT));
     work_args.insert(s("x-dead-letter-exchange"), ls(&t.dead_exchange()));
     ch.queue_declare(s(&t.work_queue()), qopts, work_args).await?;
-    ch.queue_bind(s(&t.work_queue()), s(&t.work_exchange()), s("due"), QueueBindOptions::default(), FieldTable::default())
-        .await?;
+    ch.queue_bind(
+        s(&t.work_queue()),
+        s(&t.work_exchange()),
+        s("due"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     ch.queue_declare(s(&t.dead_queue()), qopts, quorum).await?;
     ch.queue_bind(s(&t.dead_queue()), s(&t.dead_exchange()), s(""), QueueBindOptions::default(), FieldTable::default())
         .await?;
@@ -147,8 +144,14 @@ pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
         args.insert(s("x-dead-letter-routing-key"), ls("due"));
         let q = t.delay_queue(secs);
         ch.queue_declare(s(&q), qopts, args).await?;
-        ch.queue_bind(s(&q), s(&t.delay_exchange()), s(&format!("{secs}s")), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            s(&q),
+            s(&t.delay_exchange()),
+            s(&format!("{secs}s")),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -184,14 +187,7 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     pub fn new(url: Secret<String>, prefix: &str, name: &str) -> Self {
-        Self {
-            url,
-            name: name.to_owned(),
-            topology: Topology {
-                prefix: prefix.to_owned(),
-            },
-            live: Mutex::new(None),
-        }
+        Self { url, name: name.to_owned(), topology: Topology { prefix: prefix.to_owned() }, live: Mutex::new(None) }
     }
 
     pub fn url(&self) -> &str {
@@ -212,10 +208,7 @@ impl Broker {
         let channel = conn.create_channel().await?;
         declare(&channel, &self.topology).await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        *live = Some(Live {
-            conn,
-            channel: channel.clone(),
-        });
+        *live = Some(Live { conn, channel: channel.clone() });
         Ok(channel)
     }
 
@@ -250,10 +243,7 @@ impl Broker {
             .with_delivery_mode(2)
             .with_content_type(s("application/json"))
             .with_headers(headers);
-        let opts = BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        };
+        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
         Ok(ch.basic_publish(s(&exchange), s(&key), opts, &body, props).await?)
     }
 
@@ -338,14 +328,7 @@ impl Broker {
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
         let ch = self.channel().await?;
         let q = ch
-            .queue_declare(
-                s(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(s(queue), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
             .await?;
         Ok(q.message_count())
     }

@@ -51,17 +51,10 @@ impl std::fmt::Debug for TokenResponse {
 pub enum OAuthError {
     /// The provider answered with an OAuth error (RFC 6749 §5.2).
     #[error("provider rejected the request: {error}{}", .description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
-    Rejected {
-        error: String,
-        description: Option<String>,
-        status: u16,
-    },
+    Rejected { error: String, description: Option<String>, status: u16 },
     /// Network failure, timeout, 5xx, 429 or an unreadable answer: it may pass.
     #[error("provider unavailable: {reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { reason: String, retry_after: Option<Duration> },
     /// The provider has no client credentials configured here.
     #[error("provider `{0}` has no client credentials configured")]
     NotConfigured(String),
@@ -85,11 +78,8 @@ impl OAuthError {
 
 /// Keeps an error code to the RFC 6749 error character set and a sane length.
 pub fn sanitize_code(s: &str) -> String {
-    let c: String = s
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.')
-        .take(64)
-        .collect();
+    let c: String =
+        s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.').take(64).collect();
     if c.is_empty() {
         "invalid_response".into()
     } else {
@@ -117,11 +107,13 @@ impl OAuthClient {
     }
 
     /// The URL to send the end user's browser to (RFC 6749 §4.1.1, RFC 7636 §4.3).
-    pub fn authorize_url(provider: &Provider, redirect_uri: &str, state: &str, code_challenge: Option<&str>) -> Result<Url, OAuthError> {
-        let client_id = provider
-            .client_id
-            .as_deref()
-            .ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
+    pub fn authorize_url(
+        provider: &Provider,
+        redirect_uri: &str,
+        state: &str,
+        code_challenge: Option<&str>,
+    ) -> Result<Url, OAuthError> {
+        let client_id = provider.client_id.as_deref().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
         let mut url = provider.authorize_url.clone();
         {
             let mut q = url.query_pairs_mut();
@@ -144,7 +136,13 @@ impl OAuthClient {
     }
 
     /// Exchanges an authorization code (RFC 6749 §4.1.3).
-    pub async fn exchange_code<'a>(&self, provider: &'a Provider, code: &'a str, redirect_uri: &'a str, verifier: Option<&'a str>) -> Result<TokenResponse, OAuthError> {
+    pub async fn exchange_code<'a>(
+        &self,
+        provider: &'a Provider,
+        code: &'a str,
+        redirect_uri: &'a str,
+        verifier: Option<&'a str>,
+    ) -> Result<TokenResponse, OAuthError> {
         let mut params = vec![("grant_type", "authorization_code"), ("code", code), ("redirect_uri", redirect_uri)];
         if let Some(v) = verifier {
             params.push(("code_verifier", v));
@@ -153,7 +151,11 @@ impl OAuthClient {
     }
 
     /// Refreshes an access token (RFC 6749 §6).
-    pub async fn refresh<'a>(&self, provider: &'a Provider, refresh_token: &'a str) -> Result<TokenResponse, OAuthError> {
+    pub async fn refresh<'a>(
+        &self,
+        provider: &'a Provider,
+        refresh_token: &'a str,
+    ) -> Result<TokenResponse, OAuthError> {
         self.token_request(provider, vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
     }
 
@@ -174,13 +176,15 @@ impl OAuthClient {
         Err(classify_error(status.as_u16(), &body, retry_after))
     }
 
-    fn authenticated<'a>(&self, provider: &'a Provider, url: Url, mut params: Vec<(&'a str, &'a str)>) -> Result<reqwest::RequestBuilder, OAuthError> {
+    fn authenticated<'a>(
+        &self,
+        provider: &'a Provider,
+        url: Url,
+        mut params: Vec<(&'a str, &'a str)>,
+    ) -> Result<reqwest::RequestBuilder, OAuthError> {
         let id = provider.client_id.as_deref().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
-        let secret = provider
-            .client_secret
-            .as_ref()
-            .ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?
-            .expose();
+        let secret =
+            provider.client_secret.as_ref().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?.expose();
         let mut req = self.http.post(url).header(reqwest::header::ACCEPT, "application/json");
         match provider.client_auth {
             ClientAuth::Basic => {
@@ -197,13 +201,18 @@ impl OAuthClient {
         Ok(match provider.token_request_format {
             BodyFormat::Form => req.form(&params),
             BodyFormat::Json => {
-                let obj: Map<String, Value> = params.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
+                let obj: Map<String, Value> =
+                    params.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_string()))).collect();
                 req.json(&obj)
             }
         })
     }
 
-    async fn token_request<'a>(&self, provider: &'a Provider, params: Vec<(&'a str, &'a str)>) -> Result<TokenResponse, OAuthError> {
+    async fn token_request<'a>(
+        &self,
+        provider: &'a Provider,
+        params: Vec<(&'a str, &'a str)>,
+    ) -> Result<TokenResponse, OAuthError> {
         let req = self.authenticated(provider, provider.token_url.clone(), params)?;
         let requested_at = chrono::Utc::now();
         let started = Instant::now();
@@ -217,7 +226,11 @@ impl OAuthClient {
             .unwrap_or("")
             .to_ascii_lowercase();
         let body = resp.bytes().await.map_err(transport_error)?;
-        tracing::debug!(status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "token endpoint answered");
+        tracing::debug!(
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "token endpoint answered"
+        );
         if !status.is_success() {
             return Err(classify_error(status.as_u16(), &body, retry));
         }
@@ -257,9 +270,8 @@ fn parse_object(body: &[u8], content_type: &str) -> Option<Map<String, Value>> {
         };
     }
     if content_type.contains("x-www-form-urlencoded") || content_type.starts_with("text/plain") {
-        let m: Map<String, Value> = url::form_urlencoded::parse(body)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect();
+        let m: Map<String, Value> =
+            url::form_urlencoded::parse(body).map(|(k, v)| (k.into_owned(), Value::String(v.into_owned()))).collect();
         return (!m.is_empty()).then_some(m);
     }
     None
@@ -287,7 +299,11 @@ pub fn parse_expires_in(v: Option<&Value>) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs.clamp(0.0, 315_360_000.0)))
 }
 
-pub fn parse_token_response(body: &[u8], content_type: &str, requested_at: chrono::DateTime<chrono::Utc>) -> Result<TokenResponse, OAuthError> {
+pub fn parse_token_response(
+    body: &[u8],
+    content_type: &str,
+    requested_at: chrono::DateTime<chrono::Utc>,
+) -> Result<TokenResponse, OAuthError> {
     let Some(mut m) = parse_object(body, content_type) else {
         return Err(OAuthError::Transient {
             reason: "token endpoint returned an unreadable body".into(),
@@ -303,10 +319,7 @@ pub fn parse_token_response(body: &[u8], content_type: &str, requested_at: chron
         });
     }
     let Some(access_token) = string_field(&m, "access_token") else {
-        return Err(OAuthError::Transient {
-            reason: "token response has no access_token".into(),
-            retry_after: None,
-        });
+        return Err(OAuthError::Transient { reason: "token response has no access_token".into(), retry_after: None });
     };
     let expires_in = parse_expires_in(m.get("expires_in"));
     let refresh_token = string_field(&m, "refresh_token");
@@ -315,40 +328,25 @@ pub fn parse_token_response(body: &[u8], content_type: &str, requested_at: chron
     for k in ["access_token", "refresh_token", "token_type", "expires_in", "scope"] {
         m.remove(k);
     }
-    Ok(TokenResponse {
-        access_token,
-        refresh_token,
-        token_type,
-        expires_in,
-        scope,
-        extra: m,
-        requested_at,
-    })
+    Ok(TokenResponse { access_token, refresh_token, token_type, expires_in, scope, extra: m, requested_at })
 }
 
 fn classify_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> OAuthError {
     if status == 429 || status >= 500 || status == 408 {
-        return OAuthError::Transient {
-            reason: format!("HTTP {status}"),
-            retry_after,
-        };
+        return OAuthError::Transient { reason: format!("HTTP {status}"), retry_after };
     }
     let obj = parse_object(body, "");
     match obj.as_ref().and_then(|m| string_field(m, "error")) {
         Some(error) => OAuthError::Rejected {
             error: sanitize_code(&error),
-            description: obj.as_ref().and_then(|m| string_field(m, "error_description")).map(|d| d.chars().take(200).collect()),
+            description: obj
+                .as_ref()
+                .and_then(|m| string_field(m, "error_description"))
+                .map(|d| d.chars().take(200).collect()),
             status,
         },
-        None if status == 401 => OAuthError::Rejected {
-            error: "invalid_client".into(),
-            description: None,
-            status,
-        },
-        None => OAuthError::Transient {
-            reason: format!("HTTP {status} without an OAuth error"),
-            retry_after,
-        },
+        None if status == 401 => OAuthError::Rejected { error: "invalid_client".into(), description: None, status },
+        None => OAuthError::Transient { reason: format!("HTTP {status} without an OAuth error"), retry_after },
     }
 }
 
@@ -373,18 +371,30 @@ mod tests {
 
     #[test]
     fn token_responses_keep_extra_fields_and_accept_form_bodies() {
-        let r = parse_token_response(br#"{"access_token":"a","expires_in":"10","id_token":"x","account":{"id":1}}"#, "application/json", now()).unwrap();
+        let r = parse_token_response(
+            br#"{"access_token":"a","expires_in":"10","id_token":"x","account":{"id":1}}"#,
+            "application/json",
+            now(),
+        )
+        .unwrap();
         assert_eq!(r.access_token, "a");
         assert_eq!(r.expires_in, Some(Duration::from_secs(10)));
         assert!(r.extra.contains_key("id_token") && r.extra.contains_key("account"));
-        let r = parse_token_response(b"access_token=b&token_type=bearer&refresh_token=r", "application/x-www-form-urlencoded", now()).unwrap();
+        let r = parse_token_response(
+            b"access_token=b&token_type=bearer&refresh_token=r",
+            "application/x-www-form-urlencoded",
+            now(),
+        )
+        .unwrap();
         assert_eq!(r.refresh_token.as_deref(), Some("r"));
         assert_eq!(r.expires_in, None);
     }
 
     #[test]
     fn errors_are_classed() {
-        let e = parse_token_response(br#"{"error":"invalid_grant","error_description":"used"}"#, "application/json", now()).unwrap_err();
+        let e =
+            parse_token_response(br#"{"error":"invalid_grant","error_description":"used"}"#, "application/json", now())
+                .unwrap_err();
         assert!(e.is_permanent());
         let e = classify_error(400, br#"{"error":"invalid_grant"}"#, None);
         assert!(e.is_permanent());
@@ -394,13 +404,19 @@ mod tests {
         let e = classify_error(429, b"", Some(Duration::from_secs(7)));
         assert!(matches!(e, OAuthError::Transient { retry_after: Some(d), .. } if d == Duration::from_secs(7)));
         assert!(matches!(classify_error(503, b"<html>", None), OAuthError::Transient { .. }));
-        assert!(matches!(parse_token_response(b"<html>oops</html>", "text/html", now()), Err(OAuthError::Transient { .. })));
+        assert!(matches!(
+            parse_token_response(b"<html>oops</html>", "text/html", now()),
+            Err(OAuthError::Transient { .. })
+        ));
         assert_eq!(sanitize_code("bad\r\ncode<script>"), "badcodescript");
     }
 
     #[test]
     fn pkce_challenge_matches_rfc7636_appendix_b() {
-        assert_eq!(pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
         let (v, c) = pkce_pair();
         assert!(v.len() >= 43 && v.len() <= 128);
         assert_eq!(pkce_challenge(&v), c);

@@ -43,7 +43,13 @@ impl Policy {
     /// life (a token that lives shorter than the margin is refreshed at half-life), and at
     /// least every `idle_refresh_interval` (some providers retire unused refresh tokens).
     /// `None` when there is nothing to refresh with.
-    pub fn refresh_due(&self, now: DateTime<Utc>, expires_at: Option<DateTime<Utc>>, has_refresh_token: bool, margin: Option<Duration>) -> Option<DateTime<Utc>> {
+    pub fn refresh_due(
+        &self,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        has_refresh_token: bool,
+        margin: Option<Duration>,
+    ) -> Option<DateTime<Utc>> {
         if !has_refresh_token {
             return None;
         }
@@ -90,9 +96,14 @@ pub enum Outcome {
     /// The event is not due yet (a duplicate or an outdated copy): nothing done.
     NotDue,
     NotFound,
-    NeedsReauth { reason: String },
+    NeedsReauth {
+        reason: String,
+    },
     /// The refresh failed for a reason that may pass; the old token is kept.
-    Failed { error: OAuthError, retry_at: Option<DateTime<Utc>> },
+    Failed {
+        error: OAuthError,
+        retry_at: Option<DateTime<Utc>>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +116,13 @@ pub enum TokenError {
 
 /// Turns a token response into what is stored, keeping the old refresh token when the
 /// provider sends none (RFC 6749 §6 allows that) and the granted scopes when it says none.
-pub fn new_tokens(policy: &Policy, margin: Option<Duration>, resp: TokenResponse, old: Option<&Credentials>, requested_scopes: &[String]) -> NewTokens {
+pub fn new_tokens(
+    policy: &Policy,
+    margin: Option<Duration>,
+    resp: TokenResponse,
+    old: Option<&Credentials>,
+    requested_scopes: &[String],
+) -> NewTokens {
     let expires_at = resp.expires_in.map(|d| resp.requested_at + chrono::Duration::from_std(d).unwrap_or_default());
     let refresh_token = resp.refresh_token.or_else(|| old.and_then(|c| c.refresh_token.clone()));
     let scopes = match &resp.scope {
@@ -138,7 +155,12 @@ pub fn expiry_event(c: &Connection, attempt: u32) -> Option<ExpiryEvent> {
     })
 }
 
-fn schedule_for(provider: &str, connection_id: &str, version: i64, due: Option<DateTime<Utc>>) -> Vec<crate::store::OutboxMessage> {
+fn schedule_for(
+    provider: &str,
+    connection_id: &str,
+    version: i64,
+    due: Option<DateTime<Utc>>,
+) -> Vec<crate::store::OutboxMessage> {
     due.map(|due_at| {
         ExpiryEvent {
             provider: provider.to_owned(),
@@ -177,7 +199,12 @@ impl TokenService {
     }
 
     /// Stores the tokens of a completed authorization and schedules their refresh, atomically.
-    pub async fn store_authorized(&self, provider: &str, connection_id: &str, resp: TokenResponse) -> Result<Connection, TokenError> {
+    pub async fn store_authorized(
+        &self,
+        provider: &str,
+        connection_id: &str,
+        resp: TokenResponse,
+    ) -> Result<Connection, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
         let tokens = new_tokens(&self.policy, p.refresh_margin, resp, None, &p.scopes);
         let due = tokens.refresh_due_at;
@@ -195,9 +222,7 @@ impl TokenService {
             return Ok(Outcome::NotFound);
         };
         if conn.status == ConnectionStatus::NeedsReauth {
-            return Ok(Outcome::NeedsReauth {
-                reason: conn.last_error.clone().unwrap_or_default(),
-            });
+            return Ok(Outcome::NeedsReauth { reason: conn.last_error.clone().unwrap_or_default() });
         }
         if !self.expires_soon(&conn) {
             let creds = self.store.open_credentials(&conn)?;
@@ -221,9 +246,7 @@ impl TokenService {
         let conn = guard.connection().clone();
         if conn.status == ConnectionStatus::NeedsReauth {
             guard.rollback().await?;
-            return Ok(Outcome::NeedsReauth {
-                reason: conn.last_error.unwrap_or_default(),
-            });
+            return Ok(Outcome::NeedsReauth { reason: conn.last_error.unwrap_or_default() });
         }
         let now = Utc::now();
         let proceed = match trigger {
@@ -253,9 +276,7 @@ impl TokenService {
             // Nothing to refresh with. An expired token without a refresh token is dead.
             if conn.expires_at.is_some_and(|e| e <= now) || matches!(trigger, Trigger::Unauthorized { .. }) {
                 guard.commit_needs_reauth("no_refresh_token: the provider issued no refresh token").await?;
-                return Ok(Outcome::NeedsReauth {
-                    reason: "no_refresh_token".into(),
-                });
+                return Ok(Outcome::NeedsReauth { reason: "no_refresh_token".into() });
             }
             guard.rollback().await?;
             return Ok(Outcome::Current(conn, creds));
@@ -264,9 +285,8 @@ impl TokenService {
             Ok(resp) => {
                 let tokens = new_tokens(&self.policy, p.refresh_margin, resp, Some(&creds), &conn.scopes);
                 let due = tokens.refresh_due_at;
-                let updated = guard
-                    .commit_refreshed(&tokens, |v| schedule_for(provider, connection_id, v, due))
-                    .await?;
+                let updated =
+                    guard.commit_refreshed(&tokens, |v| schedule_for(provider, connection_id, v, due)).await?;
                 self.outbox_signal.notify_one();
                 tracing::Span::current().record("outcome", "refreshed");
                 tracing::info!(token_version = updated.token_version, "token refreshed");
@@ -289,7 +309,9 @@ impl TokenService {
                             OAuthError::Transient { retry_after, .. } => *retry_after,
                             _ => None,
                         };
-                        let at = now + chrono::Duration::from_std(self.policy.retry_delay(attempt + 1, retry_after)).unwrap_or_default();
+                        let at = now
+                            + chrono::Duration::from_std(self.policy.retry_delay(attempt + 1, retry_after))
+                                .unwrap_or_default();
                         let ev = ExpiryEvent {
                             provider: provider.to_owned(),
                             connection_id: connection_id.to_owned(),
@@ -317,7 +339,13 @@ impl TokenService {
 
 /// Runs the outbox relay until `shutdown` fires: publishes pending events with confirms,
 /// woken by `signal` after commits and at least every `poll`.
-pub async fn run_relay(store: Store, broker: Arc<crate::messaging::Broker>, signal: Arc<Notify>, poll: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_relay(
+    store: Store,
+    broker: Arc<crate::messaging::Broker>,
+    signal: Arc<Notify>,
+    poll: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         if *shutdown.borrow() {
@@ -362,7 +390,10 @@ mod tests {
         assert_eq!(p.refresh_due(now, Some(hour), true, None), Some(hour - chrono::Duration::seconds(300)));
         let short = now + chrono::Duration::seconds(60);
         assert_eq!(p.refresh_due(now, Some(short), true, None), Some(now + chrono::Duration::seconds(30)));
-        assert_eq!(p.refresh_due(now, Some(hour), true, Some(Duration::from_secs(60))), Some(hour - chrono::Duration::seconds(60)));
+        assert_eq!(
+            p.refresh_due(now, Some(hour), true, Some(Duration::from_secs(60))),
+            Some(hour - chrono::Duration::seconds(60))
+        );
         assert_eq!(p.refresh_due(now, Some(hour), false, None), None);
         assert_eq!(p.refresh_due(now, None, true, None), Some(now + chrono::Duration::seconds(86_400)));
         let expired = now - chrono::Duration::seconds(5);

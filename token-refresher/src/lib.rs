@@ -43,11 +43,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "token-refresher").await?;
-        let ctx = Arc::new(Ctx {
-            core,
-            settings,
-            consuming: AtomicBool::new(false),
-        });
+        let ctx = Arc::new(Ctx { core, settings, consuming: AtomicBool::new(false) });
         let (shutdown, rx) = watch::channel(false);
         let consumer = tokio::spawn(consume_loop(ctx.clone(), rx.clone()));
         let sweep = tokio::spawn(sweep_loop(ctx.clone(), rx));
@@ -67,15 +63,7 @@ impl Application {
         let handle = server.handle();
         let http = tokio::spawn(server);
         tracing::info!(%addr, "token-refresher running");
-        Ok(Self {
-            addr,
-            ctx,
-            shutdown,
-            consumer,
-            sweep,
-            handle,
-            http,
-        })
+        Ok(Self { addr, ctx, shutdown, consumer, sweep, handle, http })
     }
 
     pub fn url(&self) -> String {
@@ -147,7 +135,12 @@ async fn consume_once(ctx: &Arc<Ctx>, shutdown: &mut watch::Receiver<bool>) -> a
     ch.basic_qos(ctx.settings.prefetch, BasicQosOptions::default()).await?;
     let tag = format!("token-refresher-{}", std::process::id());
     let mut consumer = ch
-        .basic_consume(topology.work_queue().as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            topology.work_queue().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     ctx.consuming.store(true, Ordering::Relaxed);
     tracing::info!(queue = %topology.work_queue(), prefetch = ctx.settings.prefetch, "consuming expiry events");

@@ -29,7 +29,12 @@ fn traceparent(d: &Delivery) -> Option<String> {
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
-    let span = tracing::info_span!("expiry_event", provider = tracing::field::Empty, connection_id = tracing::field::Empty, outcome = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "expiry_event",
+        provider = tracing::field::Empty,
+        connection_id = tracing::field::Empty,
+        outcome = tracing::field::Empty
+    );
     shared::telemetry::set_remote_parent(&span, traceparent(&delivery).as_deref());
     let _enter = span.enter();
     let ev: ExpiryEvent = match serde_json::from_slice(&delivery.data) {
@@ -58,10 +63,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
             }
         };
     }
-    let trigger = Trigger::Scheduled {
-        version: ev.token_version,
-        attempt: ev.attempt,
-    };
+    let trigger = Trigger::Scheduled { version: ev.token_version, attempt: ev.attempt };
     match ctx.core.tokens.refresh(&ev.provider, &ev.connection_id, trigger).await {
         Ok(outcome) => {
             let label = match &outcome {

@@ -30,12 +30,6 @@ impl Settings {
         let sweep_interval = r.seconds(SWEEP_INTERVAL, 60).max(Duration::from_millis(100));
         let sweep_grace = r.seconds(SWEEP_GRACE, 60);
         r.finish()?;
-        Ok(Self {
-            common: common.expect("checked"),
-            bind,
-            prefetch,
-            sweep_interval,
-            sweep_grace,
-        })
+        Ok(Self { common: common.expect("checked"), bind, prefetch, sweep_interval, sweep_grace })
     }
 }

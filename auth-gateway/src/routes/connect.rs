@@ -23,26 +23,39 @@ pub struct CreateSession {
 
 /// `POST /v1/connect/sessions`: a backend asks for a connect URL for one end user.
 #[tracing::instrument(skip_all, fields(provider = %body.provider))]
-pub async fn create_session(_: Caller, state: web::Data<AppState>, body: web::Json<CreateSession>) -> Result<HttpResponse, ApiError> {
+pub async fn create_session(
+    _: Caller,
+    state: web::Data<AppState>,
+    body: web::Json<CreateSession>,
+) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let provider = state
-        .core
-        .tokens
-        .catalog
-        .get(&body.provider)
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider)))?;
+    let provider = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
+        ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
+    })?;
     if !provider.is_configured() {
         return Err(ApiError::new(
             ErrorCode::ProviderNotConfigured,
-            format!("provider `{}` has no client credentials; set {}_CLIENT_ID and {}_CLIENT_SECRET", provider.id, shared::catalog::env_prefix(&provider.id), shared::catalog::env_prefix(&provider.id)),
+            format!(
+                "provider `{}` has no client credentials; set {}_CLIENT_ID and {}_CLIENT_SECRET",
+                provider.id,
+                shared::catalog::env_prefix(&provider.id),
+                shared::catalog::env_prefix(&provider.id)
+            ),
         ));
     }
     if !valid_connection_id(&body.connection_id) {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "connection_id must be 1-255 characters of letters, digits and -_.~@+:="));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "connection_id must be 1-255 characters of letters, digits and -_.~@+:=",
+        ));
     }
-    let return_url = Url::parse(&body.return_url).map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "return_url must be an absolute URL"))?;
+    let return_url = Url::parse(&body.return_url)
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "return_url must be an absolute URL"))?;
     if !state.settings.return_url_allowed(&return_url) {
-        return Err(ApiError::new(ErrorCode::InvalidRequest, "return_url is not an allowed http(s) URL (see AUTHBRIDGE_RETURN_URL_ALLOWLIST)"));
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "return_url is not an allowed http(s) URL (see AUTHBRIDGE_RETURN_URL_ALLOWLIST)",
+        ));
     }
     let token = random_token();
     let expires_at = Utc::now() + chrono::Duration::from_std(state.settings.session_ttl).unwrap_or_default();
@@ -58,13 +71,11 @@ pub async fn create_session(_: Caller, state: web::Data<AppState>, body: web::Js
         })
         .await?;
     let connect_url = format!("{}/connect/{token}", state.settings.public_url.as_str().trim_end_matches('/'));
-    Ok(HttpResponse::Created()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(serde_json::json!({
-            "token": token,
-            "connect_url": connect_url,
-            "expires_at": expires_at,
-        })))
+    Ok(HttpResponse::Created().insert_header((header::CACHE_CONTROL, "no-store")).json(serde_json::json!({
+        "token": token,
+        "connect_url": connect_url,
+        "expires_at": expires_at,
+    })))
 }
 
 fn redirect(to: &str) -> HttpResponse {
@@ -101,17 +112,17 @@ pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) 
         .await?;
     let session = match started {
         Ok(s) => s,
-        Err(SessionLookup::Unknown) => return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session")),
+        Err(SessionLookup::Unknown) => {
+            return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session"))
+        }
         Err(SessionLookup::Expired { return_url }) => return Ok(error_back(&return_url, "session_expired")),
         Err(SessionLookup::AlreadyUsed { return_url }) => return Ok(error_back(&return_url, "session_already_used")),
     };
     tracing::Span::current().record("provider", session.provider.as_str());
-    let provider = state
-        .core
-        .tokens
-        .catalog
-        .get(&session.provider)
-        .ok_or_else(|| ApiError::new(ErrorCode::UnknownProvider, "the session's provider is no longer configured"))?;
+    let provider =
+        state.core.tokens.catalog.get(&session.provider).ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownProvider, "the session's provider is no longer configured")
+        })?;
     let challenge = provider.pkce.then_some(challenge.as_str());
     let url = OAuthClient::authorize_url(provider, &state.redirect_uri(), &state_param, challenge)
         .map_err(|e| ApiError::new(ErrorCode::ProviderNotConfigured, e.to_string()))?;
@@ -135,7 +146,12 @@ pub async fn callback(state: web::Data<AppState>, q: web::Query<CallbackQuery>) 
     let consumed = state.core.store.consume_state(&hash_secret(&state_param)).await?;
     let session = match consumed {
         Ok(s) => s,
-        Err(SessionLookup::Unknown) => return Err(ApiError::new(ErrorCode::InvalidState, "unknown state: this callback does not belong to any connect session")),
+        Err(SessionLookup::Unknown) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidState,
+                "unknown state: this callback does not belong to any connect session",
+            ))
+        }
         Err(SessionLookup::Expired { return_url }) => return Ok(error_back(&return_url, "session_expired")),
         Err(SessionLookup::AlreadyUsed { return_url }) => return Ok(error_back(&return_url, "state_already_used")),
     };

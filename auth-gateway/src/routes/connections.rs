@@ -75,7 +75,8 @@ pub struct ListQuery {
 }
 
 fn encode_cursor(c: &Connection) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&[&c.provider, &c.connection_id]).expect("serializes"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&[&c.provider, &c.connection_id]).expect("serializes"))
 }
 
 fn decode_cursor(s: &str) -> Option<(String, String)> {
@@ -88,7 +89,10 @@ fn decode_cursor(s: &str) -> Option<(String, String)> {
 pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
-        Some(s) => Some(ConnectionStatus::parse(s).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "status must be `active` or `needs_reauth`"))?),
+        Some(s) => Some(
+            ConnectionStatus::parse(s)
+                .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "status must be `active` or `needs_reauth`"))?,
+        ),
     };
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -96,7 +100,9 @@ pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery
     }
     let after = match q.cursor.as_deref() {
         None => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "cursor is not valid"))?),
+        Some(c) => {
+            Some(decode_cursor(c).ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "cursor is not valid"))?)
+        }
     };
     let rows = state
         .core
@@ -117,7 +123,11 @@ fn needs_reauth(reason: &str) -> ApiError {
 }
 
 /// `GET /v1/connections/{provider}/{connection_id}`
-pub async fn get(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn get(
+    _: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
     let c = state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
@@ -125,7 +135,11 @@ pub async fn get(_: Caller, state: web::Data<AppState>, path: web::Path<(String,
 
 /// `GET /v1/connections/{provider}/{connection_id}/token`: a token valid for a while yet.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
-pub async fn token(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn token(
+    _: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
     match state.core.tokens.valid_token(&provider, &id).await? {
         Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok(HttpResponse::Ok()
@@ -139,20 +153,29 @@ pub async fn token(_: Caller, state: web::Data<AppState>, path: web::Path<(Strin
             }))),
         Outcome::NotFound => Err(not_found(&provider, &id)),
         Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
-        Outcome::Failed { error, .. } => Err(ApiError::new(ErrorCode::RefreshFailed, format!("the token is about to expire and refreshing it failed: {error}"))),
+        Outcome::Failed { error, .. } => Err(ApiError::new(
+            ErrorCode::RefreshFailed,
+            format!("the token is about to expire and refreshing it failed: {error}"),
+        )),
         Outcome::NotDue => Err(ApiError::internal("unexpected outcome for EnsureFresh")),
     }
 }
 
 /// `POST /v1/connections/{provider}/{connection_id}/refresh`: refresh now.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
-pub async fn refresh(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(
+    _: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
     match state.core.tokens.refresh(&provider, &id, Trigger::Force).await? {
         Outcome::Refreshed(c, _) | Outcome::Current(c, _) => Ok(HttpResponse::Ok().json(ConnectionView::from(&c))),
         Outcome::NotFound => Err(not_found(&provider, &id)),
         Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
-        Outcome::Failed { error, .. } => Err(ApiError::new(ErrorCode::RefreshFailed, format!("refresh failed: {error}"))),
+        Outcome::Failed { error, .. } => {
+            Err(ApiError::new(ErrorCode::RefreshFailed, format!("refresh failed: {error}")))
+        }
         Outcome::NotDue => Err(ApiError::internal("unexpected outcome for Force")),
     }
 }
@@ -160,7 +183,11 @@ pub async fn refresh(_: Caller, state: web::Data<AppState>, path: web::Path<(Str
 /// `DELETE /v1/connections/{provider}/{connection_id}`: forget the connection and revoke its
 /// tokens at the provider (RFC 7009) where the provider has a revocation endpoint.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
-pub async fn delete(_: Caller, state: web::Data<AppState>, path: web::Path<(String, String)>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    _: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
     let c = state.core.store.delete_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
     if let (Some(p), Ok(creds)) = (state.core.tokens.catalog.get(&provider), state.core.store.open_credentials(&c)) {

@@ -221,7 +221,11 @@ impl Store {
 
     /// Deletes a connection and returns what it held (so its tokens can be revoked).
     #[tracing::instrument(skip_all, fields(provider, connection_id))]
-    pub async fn delete_connection(&self, provider: &str, connection_id: &str) -> Result<Option<Connection>, StoreError> {
+    pub async fn delete_connection(
+        &self,
+        provider: &str,
+        connection_id: &str,
+    ) -> Result<Option<Connection>, StoreError> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -254,14 +258,14 @@ impl Store {
     /// released when the guard commits, or when it is dropped (the connection is then discarded,
     /// which rolls the transaction back).
     #[tracing::instrument(skip_all, fields(provider, connection_id))]
-    pub async fn lock_for_refresh(&self, provider: &str, connection_id: &str) -> Result<Option<RefreshGuard>, StoreError> {
+    pub async fn lock_for_refresh(
+        &self,
+        provider: &str,
+        connection_id: &str,
+    ) -> Result<Option<RefreshGuard>, StoreError> {
         let client = self.client().await?;
         client.batch_execute("BEGIN").await?;
-        let mut guard = RefreshGuard {
-            client: Some(client),
-            store: self.clone(),
-            conn: None,
-        };
+        let mut guard = RefreshGuard { client: Some(client), store: self.clone(), conn: None };
         let row = guard
             .client()
             .query_opt(

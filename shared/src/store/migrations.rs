@@ -72,10 +72,8 @@ async fn apply(client: &mut deadpool_postgres::Object) -> Result<(), StoreError>
         )
         .await?;
     for (version, sql) in MIGRATIONS {
-        let done = client
-            .query_opt("SELECT 1 FROM authbridge_migrations WHERE version = $1", &[version])
-            .await?
-            .is_some();
+        let done =
+            client.query_opt("SELECT 1 FROM authbridge_migrations WHERE version = $1", &[version]).await?.is_some();
         if done {
             continue;
         }

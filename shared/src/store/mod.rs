@@ -63,9 +63,7 @@ impl Store {
             NoTls,
             // Verified recycling sends an empty query before reuse: after a PostgreSQL restart a
             // dead connection is replaced instead of failing the request that drew it.
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
+            ManagerConfig { recycling_method: RecyclingMethod::Verified },
         );
         let pool = Pool::builder(mgr)
             .max_size(pool_size)
@@ -118,10 +116,7 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<String, Stor
     let cfg = pg_config(admin_url)?;
     let (client, conn) = cfg.connect(NoTls).await?;
     let task = tokio::spawn(conn);
-    let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-        .await?
-        .is_some();
+    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
     if !exists {
         // Identifiers cannot be bound as parameters; the name is checked to be a plain word.
         if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -12,7 +12,6 @@ pub struct OutboxMessage {
     pub payload: serde_json::Value,
 }
 
-
 /// An event waiting in the outbox.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -21,9 +20,7 @@ pub struct OutboxRow {
 }
 
 pub(super) async fn insert_outbox<C: GenericClient>(client: &C, m: &OutboxMessage) -> Result<(), StoreError> {
-    client
-        .execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2)", &[&m.topic, &m.payload])
-        .await?;
+    client.execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2)", &[&m.topic, &m.payload]).await?;
     Ok(())
 }
 
@@ -50,23 +47,14 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let rows = tx
-            .query(
-                "SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&limit],
-            )
+            .query("SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&limit])
             .await?;
         if rows.is_empty() {
             return Ok(0);
         }
         let batch = rows
             .iter()
-            .map(|r| OutboxRow {
-                id: r.get(0),
-                message: OutboxMessage {
-                    topic: r.get(1),
-                    payload: r.get(2),
-                },
-            })
+            .map(|r| OutboxRow { id: r.get(0), message: OutboxMessage { topic: r.get(1), payload: r.get(2) } })
             .collect();
         let done = publish(batch).await;
         if !done.is_empty() {

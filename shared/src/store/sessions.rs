@@ -66,9 +66,7 @@ impl Store {
             )
             .await?;
         // Housekeeping: sessions are worthless a day after they expire.
-        client
-            .execute("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'", &[])
-            .await?;
+        client.execute("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'", &[]).await?;
         Ok(())
     }
 
@@ -100,11 +98,7 @@ impl Store {
             )
             .await?;
         if let Some(r) = row {
-            return Ok(Ok(StartedSession {
-                provider: r.get(0),
-                connection_id: r.get(1),
-                return_url: r.get(2),
-            }));
+            return Ok(Ok(StartedSession { provider: r.get(0), connection_id: r.get(1), return_url: r.get(2) }));
         }
         let why = client
             .query_opt(

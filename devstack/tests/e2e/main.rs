@@ -1,0 +1,9 @@
+//! End-to-end tests: the three services and the mock provider, in-process, against the real
+//! PostgreSQL and RabbitMQ. One stack (database + queue prefix) per test.
+
+mod callbacks;
+mod flow;
+mod management;
+mod proxy;
+mod refresh;
+mod support;

@@ -1,0 +1,96 @@
+//! The management API: providers, connections (listing, status, tokens, forced refresh,
+//! deletion with revocation), health and readiness.
+
+use crate::support::TestApp;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_listed_with_their_configuration_but_no_secrets() {
+    let app = TestApp::start().await;
+    let r = app.api(Method::GET, "/v1/providers").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(devstack::MOCK_CLIENT_SECRET));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = v["providers"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    for id in ["kartra", "ontraport", "redtail", "whatconverts", "interact", "mock"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let kartra = v["providers"].as_array().unwrap().iter().find(|p| p["id"] == "kartra").unwrap();
+    assert_eq!(kartra["configured"], false);
+    assert_eq!(kartra["authorize_url"], "https://app.kartra.com/oauth/auth");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_listed_paged_inspected_refreshed_and_deleted() {
+    let app = TestApp::start().await;
+    for id in ["a", "b", "c"] {
+        app.connect("mock", id).await;
+    }
+    let r = app.api(Method::GET, "/v1/connections?limit=2").await;
+    let page1: Value = r.json().await.unwrap();
+    assert_eq!(page1["connections"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    let page2: Value =
+        app.api(Method::GET, &format!("/v1/connections?limit=2&cursor={cursor}")).await.json().await.unwrap();
+    assert_eq!(page2["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["connections"][0]["connection_id"], "c");
+    assert!(page2["next_cursor"].is_null());
+    let filtered: Value = app.api(Method::GET, "/v1/connections?status=needs_reauth").await.json().await.unwrap();
+    assert_eq!(filtered["connections"].as_array().unwrap().len(), 0);
+    assert_eq!(app.api(Method::GET, "/v1/connections?status=weird").await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.api(Method::GET, "/v1/connections?limit=0").await.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.api(Method::GET, "/v1/connections?cursor=%%%").await.status(), StatusCode::BAD_REQUEST);
+
+    // A forced refresh changes the token and shows up in the status.
+    let before = app.token("mock", "a").await;
+    let r = app.api(Method::POST, "/v1/connections/mock/a/refresh").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "active");
+    let after = app.token("mock", "a").await;
+    assert_ne!(before, after);
+
+    // The token endpoint is never cached.
+    let r = app.api(Method::GET, "/v1/connections/mock/a/token").await;
+    assert_eq!(r.headers()["cache-control"], "no-store");
+
+    // Deleting revokes at the provider and forgets the connection.
+    let r = app.api(Method::DELETE, "/v1/connections/mock/a").await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.mock_stats().revocations, 1);
+    let r = app.api(Method::GET, "/v1/connections/mock/a").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "connection_not_found");
+    assert_eq!(app.api(Method::DELETE, "/v1/connections/mock/a").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.proxy_get("mock", "a", "x").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.api(Method::POST, "/v1/connections/mock/a/refresh").await.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_reports_health_and_readiness() {
+    let app = TestApp::start().await;
+    for base in [app.stack.gateway.url(), app.stack.proxy.url(), app.stack.refreshers[0].url()] {
+        let r = app.http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{base}");
+        // The refresher is ready once its consumer is attached, a moment after start.
+        let v: Value = crate::support::eventually("readiness", std::time::Duration::from_secs(10), || async {
+            let r = app.http.get(format!("{base}/readyz")).send().await.unwrap();
+            if r.status() == StatusCode::OK {
+                r.json().await.ok()
+            } else {
+                None
+            }
+        })
+        .await;
+        assert_eq!(v["checks"]["postgres"], "ok");
+        assert_eq!(v["checks"]["rabbitmq"], "ok");
+    }
+    let r = app.http.get(app.gw("/no/such/route")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    app.stop().await;
+}

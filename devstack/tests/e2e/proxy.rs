@@ -1,0 +1,150 @@
+//! The proxy: 401 → refresh → retry once, needs_reauth → 409, its own errors told apart from
+//! the provider's, and paths that cannot leave the provider's API.
+
+use crate::support::{query_param, TestApp};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_401_is_answered_by_one_refresh_and_one_retry() {
+    let app = TestApp::start().await;
+    let (landed, _) = app.connect("mock", "u401").await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"));
+    let before = app.token("mock", "u401").await;
+    // The provider revokes the access token early (it still looks valid to us).
+    app.mock_control(mock_provider::Control { expire_all_access_tokens: true, ..Default::default() });
+    let r = app.proxy_get("mock", "u401", "deals").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let echo: Value = r.json().await.unwrap();
+    assert_ne!(echo["token"], Value::String(before), "the retry used the refreshed token");
+    let stats = app.mock_stats();
+    assert_eq!(stats.refresh_grants, 1);
+    assert_eq!(stats.api_unauthorized, 1, "exactly one call was refused, the retry succeeded");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_marks_the_connection_needs_reauth_and_the_proxy_answers_409() {
+    let app = TestApp::start().await;
+    app.connect("mock", "urevoked").await;
+    app.mock_control(mock_provider::Control {
+        revoke_all_refresh_tokens: true,
+        expire_all_access_tokens: true,
+        ..Default::default()
+    });
+    // The proxied call gets 401, the refresh gets invalid_grant.
+    let r = app.proxy_get("mock", "urevoked", "deals").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.headers()["x-authbridge-error"], "needs_reauth");
+    let conn = app.connection("mock", "urevoked").await;
+    assert_eq!(conn["status"], "needs_reauth");
+    assert!(conn["last_error"].as_str().unwrap().contains("invalid_grant"));
+    // From now on the proxy answers 409 without calling the provider, and no refresh is retried.
+    let calls = app.mock_stats().api_calls;
+    let r = app.proxy_get("mock", "urevoked", "deals").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(app.mock_stats().api_calls, calls);
+    let r = app.api(reqwest::Method::GET, "/v1/connections/mock/urevoked/token").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let rejected = app.mock_stats().refresh_rejected;
+    assert_eq!(rejected, 1);
+    // Re-authorizing brings it back.
+    let (landed, _) = app.connect("mock", "urevoked").await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"));
+    assert_eq!(app.connection("mock", "urevoked").await["status"], "active");
+    assert_eq!(app.proxy_get("mock", "urevoked", "deals").await.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_errors_carry_a_marker_and_the_providers_do_not() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    app.connect("mockdown", "u1").await;
+
+    let r = app.proxy_get("mock", "nobody", "x").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["x-authbridge-error"], "connection_not_found");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "connection_not_found");
+
+    let r = app.proxy_get("nope", "u1", "x").await;
+    assert_eq!(r.headers()["x-authbridge-error"], "unknown_provider");
+
+    let r = app.proxy_get("mockdown", "u1", "x").await;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers()["x-authbridge-error"], "upstream_unreachable");
+
+    let r = app.http.get(app.px("/proxy/mock/u1/x")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no API key");
+
+    app.mock_control(mock_provider::Control { api_fail_count: 1, api_fail_status: Some(503), ..Default::default() });
+    let r = app.proxy_get("mock", "u1", "x").await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "the provider's own error is relayed");
+    assert!(r.headers().get("x-authbridge-error").is_none());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_bodies_and_headers_are_forwarded_but_hop_by_hop_and_internal_headers_are_not() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    let r = app
+        .http
+        .post(app.px("/proxy/mock/u1/contacts?x=1"))
+        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .header("Content-Type", "application/json")
+        .header("X-Custom", "kept")
+        .header("X-Authbridge-Internal", "dropped")
+        .header("Connection", "keep-alive, X-Drop-Me")
+        .header("X-Drop-Me", "dropped")
+        .body(r#"{"name":"Ada"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body"], r#"{"name":"Ada"}"#);
+    let headers = &echo["headers"];
+    assert_eq!(headers["x-custom"], "kept");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(headers.get("x-authbridge-internal").is_none());
+    assert!(headers.get("x-drop-me").is_none());
+    assert!(headers["authorization"].as_str().unwrap().starts_with("Bearer at_"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_cannot_leave_the_providers_api() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    // Sent over a raw socket: HTTP clients would normalise these paths before sending them.
+    for bad in [
+        "%2e%2e/oauth/token",
+        "a/%2E%2E/%2e%2e/mock/stats",
+        "../../mock/stats",
+        "%5c%5cevil",
+        "x%0d%0aHost:%20evil",
+        "/evil.example/x",
+    ] {
+        let (status, body) = raw_get(app.stack.proxy.addr, &format!("/proxy/mock/u1/{bad}"), &app.stack.api_key).await;
+        assert!(status.contains("400"), "{bad}: {status}");
+        assert!(body.contains("invalid_request"), "{bad}: {body}");
+    }
+    assert_eq!(app.mock_stats().api_calls, 0, "nothing reached the provider");
+    app.stop().await;
+}
+
+/// A GET over a plain socket, so the path goes out exactly as written.
+async fn raw_get(addr: std::net::SocketAddr, path: &str, key: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.lines().next().unwrap_or_default().to_owned();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}

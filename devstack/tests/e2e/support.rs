@@ -1,0 +1,142 @@
+//! `TestApp`: one method per endpoint, and a browser that follows the connect flow.
+
+use devstack::{Stack, StackOptions};
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+use url::Url;
+
+pub struct TestApp {
+    pub stack: Stack,
+    pub http: reqwest::Client,
+}
+
+pub const RETURN_URL: &str = "https://app.example/settings?tab=integrations";
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(StackOptions::default()).await
+    }
+
+    pub async fn start_with(opts: StackOptions) -> Self {
+        shared::telemetry::init_for_tests();
+        let stack = Stack::start(opts).await.expect("stack starts");
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Self { stack, http }
+    }
+
+    pub async fn stop(self) {
+        self.stack.stop().await;
+    }
+
+    pub fn gw(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.gateway.url())
+    }
+
+    pub fn px(&self, path: &str) -> String {
+        format!("{}{path}", self.stack.proxy.url())
+    }
+
+    fn key(&self) -> String {
+        format!("Bearer {}", self.stack.api_key)
+    }
+
+    pub async fn create_session(&self, provider: &str, connection_id: &str, return_url: &str) -> reqwest::Response {
+        self.http
+            .post(self.gw("/v1/connect/sessions"))
+            .header("Authorization", self.key())
+            .json(&serde_json::json!({"provider": provider, "connection_id": connection_id, "return_url": return_url}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn connect_url(&self, provider: &str, connection_id: &str) -> String {
+        let r = self.create_session(provider, connection_id, RETURN_URL).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await.unwrap();
+        body["connect_url"].as_str().unwrap().to_owned()
+    }
+
+    /// GETs `url` and returns the redirect target.
+    pub async fn follow(&self, url: &str) -> Url {
+        let r = self.http.get(url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FOUND, "GET {url} did not redirect: {}", r.text().await.unwrap_or_default());
+        Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    /// Walks the whole browser flow and returns where the browser lands, plus the callback
+    /// URL the provider sent it to (for replay tests).
+    pub async fn connect(&self, provider: &str, connection_id: &str) -> (Url, Url) {
+        let connect = self.connect_url(provider, connection_id).await;
+        let authorize = self.follow(&connect).await;
+        let callback = self.follow(authorize.as_str()).await;
+        let landed = self.follow(callback.as_str()).await;
+        (landed, callback)
+    }
+
+    pub async fn proxy_get(&self, provider: &str, connection_id: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.px(&format!("/proxy/{provider}/{connection_id}/{path}")))
+            .header("Authorization", self.key())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn api(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
+        self.http.request(method, self.gw(path)).header("Authorization", self.key()).send().await.unwrap()
+    }
+
+    pub async fn connection(&self, provider: &str, connection_id: &str) -> Value {
+        let r = self.api(reqwest::Method::GET, &format!("/v1/connections/{provider}/{connection_id}")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json().await.unwrap()
+    }
+
+    pub async fn token(&self, provider: &str, connection_id: &str) -> String {
+        let r = self.api(reqwest::Method::GET, &format!("/v1/connections/{provider}/{connection_id}/token")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub fn mock_stats(&self) -> mock_provider::Stats {
+        self.stack.mock.state.stats()
+    }
+
+    pub fn mock_control(&self, c: mock_provider::Control) {
+        self.stack.mock.state.control(c);
+    }
+
+    /// Raw rows of a table, every column cast to text, for "no secret in clear" checks.
+    pub async fn raw_table_text(&self, table: &str) -> String {
+        let (client, conn) = tokio_postgres::connect(&self.stack.database_url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let rows = client.query(&format!("SELECT t::text FROM {table} t"), &[]).await.unwrap();
+        rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `limit` (a deadline for an
+/// eventual outcome, not a performance assertion).
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn query_param(u: &Url, k: &str) -> Option<String> {
+    u.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned())
+}

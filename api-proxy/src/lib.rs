@@ -42,6 +42,7 @@ impl Application {
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(shared::http::access_log())
                 .app_data(data.clone())
                 .app_data(api_keys.clone())
                 .app_data(shared::http::path_config())

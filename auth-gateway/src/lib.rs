@@ -51,7 +51,7 @@ impl Application {
         let grace = state.settings.common.shutdown_grace;
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(actix_web::middleware::Logger::new("%r %s %Dms").exclude_regex("^/(healthz|readyz)"))
+                .wrap(shared::http::access_log())
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))

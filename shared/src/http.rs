@@ -210,6 +210,16 @@ impl FromRequest for Caller {
     }
 }
 
+/// Access log that names the route pattern (`GET /connect/{token} 302 3ms`), never the path
+/// or query as sent: they carry session tokens, codes and states.
+pub fn access_log() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%{route}xi %s %Dms")
+        .custom_request_replace("route", |req| {
+            format!("{} {}", req.method(), req.match_pattern().unwrap_or_else(|| "<unmatched>".to_owned()))
+        })
+        .exclude_regex("^/(healthz|readyz)")
+}
+
 /// Liveness: the process answers.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))

@@ -59,6 +59,7 @@ pub struct StackOptions {
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
     pub http_workers: usize,
+    pub session_ttl: Duration,
 }
 
 impl Default for StackOptions {
@@ -77,6 +78,7 @@ impl Default for StackOptions {
             sweep_interval: Duration::from_secs(1),
             sweep_grace: Duration::from_secs(3),
             http_workers: 1,
+            session_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -150,7 +152,7 @@ impl Stack {
                 api_keys: api_keys.clone(),
                 bind: gw_listener.local_addr()?.to_string(),
                 public_url: Url::parse(&public_url)?,
-                session_ttl: Duration::from_secs(600),
+                session_ttl: opts.session_ttl,
                 return_url_allowlist: vec![],
                 workers: opts.http_workers,
             },

@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         sweep_interval: Duration::from_secs(30),
         sweep_grace: Duration::from_secs(30),
         http_workers: 2,
+        session_ttl: Duration::from_secs(600),
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let stack = devstack::Stack::start(opts).await?;

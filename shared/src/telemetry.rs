@@ -30,6 +30,8 @@ impl Drop for TelemetryGuard {
 /// Installs the global subscriber. Call once, from `main`, before starting the async runtime
 /// (the OTLP exporter runs its own thread with a blocking HTTP client).
 pub fn init(service: &'static str) -> TelemetryGuard {
+    // The exporter's HTTP client needs rustls' crypto provider in place before it is built.
+    crate::install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var(crate::config::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let fmt_layer = if json {

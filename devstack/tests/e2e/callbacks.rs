@@ -127,3 +127,27 @@ async fn session_requests_are_validated() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_request");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_and_flows_return_to_the_app_with_session_expired() {
+    let app = TestApp::start_with(devstack::StackOptions {
+        session_ttl: std::time::Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    // A connect URL opened too late.
+    let late = app.connect_url("mock", "slow").await;
+    // A flow started in time whose callback comes too late.
+    let started = app.connect_url("mock", "slow2").await;
+    let authorize = app.follow(&started).await;
+    let callback = app.follow(authorize.as_str()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let landed = app.follow(&late).await;
+    assert_eq!(query_param(&landed, "error").as_deref(), Some("session_expired"));
+    let landed = app.follow(callback.as_str()).await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("error"));
+    assert_eq!(query_param(&landed, "error").as_deref(), Some("session_expired"));
+    assert_eq!(connections_count(&app).await, 0);
+    assert_eq!(app.mock_stats().code_grants, 0, "an expired flow's code is never exchanged");
+    app.stop().await;
+}

@@ -77,6 +77,8 @@ struct RefreshToken {
     family: u64,
     scope: String,
     used: bool,
+    /// When it was first used (for the reuse grace window).
+    used_at: Option<Instant>,
 }
 
 /// Counters tests assert on.
@@ -92,6 +94,11 @@ pub struct Stats {
     pub revocations: u64,
     pub api_calls: u64,
     pub api_unauthorized: u64,
+    /// Refresh grants made after the family's latest access token had already expired: a
+    /// broker that keeps its promise keeps this at zero.
+    pub refreshes_after_expiry: u64,
+    /// Reuses of a rotated refresh token answered within `rotation_grace_seconds`.
+    pub grace_reuses: u64,
 }
 
 /// Faults to inject, set through `POST /mock/control`.
@@ -106,6 +113,8 @@ pub struct Control {
     pub retry_after_seconds: Option<u64>,
     /// Delay every token response by this long (simulates a slow provider or a timeout).
     pub token_delay_ms: u64,
+    /// A rotated refresh token stays usable this long (0: strict rotation).
+    pub rotation_grace_seconds: u64,
     /// Deny every authorization with `access_denied`.
     pub deny_authorizations: bool,
     /// Lifetime of newly issued access tokens, in seconds.
@@ -129,6 +138,8 @@ struct Inner {
     access: HashMap<String, AccessToken>,
     refresh: HashMap<String, RefreshToken>,
     revoked_families: std::collections::HashSet<u64>,
+    /// When each family's latest access token expires.
+    family_expiry: HashMap<u64, Instant>,
     next_family: u64,
     ttl: Duration,
     stats: Stats,
@@ -147,6 +158,7 @@ impl MockState {
             access: HashMap::new(),
             refresh: HashMap::new(),
             revoked_families: Default::default(),
+            family_expiry: HashMap::new(),
             next_family: 1,
             ttl: s.access_token_ttl,
             stats: Stats::default(),
@@ -319,7 +331,9 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
         g.next_family
     });
     let access = token("at");
-    g.access.insert(access.clone(), AccessToken { expires: Instant::now() + g.ttl, family });
+    let expires = Instant::now() + g.ttl;
+    g.access.insert(access.clone(), AccessToken { expires, family });
+    g.family_expiry.insert(family, expires);
     let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
@@ -332,7 +346,13 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
         let rt = token("rt");
         g.refresh.insert(
             rt.clone(),
-            RefreshToken { client_id: client_id.to_owned(), family, scope: scope.to_owned(), used: false },
+            RefreshToken {
+                client_id: client_id.to_owned(),
+                family,
+                scope: scope.to_owned(),
+                used: false,
+                used_at: None,
+            },
         );
         body["refresh_token"] = rt.into();
     }
@@ -420,13 +440,21 @@ async fn token_endpoint(state: web::Data<MockState>, req: HttpRequest, body: web
                 g.stats.refresh_rejected += 1;
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown refresh token");
             };
-            let (family, scope, owner, reused) = (r.family, r.scope.clone(), r.client_id.clone(), r.used);
+            let (family, scope, owner, reused, used_at) =
+                (r.family, r.scope.clone(), r.client_id.clone(), r.used, r.used_at);
             r.used = true;
+            r.used_at.get_or_insert_with(Instant::now);
+            let grace = Duration::from_secs(g.control.rotation_grace_seconds);
+            let within_grace = reused && used_at.is_some_and(|t| t.elapsed() < grace);
             if owner != client_id {
                 g.stats.refresh_rejected += 1;
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "refresh token issued to another client");
             }
-            if reused {
+            if within_grace && !g.revoked_families.contains(&family) {
+                // Like providers with a reuse interval (Auth0, Okta): a retry shortly after a
+                // rotation is answered, not treated as theft.
+                g.stats.grace_reuses += 1;
+            } else if reused {
                 // Reuse of a rotated refresh token: treat as theft and revoke the family.
                 g.revoked_families.insert(family);
                 g.access.retain(|_, t| t.family != family);
@@ -438,6 +466,9 @@ async fn token_endpoint(state: web::Data<MockState>, req: HttpRequest, body: web
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "refresh token revoked");
             }
             g.stats.refresh_grants += 1;
+            if g.family_expiry.get(&family).is_some_and(|e| *e < Instant::now()) {
+                g.stats.refreshes_after_expiry += 1;
+            }
             if g.control.omit_refresh_token_on_refresh {
                 // Keep the same refresh token valid, as providers without rotation do.
                 if let Some(r) = g.refresh.get_mut(rt) {

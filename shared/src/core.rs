@@ -46,6 +46,13 @@ impl Core {
         self.shutdown.subscribe()
     }
 
+    /// Stops the relay at once, publishing nothing more (a simulated crash).
+    pub fn abort(&mut self) {
+        if let Some(r) = self.relay.take() {
+            r.abort();
+        }
+    }
+
     /// Stops the relay after one last pass, so events committed before shutdown go out.
     pub async fn stop(&mut self) {
         let _ = self.shutdown.send(true);

@@ -9,6 +9,7 @@ pub mod core;
 pub mod crypto;
 pub mod http;
 pub mod messaging;
+pub mod metrics;
 pub mod oauth;
 pub mod store;
 pub mod telemetry;

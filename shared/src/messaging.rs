@@ -324,6 +324,25 @@ impl Broker {
         done
     }
 
+    /// Puts an unprocessable message into the dead-letter queue with the reason in the
+    /// `x-authbridge-reason` header, and waits for the confirm.
+    pub async fn publish_dead(&self, body: &[u8], reason: &str) -> Result<(), BrokerError> {
+        let result = async {
+            let ch = self.channel().await?;
+            let mut headers = FieldTable::default();
+            headers.insert(s("x-authbridge-reason"), ls(reason));
+            let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+            let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let c = ch.basic_publish(s(&self.topology.dead_exchange()), s(""), opts, body, props).await?;
+            Self::confirm(c).await
+        }
+        .await;
+        if result.is_err() {
+            self.invalidate().await;
+        }
+        result
+    }
+
     /// Messages waiting in a queue (passive declare), for tests and metrics.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
         let ch = self.channel().await?;

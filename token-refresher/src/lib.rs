@@ -28,6 +28,15 @@ pub struct Ctx {
     pub core: Core,
     pub settings: Settings,
     pub consuming: AtomicBool,
+    pub metrics: shared::metrics::Registry,
+}
+
+fn registry() -> shared::metrics::Registry {
+    let r = shared::metrics::Registry::new();
+    r.describe("authbridge_refresh_events_total", "Expiry events handled, by outcome.");
+    r.describe("authbridge_dead_lettered_total", "Expiry events sent to the dead-letter queue, by reason.");
+    r.describe("authbridge_sweep_rescheduled_total", "Overdue connections the sweep rescheduled, by how.");
+    r
 }
 
 pub struct Application {
@@ -43,7 +52,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "token-refresher").await?;
-        let ctx = Arc::new(Ctx { core, settings, consuming: AtomicBool::new(false) });
+        let ctx = Arc::new(Ctx { core, settings, consuming: AtomicBool::new(false), metrics: registry() });
         let (shutdown, rx) = watch::channel(false);
         let consumer = tokio::spawn(consume_loop(ctx.clone(), rx.clone()));
         let sweep = tokio::spawn(sweep_loop(ctx.clone(), rx));
@@ -53,6 +62,7 @@ impl Application {
                 .app_data(data.clone())
                 .route("/healthz", web::get().to(shared::http::healthz))
                 .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
                 .default_service(web::to(shared::http::not_found))
         })
         .workers(1)
@@ -83,12 +93,20 @@ impl Application {
         }
     }
 
-    /// Simulates a crash: drops everything at once without finishing in-flight work.
+    /// Simulates a crash: in-flight refreshes are dropped mid-way (their transactions roll
+    /// back), the AMQP connection closes without acknowledging (RabbitMQ redelivers), and the
+    /// outbox relay stops without a last pass.
     pub async fn kill(self) {
         self.consumer.abort();
         self.sweep.abort();
+        let _ = self.consumer.await;
+        let _ = self.sweep.await;
         self.handle.stop(false).await;
         self.http.abort();
+        let _ = self.http.await;
+        if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
+            ctx.core.abort();
+        }
     }
 
     pub async fn run_until_stopped(self) {
@@ -105,6 +123,28 @@ async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
         ("rabbitmq", shared::http::probe(ctx.core.broker.ping()).await),
         ("consumer", consuming),
     ])
+}
+
+async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
+    let mut out = ctx.metrics.render();
+    let topo = &ctx.core.broker.topology;
+    for (name, help, queue) in [
+        ("authbridge_work_queue_depth", "Expiry events due and waiting for a refresher.", topo.work_queue()),
+        ("authbridge_dead_letter_queue_depth", "Expiry events in the dead-letter queue.", topo.dead_queue()),
+    ] {
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), ctx.core.broker.queue_depth(&queue)).await {
+            shared::metrics::gauge(&mut out, name, help, n as f64);
+        }
+    }
+    if let Ok(n) = ctx.core.store.outbox_len().await {
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_outbox_pending",
+            "Events committed but not yet published.",
+            n as f64,
+        );
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }
 
 /// Connects, consumes until the connection breaks or shutdown, reconnects with backoff.
@@ -189,11 +229,29 @@ async fn sweep_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
 
 /// One sweep pass; returns how many connections it rescheduled (at most one page of 500:
 /// the ones just scheduled stay overdue until refreshed, so the next pass takes the rest).
+///
+/// While RabbitMQ is unreachable, queued events cannot arrive, so the sweep refreshes overdue
+/// connections itself (the single-flight refresh makes this safe alongside any consumer).
 pub async fn sweep_once(ctx: &Ctx) -> anyhow::Result<usize> {
     let before = chrono::Utc::now() - chrono::Duration::from_std(ctx.settings.sweep_grace).unwrap_or_default();
     let overdue = ctx.core.store.overdue_connections(before, 500).await?;
     if overdue.is_empty() {
         return Ok(0);
+    }
+    let broker_up = shared::http::probe(ctx.core.broker.ping()).await.is_ok();
+    if !broker_up {
+        use futures_util::stream::{self, StreamExt};
+        let n = overdue.len();
+        stream::iter(overdue)
+            .for_each_concurrent(8, |c| async move {
+                let trigger = shared::tokens::Trigger::Scheduled { version: c.token_version, attempt: 0 };
+                if let Err(e) = ctx.core.tokens.refresh(&c.provider, &c.connection_id, trigger).await {
+                    tracing::warn!(error = %e, "direct refresh by the sweep failed");
+                }
+            })
+            .await;
+        ctx.metrics.add("authbridge_sweep_rescheduled_total", "how=\"direct_refresh\"", n as u64);
+        return Ok(n);
     }
     let now = chrono::Utc::now();
     let events: Vec<_> = overdue
@@ -212,5 +270,6 @@ pub async fn sweep_once(ctx: &Ctx) -> anyhow::Result<usize> {
         .collect();
     ctx.core.store.enqueue(&events).await?;
     ctx.core.tokens.outbox_signal.notify_one();
+    ctx.metrics.add("authbridge_sweep_rescheduled_total", "how=\"event\"", overdue.len() as u64);
     Ok(overdue.len())
 }

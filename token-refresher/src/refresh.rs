@@ -20,6 +20,23 @@ pub enum Disposition {
     DeadLettered,
 }
 
+/// Dead-letters a delivery with its reason: published to the dead-letter queue with the reason
+/// in a header, then acknowledged; if that publish fails, rejected (RabbitMQ dead-letters it
+/// without the header). Counted in `authbridge_dead_lettered_total`.
+async fn dead_letter(ctx: &Ctx, delivery: Delivery, reason: &str) -> Disposition {
+    ctx.metrics.inc("authbridge_dead_lettered_total", &format!("reason=\"{reason}\""));
+    match ctx.core.broker.publish_dead(&delivery.data, reason).await {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not publish to the dead-letter queue; rejecting instead");
+            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+    Disposition::DeadLettered
+}
+
 fn traceparent(d: &Delivery) -> Option<String> {
     let headers = d.properties.headers().as_ref()?;
     headers.inner().iter().find(|(k, _)| k.as_str() == "traceparent").and_then(|(_, v)| match v {
@@ -41,8 +58,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
         Ok(ev) => ev,
         Err(e) => {
             tracing::error!(error = %e, "unreadable expiry event; dead-lettering");
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            return Disposition::DeadLettered;
+            return dead_letter(ctx, delivery, "unreadable_event").await;
         }
     };
     span.record("provider", ev.provider.as_str());
@@ -53,12 +69,14 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
         return match ctx.core.broker.publish_expiry(&ev).await {
             Ok(()) => {
                 let _ = delivery.ack(BasicAckOptions::default()).await;
+                ctx.metrics.inc("authbridge_refresh_events_total", "outcome=\"redelayed\"");
                 Disposition::Redelayed
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not re-delay an early event; requeueing");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                ctx.metrics.inc("authbridge_refresh_events_total", "outcome=\"requeued\"");
                 Disposition::Requeued
             }
         };
@@ -75,14 +93,14 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
                 Outcome::Failed { .. } => "failed_retry_scheduled",
             };
             span.record("outcome", label);
+            ctx.metrics.inc("authbridge_refresh_events_total", &format!("outcome=\"{label}\""));
             tracing::debug!(outcome = label, "expiry event handled");
             let _ = delivery.ack(BasicAckOptions::default()).await;
             Disposition::Acked
         }
         Err(TokenError::UnknownProvider(p)) => {
             tracing::error!(provider = %p, "expiry event for a provider no longer in the catalog; dead-lettering");
-            let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
-            Disposition::DeadLettered
+            dead_letter(ctx, delivery, "unknown_provider").await
         }
         Err(TokenError::Store(e)) => {
             // The queue's delivery limit bounds this; the sweep reschedules anything that
@@ -90,6 +108,7 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
             tracing::warn!(error = %e, "database unavailable; requeueing the expiry event");
             tokio::time::sleep(Duration::from_secs(1)).await;
             let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            ctx.metrics.inc("authbridge_refresh_events_total", "outcome=\"requeued\"");
             Disposition::Requeued
         }
     }

@@ -148,3 +148,17 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str, key: &str) -> (String, 
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_a_504_from_the_proxy_not_a_hang() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    // Slower than the proxy's upstream timeout (5 s in the test stack).
+    app.mock_control(mock_provider::Control { api_delay_ms: 6000, ..Default::default() });
+    let r = app.proxy_get("mock", "u1", "slow").await;
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.headers()["x-authbridge-error"], "upstream_timeout");
+    app.mock_control(mock_provider::Control::default());
+    assert_eq!(app.proxy_get("mock", "u1", "fast").await.status(), StatusCode::OK);
+    app.stop().await;
+}

@@ -205,3 +205,40 @@ async fn a_refresh_without_a_new_refresh_token_keeps_the_old_one() {
     assert_eq!(stats.refresh_rejected, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_refresher_finishes_the_refresh_in_flight_and_acknowledges_it() {
+    let mut app = TestApp::start().await;
+    app.connect("mock", "drain").await;
+    let version = app.stack.store().get_connection("mock", "drain").await.unwrap().unwrap().token_version;
+    app.mock_control(mock_provider::Control { token_delay_ms: 1500, ..Default::default() });
+    make_due_now(&app, "mock", "drain").await;
+    let requests = app.mock_stats().token_requests;
+    let broker = app.stack.broker();
+    broker
+        .publish_expiry(&ExpiryEvent {
+            provider: "mock".into(),
+            connection_id: "drain".into(),
+            token_version: version,
+            due_at: chrono::Utc::now(),
+            attempt: 0,
+            traceparent: None,
+        })
+        .await
+        .unwrap();
+    eventually("the refresh to be in flight", Duration::from_secs(10), || async {
+        (app.mock_stats().token_requests > requests).then_some(())
+    })
+    .await;
+    // The same path SIGTERM takes.
+    app.stack.refreshers.pop().unwrap().stop().await;
+    let after = app.stack.store().get_connection("mock", "drain").await.unwrap().unwrap();
+    assert_eq!(after.token_version, version + 1, "the in-flight refresh was committed before exit");
+    assert_eq!(app.mock_stats().refresh_grants, 1);
+    // It was acknowledged: a new replica finds nothing to redo.
+    app.stack.add_refresher(0).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(app.mock_stats().refresh_grants, 1);
+    assert_eq!(app.mock_stats().refresh_rejected, 0);
+    app.stop().await;
+}

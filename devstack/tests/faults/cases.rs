@@ -1,0 +1,352 @@
+//! The fault cases. Figures go to `target/reliability-report.md` (see docs/reliability.md).
+
+use crate::harness::*;
+use crate::support::{eventually, TestApp};
+use devstack::StackOptions;
+use shared::messaging::ExpiryEvent;
+use std::time::{Duration, Instant};
+
+fn opts(ttl_secs: u64, refreshers: usize) -> StackOptions {
+    StackOptions {
+        token_ttl: Duration::from_secs(ttl_secs),
+        refreshers,
+        sweep_interval: Duration::from_secs(1),
+        sweep_grace: Duration::from_secs(2),
+        http_workers: 2,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_restart_while_connecting_and_refreshing_loses_nothing() {
+    let app = TestApp::start_with(opts(12, 2)).await;
+    let before = ids("rmq-before", 30);
+    connect_all(&app, &before, 10).await;
+    let load = Load::start(&app, before.clone(), 4, Duration::from_millis(20));
+
+    let started = Instant::now();
+    let down = RabbitDown::stop();
+    let refresher_ready = format!("{}/readyz", app.stack.refreshers[0].url());
+    wait_ready(&refresher_ready, 503, Duration::from_secs(15)).await;
+    // Connections made while RabbitMQ is down: their events wait in the outbox.
+    let during = ids("rmq-during", 20);
+    connect_all(&app, &during, 5).await;
+    let pending = app.stack.store().outbox_len().await.unwrap();
+    assert!(pending > 0, "events should be waiting in the outbox");
+    tokio::time::sleep(Duration::from_secs(8)).await; // past the first refreshes' due time
+    let outage = started.elapsed();
+    down.start();
+    let recovery = wait_ready(&refresher_ready, 200, Duration::from_secs(60)).await;
+
+    // Two token lifetimes later, every connection has been refreshed since the outage.
+    let all: Vec<String> = before.iter().chain(during.iter()).cloned().collect();
+    let waited = wait_refreshed(&app, &all, 3, Duration::from_secs(60)).await;
+    let statuses = load.stop().await;
+    assert_nothing_lost(&app, &all, 3).await;
+    let stats = app.mock_stats();
+    assert_eq!(stats.refreshes_after_expiry, 0, "a token expired before it was refreshed");
+    assert_eq!(stats.api_unauthorized, 0, "a proxied call went out with an expired token");
+    report(
+        "RabbitMQ stopped and restarted (rabbitmqctl stop_app / start_app)",
+        &[
+            ("connections", format!("{} ({} made during the outage)", all.len(), during.len())),
+            ("token lifetime", "12 s, 2 refresher replicas".into()),
+            ("outage", format!("{:.1} s", outage.as_secs_f64())),
+            ("events waiting in the outbox during the outage", pending.to_string()),
+            ("time for the refresher to be ready again after start_app", format!("{:.1} s", recovery.as_secs_f64())),
+            (
+                "time until every connection was refreshed twice",
+                format!("{:.1} s after recovery", waited.as_secs_f64()),
+            ),
+            ("refresh grants", stats.refresh_grants.to_string()),
+            (
+                "refreshes after expiry / refresh tokens refused",
+                format!("{} / {}", stats.refreshes_after_expiry, stats.refresh_rejected),
+            ),
+            ("proxied calls by status", fmt_statuses(&statuses)),
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restart_while_refresher_and_proxy_are_busy_loses_nothing() {
+    let app = TestApp::start_with(opts(8, 2)).await;
+    let conns = ids("pg", 30);
+    connect_all(&app, &conns, 10).await;
+    let load = Load::start(&app, conns.clone(), 4, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    restart_postgres();
+    let restart = started.elapsed();
+    let gateway_ready = format!("{}/readyz", app.stack.gateway.url());
+    let recovery = wait_ready(&gateway_ready, 200, Duration::from_secs(60)).await;
+    let waited = wait_refreshed(&app, &conns, 4, Duration::from_secs(60)).await;
+    let statuses = load.stop().await;
+    assert_nothing_lost(&app, &conns, 4).await;
+    let stats = app.mock_stats();
+    assert_eq!(stats.api_unauthorized, 0, "a proxied call went out with an expired token");
+    report(
+        "PostgreSQL restarted (pg_ctlcluster restart) under refresh and proxy load",
+        &[
+            ("connections", conns.len().to_string()),
+            ("token lifetime", "8 s, 2 refresher replicas".into()),
+            ("restart took", format!("{:.1} s", restart.as_secs_f64())),
+            ("time until the gateway was ready again", format!("{:.1} s", recovery.as_secs_f64())),
+            ("time until every connection was refreshed three times", format!("{:.1} s", waited.as_secs_f64())),
+            ("refresh grants", stats.refresh_grants.to_string()),
+            (
+                "refreshes after expiry / refresh tokens refused",
+                format!("{} / {}", stats.refreshes_after_expiry, stats.refresh_rejected),
+            ),
+            ("proxied calls by status (503 = database unavailable during the restart)", fmt_statuses(&statuses)),
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refresher_killed_mid_refresh_is_replaced_and_the_connections_survive() {
+    let app = TestApp::start_with(opts(3600, 1)).await;
+    let mut app = app;
+    let conns = ids("kill", 5);
+    connect_all(&app, &conns, 5).await;
+    // A provider with a short reuse window for rotated refresh tokens (as Auth0 and Okta
+    // offer), and slow enough that the kill lands while every refresh is in flight.
+    app.mock_control(mock_provider::Control { token_delay_ms: 2000, rotation_grace_seconds: 30, ..Default::default() });
+    let (client, conn) = tokio_postgres::connect(&app.stack.database_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.execute("UPDATE connections SET refresh_due_at = now()", &[]).await.unwrap();
+    let broker = app.stack.broker();
+    let store = app.stack.store();
+    let requests_before = app.mock_stats().token_requests;
+    for id in &conns {
+        let c = store.get_connection("mock", id).await.unwrap().unwrap();
+        broker
+            .publish_expiry(&ExpiryEvent {
+                provider: "mock".into(),
+                connection_id: id.clone(),
+                token_version: c.token_version,
+                due_at: chrono::Utc::now(),
+                attempt: 0,
+                traceparent: None,
+            })
+            .await
+            .unwrap();
+    }
+    eventually("all refreshes to be in flight", Duration::from_secs(10), || async {
+        (app.mock_stats().token_requests >= requests_before + conns.len() as u64).then_some(())
+    })
+    .await;
+    let killed = app.stack.refreshers.pop().unwrap();
+    let t = Instant::now();
+    killed.kill().await;
+    // Nothing was committed by the killed replica.
+    assert!(versions(&app, &conns).await.iter().all(|v| *v == 1));
+    app.stack.add_refresher(0).await.unwrap();
+    let takeover = wait_refreshed(&app, &conns, 2, Duration::from_secs(30)).await;
+    app.mock_control(mock_provider::Control::default());
+    assert_nothing_lost(&app, &conns, 2).await;
+    let stats = app.mock_stats();
+    report(
+        "A refresher killed in the middle of refreshes; a second replica takes over",
+        &[
+            ("connections refreshing when killed", conns.len().to_string()),
+            ("time from the kill until the new replica had refreshed all", format!("{:.1} s", (t.elapsed()).as_secs_f64())),
+            ("of which waiting for refreshes", format!("{:.1} s", takeover.as_secs_f64())),
+            (
+                "refresh grants at the provider",
+                format!(
+                    "{} ({} completed for the killed replica and lost with it, {} re-done by the survivor inside the provider's reuse window)",
+                    stats.refresh_grants, conns.len(), stats.grace_reuses
+                ),
+            ),
+            ("refresh tokens refused", stats.refresh_rejected.to_string()),
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purged_queue_is_recovered_by_the_sweep() {
+    let app = TestApp::start_with(opts(16, 1)).await;
+    let conns = ids("purge", 50);
+    connect_all(&app, &conns, 10).await;
+    let broker = app.stack.broker();
+    // Let the relay publish, then throw every scheduled event away.
+    eventually("the outbox to drain", Duration::from_secs(10), || async {
+        (app.stack.store().outbox_len().await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let conn = shared::messaging::connect(app.stack.common.amqp_url.expose(), "purger").await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut purged = 0;
+    for q in broker.topology.all_queues() {
+        purged += ch.queue_purge(q.as_str().into(), Default::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "bye".into()).await;
+    assert!(purged >= conns.len() as u32, "purged {purged}");
+    let t = Instant::now();
+    let recovered = wait_refreshed(&app, &conns, 2, Duration::from_secs(40)).await;
+    assert_nothing_lost(&app, &conns, 2).await;
+    let stats = app.mock_stats();
+    assert_eq!(stats.refreshes_after_expiry, 0, "a token expired before the sweep rescheduled it");
+    let metrics =
+        app.http.get(format!("{}/metrics", app.stack.refreshers[0].url())).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("authbridge_sweep_rescheduled_total{how=\"event\"}"), "{metrics}");
+    report(
+        "Every queue purged; the sweep reschedules",
+        &[
+            ("connections", conns.len().to_string()),
+            ("messages purged", purged.to_string()),
+            ("token lifetime / sweep interval / sweep grace", "16 s / 1 s / 2 s".into()),
+            (
+                "time from the purge until all were refreshed",
+                format!("{:.1} s (refreshes fall due 8 s after connecting)", recovered.max(t.elapsed()).as_secs_f64()),
+            ),
+            (
+                "refreshes after expiry / refresh tokens refused",
+                format!("{} / {}", stats.refreshes_after_expiry, stats.refresh_rejected),
+            ),
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_failing_with_500_429_and_timeouts_then_recovering_loses_nothing() {
+    let app = TestApp::start_with(opts(10, 2)).await;
+    let conns = ids("outage", 20);
+    connect_all(&app, &conns, 10).await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // close to the first due time
+    let t = Instant::now();
+    app.mock_control(mock_provider::Control {
+        token_fail_count: 100_000,
+        token_fail_status: Some(500),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.mock_control(mock_provider::Control {
+        token_fail_count: 100_000,
+        token_fail_status: Some(429),
+        retry_after_seconds: Some(1),
+        ..Default::default()
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Slower than the OAuth client's timeout (5 s in the test settings). The provider still
+    // completes the refreshes we gave up on, so it must forgive the retry with the same refresh
+    // token, as providers with a reuse interval do (see docs/reliability.md for strict rotation).
+    app.mock_control(mock_provider::Control { token_delay_ms: 6000, rotation_grace_seconds: 60, ..Default::default() });
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let outage = t.elapsed();
+    let failures = app.mock_stats().injected_failures;
+    let store = app.stack.store();
+    let mut errored = 0;
+    for id in &conns {
+        let c = store.get_connection("mock", id).await.unwrap().unwrap();
+        assert_eq!(c.status, shared::store::ConnectionStatus::Active, "{id} gave up during a transient outage");
+        if c.error_count > 0 {
+            errored += 1;
+        }
+    }
+    app.mock_control(mock_provider::Control { rotation_grace_seconds: 60, ..Default::default() });
+    let recovered = wait_refreshed(&app, &conns, 2, Duration::from_secs(60)).await;
+    eventually("errors to clear", Duration::from_secs(30), || async {
+        for id in &conns {
+            if store.get_connection("mock", id).await.ok()??.error_count != 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let stats = app.mock_stats();
+    // The tokens may have expired during an outage longer than their remaining life; the
+    // connections must still be alive and refreshed afterwards.
+    let c = store.get_connection("mock", &conns[0]).await.unwrap().unwrap();
+    assert!(c.expires_at.unwrap() > chrono::Utc::now());
+    assert_nothing_lost(&app, &conns, 2).await;
+    report(
+        "Provider failing (500, then 429 with Retry-After, then timeouts), then recovering",
+        &[
+            ("connections", conns.len().to_string()),
+            ("outage", format!("{:.1} s (3 s of 500, 3 s of 429, 4 s of 6 s delays)", outage.as_secs_f64())),
+            ("failed attempts answered by the provider (500/429)", failures.to_string()),
+            ("connections with a recorded error during the outage", errored.to_string()),
+            ("time after recovery until all were refreshed", format!("{:.1} s", recovered.as_secs_f64())),
+            ("connections marked needs_reauth", "0".into()),
+            (
+                "refreshes after expiry (outage longer than the remaining token life)",
+                stats.refreshes_after_expiry.to_string(),
+            ),
+            ("refresh tokens refused", stats.refresh_rejected.to_string()),
+            (
+                "timed-out refreshes the provider completed anyway, forgiven by its reuse window",
+                stats.grace_reuses.to_string(),
+            ),
+        ],
+    );
+    app.stop().await;
+}
+
+fn soak_seconds() -> u64 {
+    std::env::var("AUTHBRIDGE_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(120)
+}
+
+fn soak_connections() -> usize {
+    std::env::var("AUTHBRIDGE_SOAK_CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_connections_refreshed_continuously_by_two_replicas_under_proxy_load() {
+    let n = soak_connections();
+    let secs = soak_seconds();
+    let app = TestApp::start_with(StackOptions {
+        token_ttl: Duration::from_secs(30),
+        refreshers: 2,
+        sweep_interval: Duration::from_secs(5),
+        sweep_grace: Duration::from_secs(10),
+        http_workers: 2,
+        ..Default::default()
+    })
+    .await;
+    let conns = ids("soak", n);
+    let t = Instant::now();
+    connect_all(&app, &conns, 16).await;
+    let connect_time = t.elapsed();
+    let load = Load::start(&app, conns.clone(), 8, Duration::from_millis(0));
+    let start_grants = app.mock_stats().refresh_grants;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let statuses = load.stop().await;
+    let stats = app.mock_stats();
+    let grants = stats.refresh_grants - start_grants;
+    assert_nothing_lost(&app, &conns, 2).await;
+    assert_eq!(stats.refreshes_after_expiry, 0, "a token expired before it was refreshed");
+    assert_eq!(stats.api_unauthorized, 0, "a proxied call went out with an expired token");
+    let ok = statuses.get(&200).copied().unwrap_or(0);
+    let total: u64 = statuses.values().sum();
+    assert_eq!(ok, total, "every proxied call succeeded: {statuses:?}");
+    let v = versions(&app, &conns).await;
+    report(
+        "Soak: connections with short-lived tokens, two refresher replicas, proxy traffic",
+        &[
+            ("connections", n.to_string()),
+            ("token lifetime", "30 s (refreshed at half-life)".into()),
+            ("duration", format!("{secs} s, after connecting all in {:.1} s", connect_time.as_secs_f64())),
+            ("refresh grants", format!("{grants} ({:.1}/s)", grants as f64 / secs as f64)),
+            (
+                "refreshes per connection",
+                format!("min {}, max {}", v.iter().min().unwrap() - 1, v.iter().max().unwrap() - 1),
+            ),
+            ("proxied calls", format!("{total} ({:.0}/s), all 200", total as f64 / secs as f64)),
+            (
+                "lost connections / refreshes after expiry / refresh tokens refused / calls with an expired token",
+                format!(
+                    "0 / {} / {} / {}",
+                    stats.refreshes_after_expiry, stats.refresh_rejected, stats.api_unauthorized
+                ),
+            ),
+        ],
+    );
+    app.stop().await;
+}

@@ -88,20 +88,8 @@ fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Credentials), ApiError> {
-    match state.core.tokens.valid_token(provider, id).await? {
-        Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok((c.token_version, creds)),
-        Outcome::NotFound => {
-            Err(proxy_error(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`")))
-        }
-        Outcome::NeedsReauth { reason } => Err(proxy_error(
-            ErrorCode::NeedsReauth,
-            format!("the connection needs the end user to authorize again ({reason})"),
-        )),
-        Outcome::Failed { error, .. } => {
-            Err(proxy_error(ErrorCode::RefreshFailed, format!("the token expired and refreshing it failed: {error}")))
-        }
-        Outcome::NotDue => Err(ApiError::internal("unexpected outcome")),
-    }
+    let (c, creds) = shared::http::usable(state.core.tokens.valid_token(provider, id).await?, provider, id)?;
+    Ok((c.token_version, creds))
 }
 
 async fn send(

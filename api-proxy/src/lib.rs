@@ -20,8 +20,7 @@ pub struct ProxyState {
 
 pub struct Application {
     pub addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: shared::http::ServerTask,
     state: Arc<ProxyState>,
 }
 
@@ -56,11 +55,9 @@ impl Application {
         .disable_signals()
         .bind(&state.settings.bind)?;
         let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        let task = tokio::spawn(server);
+        let server = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, "api-proxy listening");
-        Ok(Self { addr, handle, task, state })
+        Ok(Self { addr, server, state })
     }
 
     pub fn url(&self) -> String {
@@ -68,8 +65,7 @@ impl Application {
     }
 
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
+        self.server.stop(true).await;
         if let Ok(mut state) = Arc::try_unwrap(self.state) {
             state.core.stop().await;
         }

@@ -1,17 +1,8 @@
-//! api-proxy process: telemetry, settings, run until SIGTERM.
+//! api-proxy process: telemetry, settings from the environment, run until SIGTERM.
 
 fn main() -> anyhow::Result<()> {
-    let _telemetry = shared::telemetry::init("api-proxy");
-    let settings = match api_proxy::Settings::from_env(&shared::config::Env::from_process()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("api-proxy: {e}");
-            std::process::exit(2);
-        }
-    };
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let app = api_proxy::Application::build(settings).await?;
-        app.run_until_stopped().await;
+    shared::http::run_service("api-proxy", api_proxy::Settings::from_env, |settings| async {
+        api_proxy::Application::build(settings).await?.run_until_stopped().await;
         Ok(())
     })
 }

@@ -30,8 +30,7 @@ impl AppState {
 /// A running gateway.
 pub struct Application {
     pub addr: SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: shared::http::ServerTask,
     state: Arc<AppState>,
 }
 
@@ -72,11 +71,9 @@ impl Application {
         .disable_signals()
         .listen(listener)?;
         let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        let task = tokio::spawn(server);
+        let server = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, public_url = %state.settings.public_url, "auth-gateway listening");
-        Ok(Self { addr, handle, task, state })
+        Ok(Self { addr, server, state })
     }
 
     pub fn url(&self) -> String {
@@ -86,8 +83,7 @@ impl Application {
     /// Stops taking requests, finishes in-flight ones (bounded by the grace period), then
     /// flushes the outbox.
     pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
+        self.server.stop(true).await;
         if let Ok(mut state) = Arc::try_unwrap(self.state) {
             state.core.stop().await;
         }

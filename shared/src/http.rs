@@ -153,6 +153,31 @@ impl From<crate::tokens::TokenError> for ApiError {
     }
 }
 
+/// The connection and token an outcome carries, or the error every service answers for it.
+pub fn usable(
+    outcome: crate::tokens::Outcome,
+    provider: &str,
+    id: &str,
+) -> Result<(crate::store::Connection, crate::store::Credentials), ApiError> {
+    use crate::tokens::Outcome;
+    match outcome {
+        Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok((c, creds)),
+        Outcome::NotFound => Err(connection_not_found(provider, id)),
+        Outcome::NeedsReauth { reason } => Err(ApiError::new(
+            ErrorCode::NeedsReauth,
+            format!("the connection needs the end user to authorize again ({reason})"),
+        )),
+        Outcome::Failed { error, .. } => {
+            Err(ApiError::new(ErrorCode::RefreshFailed, format!("refreshing the token failed: {error}")))
+        }
+        Outcome::NotDue => Err(ApiError::internal("a refresh that was not scheduled reported `not due`")),
+    }
+}
+
+pub fn connection_not_found(provider: &str, id: &str) -> ApiError {
+    ApiError::new(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`"))
+}
+
 /// Body, path and query extractor errors become `invalid_request` JSON errors.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default().limit(limit).error_handler(|e, _| {
@@ -248,6 +273,54 @@ where
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
     }
+}
+
+/// A running actix-web server.
+pub struct ServerTask {
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ServerTask {
+    /// Starts a built server on the current runtime.
+    pub fn spawn(server: actix_web::dev::Server, addr: std::net::SocketAddr) -> Self {
+        let handle = server.handle();
+        Self { addr, handle, task: tokio::spawn(server) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting; with `graceful`, in-flight requests finish (bounded by the server's
+    /// shutdown timeout).
+    pub async fn stop(self, graceful: bool) {
+        self.handle.stop(graceful).await;
+        let _ = self.task.await;
+    }
+}
+
+/// The body of every service's `main`: telemetry, settings from the environment (exit code 2
+/// with every problem listed when they are invalid), then `run` on a multi-threaded runtime.
+pub fn run_service<S, F, Fut>(
+    service: &'static str,
+    load: fn(&crate::config::Env) -> Result<S, crate::config::ConfigErrors>,
+    run: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let _telemetry = crate::telemetry::init(service);
+    let settings = match load(&crate::config::Env::from_process()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{service}: {e}");
+            std::process::exit(2);
+        }
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(settings))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

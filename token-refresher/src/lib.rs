@@ -45,8 +45,7 @@ pub struct Application {
     shutdown: watch::Sender<bool>,
     consumer: JoinHandle<()>,
     sweep: JoinHandle<()>,
-    handle: actix_web::dev::ServerHandle,
-    http: JoinHandle<std::io::Result<()>>,
+    http: shared::http::ServerTask,
 }
 
 impl Application {
@@ -69,11 +68,9 @@ impl Application {
         .disable_signals()
         .bind(&ctx.settings.bind)?;
         let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        let http = tokio::spawn(server);
+        let http = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, "token-refresher running");
-        Ok(Self { addr, ctx, shutdown, consumer, sweep, handle, http })
+        Ok(Self { addr, ctx, shutdown, consumer, sweep, http })
     }
 
     pub fn url(&self) -> String {
@@ -86,8 +83,7 @@ impl Application {
         let _ = self.shutdown.send(true);
         let _ = self.consumer.await;
         let _ = self.sweep.await;
-        self.handle.stop(true).await;
-        let _ = self.http.await;
+        self.http.stop(true).await;
         if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
             ctx.core.stop().await;
         }
@@ -101,9 +97,7 @@ impl Application {
         self.sweep.abort();
         let _ = self.consumer.await;
         let _ = self.sweep.await;
-        self.handle.stop(false).await;
-        self.http.abort();
-        let _ = self.http.await;
+        self.http.stop(false).await;
         if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
             ctx.core.abort();
         }

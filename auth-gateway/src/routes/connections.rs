@@ -5,9 +5,9 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use shared::http::{ApiError, Caller, ErrorCode};
+use shared::http::{connection_not_found, usable, ApiError, Caller, ErrorCode};
 use shared::store::{Connection, ConnectionStatus};
-use shared::tokens::{Outcome, Trigger};
+use shared::tokens::Trigger;
 
 /// A connection as the API shows it: status and schedule, never tokens.
 #[derive(Serialize)]
@@ -114,14 +114,6 @@ pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery
     Ok(HttpResponse::Ok().json(serde_json::json!({ "connections": views, "next_cursor": next })))
 }
 
-fn not_found(provider: &str, id: &str) -> ApiError {
-    ApiError::new(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`"))
-}
-
-fn needs_reauth(reason: &str) -> ApiError {
-    ApiError::new(ErrorCode::NeedsReauth, format!("the connection needs the end user to authorize again ({reason})"))
-}
-
 /// `GET /v1/connections/{provider}/{connection_id}`
 pub async fn get(
     _: Caller,
@@ -129,7 +121,8 @@ pub async fn get(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
-    let c = state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
+    let c =
+        state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| connection_not_found(&provider, &id))?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
 }
 
@@ -141,24 +134,16 @@ pub async fn token(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
-    match state.core.tokens.valid_token(&provider, &id).await? {
-        Outcome::Current(c, creds) | Outcome::Refreshed(c, creds) => Ok(HttpResponse::Ok()
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header((header::PRAGMA, "no-cache"))
-            .json(serde_json::json!({
-                "access_token": creds.access_token,
-                "token_type": creds.token_type.unwrap_or_else(|| "Bearer".into()),
-                "expires_at": c.expires_at,
-                "scopes": c.scopes,
-            }))),
-        Outcome::NotFound => Err(not_found(&provider, &id)),
-        Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
-        Outcome::Failed { error, .. } => Err(ApiError::new(
-            ErrorCode::RefreshFailed,
-            format!("the token is about to expire and refreshing it failed: {error}"),
-        )),
-        Outcome::NotDue => Err(ApiError::internal("unexpected outcome for EnsureFresh")),
-    }
+    let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(serde_json::json!({
+            "access_token": creds.access_token,
+            "token_type": creds.token_type.unwrap_or_else(|| "Bearer".into()),
+            "expires_at": c.expires_at,
+            "scopes": c.scopes,
+        })))
 }
 
 /// `POST /v1/connections/{provider}/{connection_id}/refresh`: refresh now.
@@ -169,15 +154,8 @@ pub async fn refresh(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
-    match state.core.tokens.refresh(&provider, &id, Trigger::Force).await? {
-        Outcome::Refreshed(c, _) | Outcome::Current(c, _) => Ok(HttpResponse::Ok().json(ConnectionView::from(&c))),
-        Outcome::NotFound => Err(not_found(&provider, &id)),
-        Outcome::NeedsReauth { reason } => Err(needs_reauth(&reason)),
-        Outcome::Failed { error, .. } => {
-            Err(ApiError::new(ErrorCode::RefreshFailed, format!("refresh failed: {error}")))
-        }
-        Outcome::NotDue => Err(ApiError::internal("unexpected outcome for Force")),
-    }
+    let (c, _) = usable(state.core.tokens.refresh(&provider, &id, Trigger::Force).await?, &provider, &id)?;
+    Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
 }
 
 /// `DELETE /v1/connections/{provider}/{connection_id}`: forget the connection and revoke its
@@ -189,7 +167,12 @@ pub async fn delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
-    let c = state.core.store.delete_connection(&provider, &id).await?.ok_or_else(|| not_found(&provider, &id))?;
+    let c = state
+        .core
+        .store
+        .delete_connection(&provider, &id)
+        .await?
+        .ok_or_else(|| connection_not_found(&provider, &id))?;
     if let (Some(p), Ok(creds)) = (state.core.tokens.catalog.get(&provider), state.core.store.open_credentials(&c)) {
         let (token, hint) = match &creds.refresh_token {
             Some(rt) => (rt.as_str(), "refresh_token"),

@@ -5,8 +5,9 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use futures_util::StreamExt;
+use shared::auth::{scope, Authorized};
 use shared::catalog::valid_connection_id;
-use shared::http::{ApiError, Caller, ErrorCode};
+use shared::http::{ApiError, ErrorCode};
 use shared::store::Credentials;
 use shared::tokens::{Outcome, Trigger};
 use url::Url;
@@ -162,7 +163,8 @@ fn relay(resp: reqwest::Response) -> HttpResponse {
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
 #[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
 pub async fn proxy(
-    _: Caller,
+    caller: Authorized<scope::Proxy>,
+    limits: web::Data<shared::limits::RateLimits>,
     state: web::Data<ProxyState>,
     req: HttpRequest,
     mut payload: web::Payload,
@@ -172,6 +174,10 @@ pub async fn proxy(
     let span = tracing::Span::current();
     span.record("provider", provider_id.as_str());
     span.record("connection_id", connection_id.as_str());
+    caller.require_provider(&provider_id)?;
+    if let Some(l) = &limits.per_connection {
+        l.check(&format!("{provider_id}/{connection_id}"))?;
+    }
     let provider = state.core.tokens.catalog.get(&provider_id).ok_or_else(|| {
         proxy_error(ErrorCode::UnknownProvider, format!("provider `{provider_id}` is not in the catalog"))
     })?;

@@ -36,14 +36,23 @@ impl Application {
             // Redirects go back to the caller, who decides; the proxy never follows them with a token.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let api_keys = web::Data::new(settings.api_keys.clone());
+        let limits = web::Data::new(shared::limits::RateLimits::new(
+            settings.common.rate_limit_per_key,
+            settings.common.rate_limit_per_connection,
+        ));
+        let auth = web::Data::new(shared::auth::Authenticator::new(
+            settings.api_keys.clone(),
+            core.store.clone(),
+            settings.common.api_key_cache,
+        ));
         let state = Arc::new(ProxyState { core, settings, http });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(shared::http::access_log())
                 .app_data(data.clone())
-                .app_data(api_keys.clone())
+                .app_data(auth.clone())
+                .app_data(limits.clone())
                 .app_data(shared::http::path_config())
                 .route("/healthz", web::get().to(shared::http::healthz))
                 .route("/readyz", web::get().to(readyz))

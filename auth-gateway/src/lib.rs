@@ -44,7 +44,15 @@ impl Application {
     /// they know the public URL, and so the redirect URI, before the gateway starts).
     pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
-        let api_keys = web::Data::new(settings.api_keys.clone());
+        let limits = web::Data::new(shared::limits::RateLimits::new(
+            settings.common.rate_limit_per_key,
+            settings.common.rate_limit_per_connection,
+        ));
+        let auth = web::Data::new(shared::auth::Authenticator::new(
+            settings.api_keys.clone(),
+            core.store.clone(),
+            settings.common.api_key_cache,
+        ));
         let state = Arc::new(AppState { core, settings });
         let data = web::Data::from(state.clone());
         let grace = state.settings.common.shutdown_grace;
@@ -59,7 +67,8 @@ impl Application {
                         .add(("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")),
                 )
                 .app_data(data.clone())
-                .app_data(api_keys.clone())
+                .app_data(auth.clone())
+                .app_data(limits.clone())
                 .app_data(shared::http::json_config(64 * 1024))
                 .app_data(shared::http::query_config())
                 .app_data(shared::http::path_config())

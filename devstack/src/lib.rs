@@ -60,6 +60,9 @@ pub struct StackOptions {
     pub sweep_grace: Duration,
     pub http_workers: usize,
     pub session_ttl: Duration,
+    pub return_url_allowlist: Vec<String>,
+    pub rate_limit_per_key: u32,
+    pub rate_limit_per_connection: u32,
 }
 
 impl Default for StackOptions {
@@ -79,6 +82,9 @@ impl Default for StackOptions {
             sweep_grace: Duration::from_secs(3),
             http_workers: 1,
             session_ttl: Duration::from_secs(600),
+            return_url_allowlist: vec![],
+            rate_limit_per_key: 0,
+            rate_limit_per_connection: 0,
         }
     }
 }
@@ -134,6 +140,8 @@ impl Stack {
 
         let mut common = CommonSettings::for_tests(&database_url, &prefix);
         common.keyring = opts.keyring.clone();
+        common.rate_limit_per_key = opts.rate_limit_per_key;
+        common.rate_limit_per_connection = opts.rate_limit_per_connection;
         common.catalog.insert(mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET));
         let mut json_variant = mock_provider_entry("mockjson", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         json_variant.token_request_format = BodyFormat::Json;
@@ -153,7 +161,11 @@ impl Stack {
                 bind: gw_listener.local_addr()?.to_string(),
                 public_url: Url::parse(&public_url)?,
                 session_ttl: opts.session_ttl,
-                return_url_allowlist: vec![],
+                return_url_allowlist: opts
+                    .return_url_allowlist
+                    .iter()
+                    .map(|u| Url::parse(u))
+                    .collect::<Result<_, _>>()?,
                 workers: opts.http_workers,
             },
             gw_listener,

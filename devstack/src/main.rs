@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         sweep_grace: Duration::from_secs(30),
         http_workers: 2,
         session_ttl: Duration::from_secs(600),
+        ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(async {
         let stack = devstack::Stack::start(opts).await?;

@@ -144,6 +144,8 @@ struct Inner {
     ttl: Duration,
     stats: Stats,
     control: Control,
+    /// Every secret issued or received, for "no secret in any log" tests.
+    secrets: Vec<String>,
 }
 
 /// The provider's state, shared by its workers.
@@ -163,7 +165,13 @@ impl MockState {
             ttl: s.access_token_ttl,
             stats: Stats::default(),
             control: Control::default(),
+            secrets: s.clients.iter().map(|c| c.secret.clone()).collect(),
         })))
+    }
+
+    /// Every code, token, verifier and client secret this provider issued or received.
+    pub fn secrets(&self) -> Vec<String> {
+        self.0.lock().unwrap().secrets.clone()
     }
 
     pub fn stats(&self) -> Stats {
@@ -262,6 +270,7 @@ async fn authorize(state: web::Data<MockState>, q: web::Query<AuthorizeQuery>) -
                 },
             );
             g.stats.authorizations += 1;
+            g.secrets.push(code.clone());
             pairs.push(("code", code));
         }
     }
@@ -331,6 +340,7 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
         g.next_family
     });
     let access = token("at");
+    g.secrets.push(access.clone());
     let expires = Instant::now() + g.ttl;
     g.access.insert(access.clone(), AccessToken { expires, family });
     g.family_expiry.insert(family, expires);
@@ -344,6 +354,7 @@ fn issue(g: &mut Inner, client_id: &str, family: Option<u64>, scope: &str, with_
     }
     if with_refresh {
         let rt = token("rt");
+        g.secrets.push(rt.clone());
         g.refresh.insert(
             rt.clone(),
             RefreshToken {
@@ -390,6 +401,9 @@ async fn token_endpoint(state: web::Data<MockState>, req: HttpRequest, body: web
         Err(r) => return r,
     };
     let mut g = state.0.lock().unwrap();
+    if let Some(v) = params.get("code_verifier") {
+        g.secrets.push(v.clone());
+    }
     let client_id = match authenticate(&g, &req, &params) {
         Ok(id) => id,
         Err(r) => return r,

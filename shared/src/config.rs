@@ -44,6 +44,12 @@ pub const SHUTDOWN_GRACE: &str = "AUTHBRIDGE_SHUTDOWN_GRACE_SECONDS";
 pub const RETRY_BASE: &str = "AUTHBRIDGE_RETRY_BASE_SECONDS";
 /// Longest delay between retries of a failed refresh (seconds). Default: 600.
 pub const RETRY_MAX: &str = "AUTHBRIDGE_RETRY_MAX_SECONDS";
+/// How long API-key lookups are cached (seconds): the most a revocation takes to apply. Default: 5.
+pub const API_KEY_CACHE: &str = "AUTHBRIDGE_API_KEY_CACHE_SECONDS";
+/// Requests per second one API key may make to the gateway or the proxy (0: no limit). Default: 0.
+pub const RATE_LIMIT_PER_KEY: &str = "AUTHBRIDGE_RATE_LIMIT_PER_KEY";
+/// Proxied requests per second for one connection (0: no limit). Default: 0.
+pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTION";
 /// `json` for structured logs, `pretty` for development. Default: `pretty`.
 pub const LOG_FORMAT: &str = "AUTHBRIDGE_LOG_FORMAT";
 
@@ -178,6 +184,9 @@ pub struct CommonSettings {
     pub shutdown_grace: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    pub api_key_cache: Duration,
+    pub rate_limit_per_key: u32,
+    pub rate_limit_per_connection: u32,
 }
 
 impl CommonSettings {
@@ -222,6 +231,9 @@ impl CommonSettings {
         let shutdown_grace = r.seconds(SHUTDOWN_GRACE, 30);
         let retry_base = r.seconds(RETRY_BASE, 5);
         let retry_max = r.seconds(RETRY_MAX, 600);
+        let api_key_cache = r.seconds(API_KEY_CACHE, 5);
+        let rate_limit_per_key = r.parse(RATE_LIMIT_PER_KEY, 0u32);
+        let rate_limit_per_connection = r.parse(RATE_LIMIT_PER_CONNECTION, 0u32);
         if !(1..=1024).contains(&database_pool_size) {
             r.fail(format!("{DATABASE_POOL_SIZE} must be between 1 and 1024"));
         }
@@ -242,6 +254,9 @@ impl CommonSettings {
             shutdown_grace,
             retry_base,
             retry_max,
+            api_key_cache,
+            rate_limit_per_key,
+            rate_limit_per_connection,
         })
     }
 
@@ -261,6 +276,9 @@ impl CommonSettings {
             shutdown_grace: Duration::from_secs(5),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(5),
+            api_key_cache: Duration::from_millis(300),
+            rate_limit_per_key: 0,
+            rate_limit_per_connection: 0,
         }
     }
 }

@@ -5,11 +5,9 @@
 //! with the header `x-authbridge-error: <code>`, which tells it apart from an error the proxy
 //! merely relays from a provider. A 500 never shows its cause to the caller; the log does.
 
-use crate::config::ApiKeys;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
-use std::future::{ready, Ready};
 use std::time::Duration;
 
 /// Header on every error authbridge itself produces.
@@ -21,6 +19,8 @@ pub const ERROR_HEADER: &str = "x-authbridge-error";
 pub enum ErrorCode {
     InvalidRequest,
     Unauthorized,
+    Forbidden,
+    RateLimited,
     NotFound,
     MethodNotAllowed,
     UnknownProvider,
@@ -46,6 +46,8 @@ impl ErrorCode {
         match self {
             InvalidRequest | InvalidState => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
             NotFound | UnknownProvider | ConnectionNotFound | SessionNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProviderNotConfigured | ProviderHasNoApi => StatusCode::UNPROCESSABLE_ENTITY,
@@ -64,6 +66,8 @@ impl ErrorCode {
         match self {
             InvalidRequest => "invalid_request",
             Unauthorized => "unauthorized",
+            Forbidden => "forbidden",
+            RateLimited => "rate_limited",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             UnknownProvider => "unknown_provider",
@@ -205,34 +209,11 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
-/// An authenticated internal caller. Taking it as a handler argument is what makes a route
-/// require an API key, so no route can forget the check.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller;
-
 /// The bearer credential of a request, if it has one.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-}
-
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let keys = req.app_data::<web::Data<ApiKeys>>();
-        let ok = match (keys, bearer(req)) {
-            (Some(keys), Some(presented)) => keys.verify(presented),
-            _ => false,
-        };
-        ready(if ok {
-            Ok(Caller)
-        } else {
-            Err(ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>"))
-        })
-    }
 }
 
 /// Access log that names the route pattern (`GET /connect/{token} 302 3ms`), never the path
@@ -242,7 +223,7 @@ pub fn access_log() -> actix_web::middleware::Logger {
         .custom_request_replace("route", |req| {
             format!("{} {}", req.method(), req.match_pattern().unwrap_or_else(|| "<unmatched>".to_owned()))
         })
-        .exclude_regex("^/(healthz|readyz)")
+        .exclude_regex("^/(healthz|readyz|metrics)")
 }
 
 /// Liveness: the process answers.

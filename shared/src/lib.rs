@@ -3,11 +3,13 @@
 //!
 //! This crate depends on no service crate; services depend on it.
 
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod core;
 pub mod crypto;
 pub mod http;
+pub mod limits;
 pub mod messaging;
 pub mod metrics;
 pub mod oauth;

@@ -6,9 +6,10 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
+use shared::auth::{scope, Authorized};
 use shared::catalog::valid_connection_id;
 use shared::crypto::{hash_secret, random_token};
-use shared::http::{ApiError, Caller, ErrorCode};
+use shared::http::{ApiError, ErrorCode};
 use shared::oauth::{pkce_pair, sanitize_code, OAuthClient};
 use shared::store::{NewSession, SessionLookup};
 use url::Url;
@@ -24,11 +25,12 @@ pub struct CreateSession {
 /// `POST /v1/connect/sessions`: a backend asks for a connect URL for one end user.
 #[tracing::instrument(skip_all, fields(provider = %body.provider))]
 pub async fn create_session(
-    _: Caller,
+    caller: Authorized<scope::Connect>,
     state: web::Data<AppState>,
     body: web::Json<CreateSession>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    caller.require_provider(&body.provider)?;
     let provider = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
         ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
     })?;

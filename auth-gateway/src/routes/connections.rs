@@ -5,7 +5,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
-use shared::http::{connection_not_found, usable, ApiError, Caller, ErrorCode};
+use shared::auth::{scope, Authorized};
+use shared::http::{connection_not_found, usable, ApiError, ErrorCode};
 use shared::store::{Connection, ConnectionStatus};
 use shared::tokens::Trigger;
 
@@ -43,12 +44,13 @@ impl From<&Connection> for ConnectionView {
     }
 }
 
-pub async fn list_providers(_: Caller, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list_providers(caller: Authorized<scope::ConnectionsRead>, state: web::Data<AppState>) -> HttpResponse {
     let providers: Vec<_> = state
         .core
         .tokens
         .catalog
         .iter()
+        .filter(|p| caller.require_provider(&p.id).is_ok())
         .map(|p| {
             serde_json::json!({
                 "id": p.id,
@@ -86,7 +88,11 @@ fn decode_cursor(s: &str) -> Option<(String, String)> {
 }
 
 /// `GET /v1/connections?provider=&status=&limit=&cursor=`
-pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(
+    caller: Authorized<scope::ConnectionsRead>,
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(
@@ -94,6 +100,16 @@ pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery
                 .ok_or_else(|| ApiError::new(ErrorCode::InvalidRequest, "status must be `active` or `needs_reauth`"))?,
         ),
     };
+    match (caller.providers(), q.provider.as_deref()) {
+        (Some(_), None) => {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this API key is limited to some providers: pass ?provider=",
+            ))
+        }
+        (_, Some(p)) => caller.require_provider(p)?,
+        (None, None) => {}
+    }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, "limit must be between 1 and 1000"));
@@ -116,11 +132,12 @@ pub async fn list(_: Caller, state: web::Data<AppState>, q: web::Query<ListQuery
 
 /// `GET /v1/connections/{provider}/{connection_id}`
 pub async fn get(
-    _: Caller,
+    caller: Authorized<scope::ConnectionsRead>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
+    caller.require_provider(&provider)?;
     let c =
         state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| connection_not_found(&provider, &id))?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
@@ -129,11 +146,12 @@ pub async fn get(
 /// `GET /v1/connections/{provider}/{connection_id}/token`: a token valid for a while yet.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
 pub async fn token(
-    _: Caller,
+    caller: Authorized<scope::TokensRead>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
+    caller.require_provider(&provider)?;
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -149,11 +167,12 @@ pub async fn token(
 /// `POST /v1/connections/{provider}/{connection_id}/refresh`: refresh now.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
 pub async fn refresh(
-    _: Caller,
+    caller: Authorized<scope::ConnectionsWrite>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
+    caller.require_provider(&provider)?;
     let (c, _) = usable(state.core.tokens.refresh(&provider, &id, Trigger::Force).await?, &provider, &id)?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
 }
@@ -162,11 +181,12 @@ pub async fn refresh(
 /// tokens at the provider (RFC 7009) where the provider has a revocation endpoint.
 #[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
 pub async fn delete(
-    _: Caller,
+    caller: Authorized<scope::ConnectionsWrite>,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = path.into_inner();
+    caller.require_provider(&provider)?;
     let c = state
         .core
         .store

@@ -1,5 +1,6 @@
 //! Route table of the gateway.
 
+mod api_keys;
 mod connect;
 mod connections;
 
@@ -11,6 +12,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/connect/sessions", web::post().to(connect::create_session))
         .route("/connect/{token}", web::get().to(connect::open_session))
         .route("/oauth/callback", web::get().to(connect::callback))
+        .route("/v1/api-keys", web::post().to(api_keys::create))
+        .route("/v1/api-keys", web::get().to(api_keys::list))
+        .route("/v1/api-keys/{id}", web::delete().to(api_keys::revoke))
         .route("/v1/providers", web::get().to(connections::list_providers))
         .route("/v1/connections", web::get().to(connections::list))
         .route("/v1/connections/{provider}/{connection_id}", web::get().to(connections::get))

@@ -6,4 +6,5 @@ mod flow;
 mod management;
 mod proxy;
 mod refresh;
+mod security;
 mod support;

@@ -405,3 +405,53 @@ impl Drop for RefreshGuard {
         }
     }
 }
+
+impl Store {
+    /// Re-seals up to `limit` connections (and live connect-session verifiers) that are not
+    /// sealed under the primary key, a batch per transaction; returns how many it re-sealed.
+    /// Rows being refreshed are skipped for this batch (`SKIP LOCKED`) and caught by the next,
+    /// so the services keep running while it works.
+    pub async fn reencrypt_batch(&self, limit: i64) -> Result<usize, StoreError> {
+        let primary = self.keyring.primary_id().to_owned();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                &format!("SELECT {COLUMNS} FROM connections WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED"),
+                &[&primary, &limit],
+            )
+            .await?;
+        for row in &rows {
+            let c = from_row(row)?;
+            let creds = self.open_credentials(&c)?;
+            let sealed = self.seal_credentials(&c.provider, &c.connection_id, &creds);
+            tx.execute(
+                "UPDATE connections SET key_id = $3, credentials = $4 WHERE provider = $1 AND connection_id = $2",
+                &[&c.provider, &c.connection_id, &sealed.key_id, &sealed.blob],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len())
+    }
+
+    /// Re-seals everything under the primary key; returns how many connections it re-sealed.
+    pub async fn reencrypt_all(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.reencrypt_batch(200).await?;
+            total += n;
+            if n == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How many connections are sealed under each key id.
+    pub async fn key_usage(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let client = self.client().await?;
+        let rows =
+            client.query("SELECT key_id, count(*) FROM connections GROUP BY key_id ORDER BY key_id", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}

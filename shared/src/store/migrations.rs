@@ -5,9 +5,10 @@ use super::StoreError;
 /// Arbitrary constant naming the migration lock.
 const MIGRATION_LOCK: i64 = 0x6175_7468_6272_6467; // "authbrdg"
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE connections (
     provider        TEXT        NOT NULL,
     connection_id   TEXT        NOT NULL,
@@ -51,7 +52,22 @@ CREATE TABLE outbox (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE api_keys (
+    id          TEXT        PRIMARY KEY,
+    name        TEXT        NOT NULL,
+    key_hash    BYTEA       NOT NULL UNIQUE,
+    scopes      TEXT[]      NOT NULL,
+    providers   TEXT[]      NOT NULL DEFAULT '{}',
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    revoked_at  TIMESTAMPTZ
+);
+"#,
+    ),
+];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;

@@ -3,11 +3,13 @@
 //! Services talk to [`Store`] only; no SQL lives outside this module. Migrations run at start-up
 //! under an advisory lock, so replicas starting together apply them once.
 
+mod api_keys;
 mod connections;
 mod migrations;
 mod outbox;
 mod sessions;
 
+pub use api_keys::ApiKeyRecord;
 pub use connections::{Connection, ConnectionStatus, Credentials, NewTokens, RefreshGuard};
 pub use outbox::{OutboxMessage, OutboxRow};
 pub use sessions::{ConsumedSession, NewSession, SessionLookup, StartedSession};

@@ -1,0 +1,237 @@
+//! Caller authentication and authorization.
+//!
+//! Internal callers present an API key as `Authorization: Bearer <key>`. Two kinds exist:
+//! bootstrap keys from `AUTHBRIDGE_API_KEYS` (every scope; compared in constant time against
+//! their digests) and keys created at run time through the gateway's `/v1/api-keys`, stored as
+//! SHA-256 digests with scopes and an optional provider restriction. A handler states the
+//! scope it needs in its signature — `Authorized<scope::Proxy>` — so no route can forget it.
+//!
+//! Looking a run-time key up by its digest reveals nothing useful through timing (an attacker
+//! would need a preimage). Lookups are cached for `AUTHBRIDGE_API_KEY_CACHE_SECONDS` (default
+//! 5), so a revocation takes effect everywhere within that time, without a restart.
+
+use crate::config::ApiKeys;
+use crate::http::{bearer, ApiError, ErrorCode};
+use crate::store::Store;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Create connect sessions.
+    Connect,
+    /// List providers and connections, read a connection's status.
+    ConnectionsRead,
+    /// Force a refresh, delete a connection.
+    ConnectionsWrite,
+    /// Read access tokens.
+    TokensRead,
+    /// Call providers' APIs through the proxy.
+    Proxy,
+    /// Manage API keys.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 6] = [
+        Scope::Connect,
+        Scope::ConnectionsRead,
+        Scope::ConnectionsWrite,
+        Scope::TokensRead,
+        Scope::Proxy,
+        Scope::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Connect => "connect",
+            Scope::ConnectionsRead => "connections:read",
+            Scope::ConnectionsWrite => "connections:write",
+            Scope::TokensRead => "tokens:read",
+            Scope::Proxy => "proxy",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    scopes: u8,
+    /// `None`: every provider.
+    providers: Option<Vec<String>>,
+}
+
+impl Caller {
+    fn bootstrap() -> Self {
+        Self { key_id: "bootstrap".into(), scopes: Scope::ALL.iter().fold(0, |a, s| a | s.bit()), providers: None }
+    }
+
+    pub fn has(&self, s: Scope) -> bool {
+        self.scopes & s.bit() != 0
+    }
+
+    /// Refuses a provider the key is not limited to.
+    pub fn require_provider(&self, provider: &str) -> Result<(), ApiError> {
+        match &self.providers {
+            Some(list) if !list.iter().any(|p| p == provider) => Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this API key may not be used for provider `{provider}`"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The providers the key is limited to, if it is.
+    pub fn providers(&self) -> Option<&[String]> {
+        self.providers.as_deref()
+    }
+}
+
+const CACHE_LIMIT: usize = 10_000;
+
+/// Digest of a presented key → the caller it named (or `None`: no such live key), and when.
+type LookupCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
+
+/// Checks presented keys; one per process, shared by its workers.
+pub struct Authenticator {
+    bootstrap: ApiKeys,
+    store: Store,
+    ttl: Duration,
+    cache: Mutex<LookupCache>,
+}
+
+impl Authenticator {
+    pub fn new(bootstrap: ApiKeys, store: Store, ttl: Duration) -> Self {
+        Self { bootstrap, store, ttl, cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
+        let unauthorized =
+            || ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>");
+        let presented = presented.filter(|p| !p.is_empty() && p.len() <= 512).ok_or_else(unauthorized)?;
+        if self.bootstrap.verify(presented) {
+            return Ok(Caller::bootstrap());
+        }
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if let Some((hit, at)) = self.cache.lock().unwrap().get(&digest) {
+            if at.elapsed() < self.ttl {
+                return hit.clone().ok_or_else(unauthorized);
+            }
+        }
+        let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
+            key_id: r.id,
+            scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
+            providers: (!r.providers.is_empty()).then_some(r.providers),
+        });
+        {
+            let mut cache = self.cache.lock().unwrap();
+            if cache.len() >= CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(digest, (found.clone(), Instant::now()));
+        }
+        found.ok_or_else(unauthorized)
+    }
+}
+
+/// Marker types naming the scope a handler needs.
+pub mod scope {
+    use super::Scope;
+
+    pub trait Required {
+        const SCOPE: Scope;
+    }
+
+    macro_rules! scopes {
+        ($($name:ident => $scope:expr),* $(,)?) => {
+            $(
+                #[derive(Debug)]
+                pub struct $name;
+                impl Required for $name {
+                    const SCOPE: Scope = $scope;
+                }
+            )*
+        };
+    }
+
+    scopes! {
+        Connect => Scope::Connect,
+        ConnectionsRead => Scope::ConnectionsRead,
+        ConnectionsWrite => Scope::ConnectionsWrite,
+        TokensRead => Scope::TokensRead,
+        Proxy => Scope::Proxy,
+        Admin => Scope::Admin,
+    }
+}
+
+/// An authenticated caller holding scope `S`. 401 without a valid key, 403 without the scope.
+pub struct Authorized<S: scope::Required> {
+    pub caller: Caller,
+    _scope: PhantomData<S>,
+}
+
+impl<S: scope::Required> std::ops::Deref for Authorized<S> {
+    type Target = Caller;
+    fn deref(&self) -> &Caller {
+        &self.caller
+    }
+}
+
+impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let auth = req.app_data::<web::Data<Authenticator>>().cloned();
+        let limits = req.app_data::<web::Data<crate::limits::RateLimits>>().cloned();
+        let presented = bearer(req).map(str::to_owned);
+        Box::pin(async move {
+            let auth = auth.ok_or_else(|| ApiError::internal("no authenticator configured"))?;
+            let caller = auth.authenticate(presented.as_deref()).await?;
+            if let Some(l) = limits.as_ref().and_then(|l| l.per_key.as_ref()) {
+                l.check(&caller.key_id)?;
+            }
+            if !caller.has(S::SCOPE) {
+                return Err(ApiError::new(
+                    ErrorCode::Forbidden,
+                    format!("this API key lacks the `{}` scope", S::SCOPE.as_str()),
+                ));
+            }
+            Ok(Self { caller, _scope: PhantomData })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_round_trip_and_providers_limit() {
+        for s in Scope::ALL {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Scope::parse("root"), None);
+        let c = Caller { key_id: "k".into(), scopes: Scope::Proxy.bit(), providers: Some(vec!["kartra".into()]) };
+        assert!(c.has(Scope::Proxy) && !c.has(Scope::Admin));
+        assert!(c.require_provider("kartra").is_ok());
+        assert!(c.require_provider("redtail").is_err());
+        assert!(Caller::bootstrap().has(Scope::Admin));
+    }
+}

@@ -61,8 +61,13 @@ impl Application {
         })
         .workers(state.settings.workers)
         .shutdown_timeout(state.settings.common.shutdown_grace.as_secs().max(1))
-        .disable_signals()
-        .bind(&state.settings.bind)?;
+        .disable_signals();
+        let server = match &state.settings.tls {
+            Some(tls) => {
+                server.bind_rustls_0_23(&state.settings.bind, tls.server_config().map_err(anyhow::Error::msg)?)?
+            }
+            None => server.bind(&state.settings.bind)?,
+        };
         let addr = server.addrs()[0];
         let server = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, "api-proxy listening");
@@ -70,7 +75,8 @@ impl Application {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.state.settings.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn stop(self) {

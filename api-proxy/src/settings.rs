@@ -1,6 +1,6 @@
 //! The proxy's settings, read from the environment.
 
-use shared::config::{ApiKeys, CommonSettings, ConfigErrors, Env, Reader};
+use shared::config::{ApiKeys, CommonSettings, ConfigErrors, Env, Reader, TlsFiles};
 use std::time::Duration;
 
 /// Address to listen on. Default: `0.0.0.0:8081`.
@@ -20,6 +20,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub max_body: usize,
     pub workers: usize,
+    /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
+    pub tls: Option<TlsFiles>,
 }
 
 impl Settings {
@@ -31,6 +33,7 @@ impl Settings {
         let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
         let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
         let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {
             common: common.expect("checked"),
@@ -39,6 +42,7 @@ impl Settings {
             upstream_timeout,
             max_body,
             workers: workers.max(1),
+            tls,
         })
     }
 }

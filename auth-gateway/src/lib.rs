@@ -77,8 +77,11 @@ impl Application {
         })
         .workers(state.settings.workers)
         .shutdown_timeout(grace.as_secs().max(1))
-        .disable_signals()
-        .listen(listener)?;
+        .disable_signals();
+        let server = match &state.settings.tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls.server_config().map_err(anyhow::Error::msg)?)?,
+            None => server.listen(listener)?,
+        };
         let addr = server.addrs()[0];
         let server = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, public_url = %state.settings.public_url, "auth-gateway listening");
@@ -86,7 +89,8 @@ impl Application {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.state.settings.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops taking requests, finishes in-flight ones (bounded by the grace period), then

@@ -1,6 +1,6 @@
 //! The gateway's settings, read from the environment.
 
-use shared::config::{ApiKeys, CommonSettings, ConfigErrors, Env, Reader};
+use shared::config::{ApiKeys, CommonSettings, ConfigErrors, Env, Reader, TlsFiles};
 use std::time::Duration;
 use url::Url;
 
@@ -25,6 +25,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     pub return_url_allowlist: Vec<Url>,
     pub workers: usize,
+    /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
+    pub tls: Option<TlsFiles>,
 }
 
 pub fn default_workers() -> usize {
@@ -54,6 +56,7 @@ impl Settings {
             }
         }
         let workers = r.parse(WORKERS, default_workers());
+        let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {
             common: common.expect("checked"),
@@ -63,6 +66,7 @@ impl Settings {
             session_ttl,
             return_url_allowlist: allow,
             workers: workers.max(1),
+            tls,
         })
     }
 

@@ -63,6 +63,8 @@ pub struct StackOptions {
     pub return_url_allowlist: Vec<String>,
     pub rate_limit_per_key: u32,
     pub rate_limit_per_connection: u32,
+    /// Serve the gateway and the proxy over HTTPS with these files.
+    pub tls: Option<shared::config::TlsFiles>,
 }
 
 impl Default for StackOptions {
@@ -85,6 +87,7 @@ impl Default for StackOptions {
             return_url_allowlist: vec![],
             rate_limit_per_key: 0,
             rate_limit_per_connection: 0,
+            tls: None,
         }
     }
 }
@@ -125,7 +128,8 @@ impl Stack {
 
         // The gateway's listener comes first: its address is the redirect URI the mock checks.
         let gw_listener = std::net::TcpListener::bind(("127.0.0.1", opts.gateway_port))?;
-        let public_url = format!("http://{}", gw_listener.local_addr()?);
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let public_url = format!("{scheme}://{}", gw_listener.local_addr()?);
         let mock = mock_provider::run(mock_provider::Settings {
             bind: format!("127.0.0.1:{}", opts.mock_port),
             clients: vec![mock_provider::Client {
@@ -167,6 +171,7 @@ impl Stack {
                     .map(|u| Url::parse(u))
                     .collect::<Result<_, _>>()?,
                 workers: opts.http_workers,
+                tls: opts.tls.clone(),
             },
             gw_listener,
         )
@@ -178,6 +183,7 @@ impl Stack {
             upstream_timeout: Duration::from_secs(5),
             max_body: 1024 * 1024,
             workers: opts.http_workers,
+            tls: opts.tls.clone(),
         })
         .await?;
         let mut stack = Self {

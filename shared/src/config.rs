@@ -50,6 +50,10 @@ pub const API_KEY_CACHE: &str = "AUTHBRIDGE_API_KEY_CACHE_SECONDS";
 pub const RATE_LIMIT_PER_KEY: &str = "AUTHBRIDGE_RATE_LIMIT_PER_KEY";
 /// Proxied requests per second for one connection (0: no limit). Default: 0.
 pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTION";
+/// PEM certificate chain to serve HTTPS with (the gateway and the proxy). Default: plain HTTP.
+pub const TLS_CERT_FILE: &str = "AUTHBRIDGE_TLS_CERT_FILE";
+/// PEM private key matching `AUTHBRIDGE_TLS_CERT_FILE`.
+pub const TLS_KEY_FILE: &str = "AUTHBRIDGE_TLS_KEY_FILE";
 /// `json` for structured logs, `pretty` for development. Default: `pretty`.
 pub const LOG_FORMAT: &str = "AUTHBRIDGE_LOG_FORMAT";
 
@@ -165,6 +169,55 @@ impl<'a> Reader<'a> {
         } else {
             Err(self.errors)
         }
+    }
+}
+
+/// Where a service's TLS certificate and key are, when it serves HTTPS itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsFiles {
+    /// Both variables or neither; the files are loaded (and checked) here, at start-up.
+    pub fn read(r: &mut Reader<'_>) -> Option<Self> {
+        match (r.optional(TLS_CERT_FILE), r.optional(TLS_KEY_FILE)) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let files = Self { cert, key };
+                if let Err(e) = files.server_config() {
+                    r.fail(format!("{TLS_CERT_FILE}/{TLS_KEY_FILE}: {e}"));
+                }
+                Some(files)
+            }
+            _ => {
+                r.fail(format!("set both {TLS_CERT_FILE} and {TLS_KEY_FILE}, or neither"));
+                None
+            }
+        }
+    }
+
+    /// A rustls server configuration (TLS 1.2 and 1.3; HTTP/1.1).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, String> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        crate::install_crypto_provider();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| format!("cannot read certificates from {}: {e}", self.cert))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad certificate in {}: {e}", self.cert))?;
+        if certs.is_empty() {
+            return Err(format!("no certificate in {}", self.cert));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| format!("cannot read a private key from {}: {e}", self.key))?;
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("certificate and key do not form a valid pair: {e}"))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(cfg)
     }
 }
 

@@ -219,3 +219,118 @@ async fn encryption_keys_rotate_without_downtime() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_the_proxy_can_serve_https_themselves() {
+    let dir = std::env::temp_dir().join(format!("authbridge-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    // A throw-away CA and a server certificate for 127.0.0.1 signed by it.
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.pem",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.pem",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let tls = shared::config::TlsFiles { cert: cert.display().to_string(), key: key.display().to_string() };
+    let app = TestApp::start_with(StackOptions { tls: Some(tls), ..Default::default() }).await;
+    let pem = std::fs::read(&ca).unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for base in [app.stack.gateway.url(), app.stack.proxy.url()] {
+        assert!(base.starts_with("https://"), "{base}");
+        let r = https.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{base}");
+        let plain = base.replacen("https://", "http://", 1);
+        assert!(app
+            .http
+            .get(format!("{plain}/healthz"))
+            .send()
+            .await
+            .map(|r| !r.status().is_success())
+            .unwrap_or(true));
+    }
+    // The flow works over HTTPS too: the redirect URI is https.
+    let r = https
+        .post(app.gw("/v1/connect/sessions"))
+        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .json(&json!({"provider": "mock", "connection_id": "tls", "return_url": RETURN_URL}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let r = https.get(v["connect_url"].as_str().unwrap()).send().await.unwrap();
+    let authorize = url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    assert!(query_param(&authorize, "redirect_uri").unwrap().starts_with("https://"));
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn mismatched_or_missing_tls_files_stop_the_service_at_start_up() {
+    let env = shared::config::Env::from_pairs([
+        (shared::config::ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        (shared::config::API_KEYS, "0123456789abcdef0123"),
+        (shared::config::TLS_CERT_FILE, "/nonexistent/cert.pem"),
+    ]);
+    let err = auth_gateway::Settings::from_env(&env).unwrap_err().to_string();
+    assert!(err.contains("AUTHBRIDGE_TLS_KEY_FILE"), "{err}");
+    let mut env = env;
+    env.set(shared::config::TLS_KEY_FILE, "/nonexistent/key.pem");
+    let err = api_proxy::Settings::from_env(&env).unwrap_err().to_string();
+    assert!(err.contains("cannot read certificates"), "{err}");
+}

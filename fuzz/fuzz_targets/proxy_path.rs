@@ -1,0 +1,18 @@
+//! Whatever path and query a caller sends, an accepted upstream URL stays on the provider's
+//! API: same scheme, host and port, under the base path, without credentials.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let (path, query) = text.split_once('?').unwrap_or((text, ""));
+    let base = url::Url::parse("https://api.example.com/v1/").unwrap();
+    if let Ok(u) = api_proxy::forward::upstream_url(&base, path, query) {
+        assert_eq!(u.scheme(), "https");
+        assert_eq!(u.host_str(), Some("api.example.com"));
+        assert_eq!(u.port(), None);
+        assert!(u.path().starts_with("/v1/"), "{u}");
+        assert!(u.username().is_empty() && u.password().is_none());
+        assert!(!u.path().split('/').any(|s| s == ".."), "{u}");
+    }
+});

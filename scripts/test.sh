@@ -13,6 +13,11 @@ set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then
+  # Property-based API testing against the OpenAPI documents: no server error, no undocumented status.
+  bash scripts/api-test.sh 25 2>&1 | tee -a "$log" | grep -E "^== |generated|Failures|ST[0-9]{3}" || true
+  status=${PIPESTATUS[0]}
+fi
+if [ "$status" -eq 0 ]; then
   # Fault injection stops and restarts the shared RabbitMQ and PostgreSQL: alone, one case at
   # a time, after everything else. Figures land in target/reliability-report.md.
   rm -f target/reliability-report.md

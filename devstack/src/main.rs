@@ -4,7 +4,9 @@
 //! Environment (all optional): `AUTHBRIDGE_DEV_DATABASE` (database name, default `authbridge_dev`),
 //! `AUTHBRIDGE_ENCRYPTION_KEY` (default: a key generated once and kept in `.authbridge-dev.key`),
 //! `AUTHBRIDGE_DEV_API_KEY` (default `dev-api-key-change-me`), `AUTHBRIDGE_DEV_TOKEN_TTL_SECONDS`
-//! (lifetime of demo tokens, default 120, so refreshes are visible within minutes).
+//! (lifetime of demo tokens, default 120, so refreshes are visible within minutes),
+//! `AUTHBRIDGE_DEV_{GATEWAY,PROXY,REFRESHER,MOCK}_PORT` (8080, 8081, 8082, 9090),
+//! `AUTHBRIDGE_DEV_QUEUE_PREFIX` (`authbridge-dev`).
 
 use base64::Engine;
 use rand::RngCore;
@@ -35,12 +37,12 @@ fn main() -> anyhow::Result<()> {
     let opts = devstack::StackOptions {
         token_ttl: Duration::from_secs(env("AUTHBRIDGE_DEV_TOKEN_TTL_SECONDS", "120").parse()?),
         refreshers: 1,
-        gateway_port: 8080,
-        proxy_port: 8081,
-        refresher_port: 8082,
-        mock_port: 9090,
+        gateway_port: env("AUTHBRIDGE_DEV_GATEWAY_PORT", "8080").parse()?,
+        proxy_port: env("AUTHBRIDGE_DEV_PROXY_PORT", "8081").parse()?,
+        refresher_port: env("AUTHBRIDGE_DEV_REFRESHER_PORT", "8082").parse()?,
+        mock_port: env("AUTHBRIDGE_DEV_MOCK_PORT", "9090").parse()?,
         database: Some(env("AUTHBRIDGE_DEV_DATABASE", "authbridge_dev")),
-        queue_prefix: Some("authbridge-dev".into()),
+        queue_prefix: Some(env("AUTHBRIDGE_DEV_QUEUE_PREFIX", "authbridge-dev")),
         keyring: keyring()?,
         api_key: env("AUTHBRIDGE_DEV_API_KEY", "dev-api-key-change-me"),
         sweep_interval: Duration::from_secs(30),

@@ -10,7 +10,11 @@ bash scripts/services.sh
 command -v schemathesis >/dev/null 2>&1 || pip install --quiet "schemathesis==4.32.5"
 cargo build --locked -p devstack
 
-export AUTHBRIDGE_DEV_DATABASE=authbridge_apitest AUTHBRIDGE_DEV_QUEUE_PREFIX=authbridge-apitest
+# A fresh database, queue prefix and key for every run, removed afterwards.
+run_id="apitest_$$_$(date +%s)"
+export AUTHBRIDGE_DEV_DATABASE="authbridge_$run_id" AUTHBRIDGE_DEV_QUEUE_PREFIX="authbridge-$run_id"
+AUTHBRIDGE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
+export AUTHBRIDGE_ENCRYPTION_KEY
 export AUTHBRIDGE_DEV_GATEWAY_PORT=18080 AUTHBRIDGE_DEV_PROXY_PORT=18081
 export AUTHBRIDGE_DEV_REFRESHER_PORT=18082 AUTHBRIDGE_DEV_MOCK_PORT=19090
 export AUTHBRIDGE_DEV_API_KEY=apitest-key-0123456789 RUST_LOG=warn
@@ -18,7 +22,18 @@ GW=http://127.0.0.1:18080 PX=http://127.0.0.1:18081
 log=$(mktemp)
 target/debug/authbridge-dev >"$log" 2>&1 &
 pid=$!
-trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log"' EXIT
+cleanup() {
+  kill -INT "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+  rm -f "$log"
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$AUTHBRIDGE_DEV_DATABASE\" WITH (FORCE)" >/dev/null 2>&1 || true
+  if command -v rabbitmqctl >/dev/null 2>&1; then
+    rabbitmqctl -q list_queues name 2>/dev/null | grep "^$AUTHBRIDGE_DEV_QUEUE_PREFIX\." | while read -r q; do
+      rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
+    done
+  fi
+}
+trap cleanup EXIT
 for _ in $(seq 60); do
   curl -fs "$GW/readyz" >/dev/null 2>&1 && curl -fs "$PX/readyz" >/dev/null 2>&1 && break
   sleep 1

@@ -555,7 +555,15 @@ async fn api(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes) ->
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned().into()))
         .collect();
-    HttpResponse::Ok().json(serde_json::json!({
+    let mut resp = HttpResponse::Ok();
+    // `x-mock-respond-header: name: value` makes the API answer with that header (tests of
+    // what the proxy lets through on the way back).
+    for v in req.headers().get_all("x-mock-respond-header") {
+        if let Some((name, value)) = v.to_str().ok().and_then(|v| v.split_once(':')) {
+            resp.append_header((name.trim(), value.trim()));
+        }
+    }
+    resp.json(serde_json::json!({
         "method": req.method().as_str(),
         "path": req.path(),
         "query": req.query_string(),

@@ -162,3 +162,25 @@ async fn a_slow_upstream_gets_a_504_from_the_proxy_not_a_hang() {
     assert_eq!(app.proxy_get("mock", "u1", "fast").await.status(), StatusCode::OK);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_and_internal_headers_are_stripped_from_responses_too() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    let r = app
+        .http
+        .get(app.px("/proxy/mock/u1/x"))
+        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .header("x-mock-respond-header", "X-Kept: yes")
+        .header("x-mock-respond-header", "X-Authbridge-Error: forged")
+        .header("x-mock-respond-header", "Keep-Alive: timeout=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let h = r.headers();
+    assert_eq!(h["x-kept"], "yes");
+    assert!(h.get("x-authbridge-error").is_none(), "a provider cannot forge the proxy's own error marker");
+    assert!(h.get("keep-alive").is_none());
+    app.stop().await;
+}

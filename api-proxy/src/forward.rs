@@ -10,6 +10,7 @@ use shared::catalog::valid_connection_id;
 use shared::http::{ApiError, ErrorCode};
 use shared::store::Credentials;
 use shared::tokens::{Outcome, Trigger};
+use std::sync::Arc;
 use url::Url;
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) or belong to authbridge: never forwarded.
@@ -88,8 +89,14 @@ fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(code, message)
 }
 
-async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Credentials), ApiError> {
+async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Arc<Credentials>), ApiError> {
+    if let Some(hit) = state.cache.get(provider, id, state.core.tokens.policy.min_token_validity) {
+        return Ok(hit);
+    }
+    let epoch = state.cache.epoch();
     let (c, creds) = shared::http::usable(state.core.tokens.valid_token(provider, id).await?, provider, id)?;
+    let creds = Arc::new(creds);
+    state.cache.put(epoch, provider, id, c.token_version, creds.clone(), c.expires_at);
     Ok((c.token_version, creds))
 }
 

@@ -2,6 +2,7 @@
 //! API key; the proxy forwards the call to the provider's API with the connection's bearer
 //! token, refreshing and retrying once when the provider answers 401.
 
+pub mod cache;
 pub mod forward;
 pub mod settings;
 
@@ -16,6 +17,7 @@ pub struct ProxyState {
     pub core: Core,
     pub settings: Settings,
     pub http: reqwest::Client,
+    pub cache: cache::TokenCache,
 }
 
 pub struct Application {
@@ -45,7 +47,24 @@ impl Application {
             core.store.clone(),
             settings.common.api_key_cache,
         ));
-        let state = Arc::new(ProxyState { core, settings, http });
+        let state =
+            Arc::new(ProxyState { cache: cache::TokenCache::new(settings.token_cache_ttl), core, settings, http });
+        // Keep the token cache honest: every change to a connection, in any process, drops it.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(shared::store::notify::listen(
+            state.settings.common.database_url.expose().clone(),
+            tx,
+            state.core.shutdown_receiver(),
+        ));
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                match weak.upgrade() {
+                    Some(s) => s.cache.apply(change),
+                    None => break,
+                }
+            }
+        });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -56,6 +75,7 @@ impl Application {
                 .app_data(shared::http::path_config())
                 .route("/healthz", web::get().to(shared::http::healthz))
                 .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
                 .route("/proxy/{provider}/{connection_id}/{tail:.*}", web::route().to(forward::proxy))
                 .default_service(web::to(shared::http::not_found))
         })
@@ -98,4 +118,24 @@ async fn readyz(state: web::Data<ProxyState>) -> HttpResponse {
         ("postgres", shared::http::probe(state.core.store.ping()).await),
         ("rabbitmq", shared::http::probe(state.core.broker.ping()).await),
     ])
+}
+
+async fn metrics(state: web::Data<ProxyState>) -> HttpResponse {
+    use std::sync::atomic::Ordering;
+    let mut out = String::new();
+    let c = &state.cache;
+    shared::metrics::gauge(
+        &mut out,
+        "authbridge_token_cache_hits",
+        "Proxied calls served a token from memory.",
+        c.hits.load(Ordering::Relaxed) as f64,
+    );
+    shared::metrics::gauge(
+        &mut out,
+        "authbridge_token_cache_misses",
+        "Proxied calls that read the token from the database.",
+        c.misses.load(Ordering::Relaxed) as f64,
+    );
+    shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }

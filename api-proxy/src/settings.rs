@@ -9,6 +9,9 @@ pub const BIND: &str = "AUTHBRIDGE_PROXY_BIND";
 pub const UPSTREAM_TIMEOUT: &str = "AUTHBRIDGE_PROXY_UPSTREAM_TIMEOUT_SECONDS";
 /// Largest request body the proxy accepts (bytes); it is kept to retry once after a 401. Default: 10485760.
 pub const MAX_BODY: &str = "AUTHBRIDGE_PROXY_MAX_BODY_BYTES";
+/// How long a decrypted token may be served from memory (seconds); changes invalidate it at
+/// once regardless. 0 turns the cache off. Default: 30.
+pub const TOKEN_CACHE: &str = "AUTHBRIDGE_PROXY_TOKEN_CACHE_SECONDS";
 /// HTTP worker threads. Default: the number of CPUs.
 pub const WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
 
@@ -20,6 +23,7 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub max_body: usize,
     pub workers: usize,
+    pub token_cache_ttl: Duration,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
 }
@@ -33,6 +37,7 @@ impl Settings {
         let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
         let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
         let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let token_cache_ttl = r.seconds(TOKEN_CACHE, 30);
         let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {
@@ -42,6 +47,7 @@ impl Settings {
             upstream_timeout,
             max_body,
             workers: workers.max(1),
+            token_cache_ttl,
             tls,
         })
     }

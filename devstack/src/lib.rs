@@ -183,6 +183,7 @@ impl Stack {
             upstream_timeout: Duration::from_secs(5),
             max_body: 1024 * 1024,
             workers: opts.http_workers,
+            token_cache_ttl: Duration::from_secs(30),
             tls: opts.tls.clone(),
         })
         .await?;

@@ -184,3 +184,51 @@ async fn hop_by_hop_and_internal_headers_are_stripped_from_responses_too() {
     assert!(h.get("keep-alive").is_none());
     app.stop().await;
 }
+
+async fn proxied_token(app: &TestApp, id: &str) -> Option<String> {
+    let r = app.proxy_get("mock", id, "x").await;
+    if r.status() != StatusCode::OK {
+        return None;
+    }
+    let v: Value = r.json().await.ok()?;
+    v["token"].as_str().map(str::to_owned)
+}
+
+async fn cache_hits(app: &TestApp) -> u64 {
+    let text = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("authbridge_token_cache_hits "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_serves_tokens_from_memory_and_forgets_them_the_moment_they_change() {
+    use crate::support::eventually;
+    use std::time::Duration;
+    let app = TestApp::start().await;
+    app.connect("mock", "cached").await;
+    let first = proxied_token(&app, "cached").await.unwrap();
+    eventually("a proxied call served from the cache", Duration::from_secs(5), || async {
+        proxied_token(&app, "cached").await;
+        (cache_hits(&app).await > 0).then_some(())
+    })
+    .await;
+    // A refresh by another process (the gateway) reaches the proxy's cache through NOTIFY,
+    // long before the cache's 30 s TTL.
+    let r = app.api(reqwest::Method::POST, "/v1/connections/mock/cached/refresh").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let second = app.token("mock", "cached").await;
+    assert_ne!(first, second);
+    eventually("the proxy to use the refreshed token", Duration::from_secs(2), || async {
+        (proxied_token(&app, "cached").await.as_deref() == Some(second.as_str())).then_some(())
+    })
+    .await;
+    // A deletion too.
+    app.api(reqwest::Method::DELETE, "/v1/connections/mock/cached").await;
+    eventually("the proxy to forget the deleted connection", Duration::from_secs(2), || async {
+        (app.proxy_get("mock", "cached", "x").await.status() == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

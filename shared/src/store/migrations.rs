@@ -67,6 +67,21 @@ CREATE TABLE api_keys (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+-- Every change to a connection (refresh, re-authorization, needs_reauth, deletion) is
+-- announced on commit, so in-memory token caches in every proxy replica drop it at once.
+CREATE FUNCTION authbridge_notify_connection() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('authbridge_connections', OLD.provider || '/' || OLD.connection_id);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER connections_notify AFTER UPDATE OR DELETE ON connections
+    FOR EACH ROW EXECUTE FUNCTION authbridge_notify_connection();
+"#,
+    ),
 ];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 mod api_keys;
 mod connections;
 mod migrations;
+pub mod notify;
 mod outbox;
 mod sessions;
 

@@ -38,15 +38,7 @@ impl Application {
             // Redirects go back to the caller, who decides; the proxy never follows them with a token.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let limits = web::Data::new(shared::limits::RateLimits::new(
-            settings.common.rate_limit_per_key,
-            settings.common.rate_limit_per_connection,
-        ));
-        let auth = web::Data::new(shared::auth::Authenticator::new(
-            settings.api_keys.clone(),
-            core.store.clone(),
-            settings.common.api_key_cache,
-        ));
+        let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
         let state =
             Arc::new(ProxyState { cache: cache::TokenCache::new(settings.token_cache_ttl), core, settings, http });
         // Keep the token cache honest: every change to a connection, in any process, drops it.

@@ -44,15 +44,7 @@ impl Application {
     /// they know the public URL, and so the redirect URI, before the gateway starts).
     pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
-        let limits = web::Data::new(shared::limits::RateLimits::new(
-            settings.common.rate_limit_per_key,
-            settings.common.rate_limit_per_connection,
-        ));
-        let auth = web::Data::new(shared::auth::Authenticator::new(
-            settings.api_keys.clone(),
-            core.store.clone(),
-            settings.common.api_key_cache,
-        ));
+        let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
         let state = Arc::new(AppState { core, settings });
         let data = web::Data::from(state.clone());
         let grace = state.settings.common.shutdown_grace;

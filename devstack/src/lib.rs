@@ -63,6 +63,8 @@ pub struct StackOptions {
     pub return_url_allowlist: Vec<String>,
     pub rate_limit_per_key: u32,
     pub rate_limit_per_connection: u32,
+    /// Where the `mock` provider's API lives, when not at the mock provider itself.
+    pub mock_api_base: Option<String>,
     /// Serve the gateway and the proxy over HTTPS with these files.
     pub tls: Option<shared::config::TlsFiles>,
 }
@@ -88,6 +90,7 @@ impl Default for StackOptions {
             rate_limit_per_key: 0,
             rate_limit_per_connection: 0,
             tls: None,
+            mock_api_base: None,
         }
     }
 }
@@ -146,7 +149,11 @@ impl Stack {
         common.keyring = opts.keyring.clone();
         common.rate_limit_per_key = opts.rate_limit_per_key;
         common.rate_limit_per_connection = opts.rate_limit_per_connection;
-        common.catalog.insert(mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET));
+        let mut mock_entry = mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
+        if let Some(base) = &opts.mock_api_base {
+            mock_entry.api_base_url = Some(Url::parse(base)?);
+        }
+        common.catalog.insert(mock_entry);
         let mut json_variant = mock_provider_entry("mockjson", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         json_variant.token_request_format = BodyFormat::Json;
         json_variant.client_auth = ClientAuth::Body;

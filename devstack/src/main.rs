@@ -6,7 +6,9 @@
 //! `AUTHBRIDGE_DEV_API_KEY` (default `dev-api-key-change-me`), `AUTHBRIDGE_DEV_TOKEN_TTL_SECONDS`
 //! (lifetime of demo tokens, default 120, so refreshes are visible within minutes),
 //! `AUTHBRIDGE_DEV_{GATEWAY,PROXY,REFRESHER,MOCK}_PORT` (8080, 8081, 8082, 9090),
-//! `AUTHBRIDGE_DEV_QUEUE_PREFIX` (`authbridge-dev`).
+//! `AUTHBRIDGE_DEV_QUEUE_PREFIX` (`authbridge-dev`), `AUTHBRIDGE_DEV_MOCK_API_BASE` (where the
+//! `mock` provider's API lives; default: the mock provider itself — the benchmarks point it at
+//! a fast local upstream).
 
 use base64::Engine;
 use rand::RngCore;
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         sweep_grace: Duration::from_secs(30),
         http_workers: 2,
         session_ttl: Duration::from_secs(600),
+        mock_api_base: std::env::var("AUTHBRIDGE_DEV_MOCK_API_BASE").ok(),
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(async {

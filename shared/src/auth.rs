@@ -150,6 +150,18 @@ impl Authenticator {
     }
 }
 
+/// The authenticator and the rate limits a service registers as app data.
+pub fn app_data(
+    common: &crate::config::CommonSettings,
+    keys: &ApiKeys,
+    store: &Store,
+) -> (web::Data<Authenticator>, web::Data<crate::limits::RateLimits>) {
+    (
+        web::Data::new(Authenticator::new(keys.clone(), store.clone(), common.api_key_cache)),
+        web::Data::new(crate::limits::RateLimits::new(common.rate_limit_per_key, common.rate_limit_per_connection)),
+    )
+}
+
 /// Marker types naming the scope a handler needs.
 pub mod scope {
     use super::Scope;

@@ -126,6 +126,12 @@ async fn send(
     let bearer = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
     headers.insert(reqwest::header::AUTHORIZATION, bearer);
+    // The upstream call is a child of this proxied call's span (W3C trace context).
+    if let Some(tp) =
+        shared::telemetry::current_traceparent().and_then(|t| reqwest::header::HeaderValue::from_str(&t).ok())
+    {
+        headers.insert("traceparent", tp);
+    }
     let mut rb = state.http.request(method, url.clone()).headers(headers);
     if !body.is_empty() {
         rb = rb.body(body.clone());
@@ -179,6 +185,8 @@ pub async fn proxy(
     let provider_id = req.match_info().get("provider").unwrap_or_default().to_owned();
     let connection_id = req.match_info().get("connection_id").unwrap_or_default().to_owned();
     let span = tracing::Span::current();
+    // Continue the caller's trace when it sent one.
+    shared::telemetry::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
     span.record("provider", provider_id.as_str());
     span.record("connection_id", connection_id.as_str());
     caller.require_provider(&provider_id)?;

@@ -186,6 +186,9 @@ impl OAuthClient {
         let secret =
             provider.client_secret.as_ref().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?.expose();
         let mut req = self.http.post(url).header(reqwest::header::ACCEPT, "application/json");
+        if let Some(tp) = crate::telemetry::current_traceparent() {
+            req = req.header("traceparent", tp);
+        }
         match provider.client_auth {
             ClientAuth::Basic => {
                 // RFC 6749 §2.3.1: id and secret are form-urlencoded before Basic encoding.

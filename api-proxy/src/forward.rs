@@ -178,6 +178,7 @@ fn relay(resp: reqwest::Response) -> HttpResponse {
 pub async fn proxy(
     caller: Authorized<scope::Proxy>,
     limits: web::Data<shared::limits::RateLimits>,
+    metrics: web::Data<shared::metrics::Registry>,
     state: web::Data<ProxyState>,
     req: HttpRequest,
     mut payload: web::Payload,
@@ -227,6 +228,11 @@ pub async fn proxy(
 
     let (version, creds) = token_for(&state, &provider_id, &connection_id).await?;
     let resp = send(&state, &req, &url, &body, &creds.access_token).await?;
+    let count = |status: u16| {
+        metrics
+            .inc("authbridge_proxied_calls_total", &format!("provider=\"{provider_id}\",upstream_status=\"{status}\""))
+    };
+    count(resp.status().as_u16());
     if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
         span.record("upstream_status", resp.status().as_u16());
         return Ok(relay(resp));
@@ -237,6 +243,7 @@ pub async fn proxy(
     match state.core.tokens.refresh(&provider_id, &connection_id, Trigger::Unauthorized { version }).await? {
         Outcome::Refreshed(_, fresh) | Outcome::Current(_, fresh) if fresh.access_token != creds.access_token => {
             let retried = send(&state, &req, &url, &body, &fresh.access_token).await?;
+            count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried))
         }

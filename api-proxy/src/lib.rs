@@ -39,6 +39,11 @@ impl Application {
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
+        let registry = shared::http::http_metrics();
+        registry.describe(
+            "authbridge_proxied_calls_total",
+            "Calls forwarded to providers, by provider and upstream status.",
+        );
         let state =
             Arc::new(ProxyState { cache: cache::TokenCache::new(settings.token_cache_ttl), core, settings, http });
         // Keep the token cache honest: every change to a connection, in any process, drops it.
@@ -61,6 +66,8 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(shared::http::access_log())
+                .wrap(actix_web::middleware::from_fn(shared::http::track_requests))
+                .app_data(registry.clone())
                 .app_data(data.clone())
                 .app_data(auth.clone())
                 .app_data(limits.clone())
@@ -112,9 +119,9 @@ async fn readyz(state: web::Data<ProxyState>) -> HttpResponse {
     ])
 }
 
-async fn metrics(state: web::Data<ProxyState>) -> HttpResponse {
+async fn metrics(state: web::Data<ProxyState>, registry: web::Data<shared::metrics::Registry>) -> HttpResponse {
     use std::sync::atomic::Ordering;
-    let mut out = String::new();
+    let mut out = registry.render();
     let c = &state.cache;
     shared::metrics::gauge(
         &mut out,

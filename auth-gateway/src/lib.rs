@@ -45,12 +45,15 @@ impl Application {
     pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
+        let registry = shared::http::http_metrics();
         let state = Arc::new(AppState { core, settings });
         let data = web::Data::from(state.clone());
         let grace = state.settings.common.shutdown_grace;
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(shared::http::access_log())
+                .wrap(actix_web::middleware::from_fn(shared::http::track_requests))
+                .app_data(registry.clone())
                 .wrap(
                     DefaultHeaders::new()
                         .add(("X-Content-Type-Options", "nosniff"))

@@ -226,6 +226,31 @@ pub fn access_log() -> actix_web::middleware::Logger {
         .exclude_regex("^/(healthz|readyz|metrics)")
 }
 
+/// A registry with the HTTP metrics every service records.
+pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
+    let r = crate::metrics::Registry::new();
+    r.describe("authbridge_http_requests_total", "HTTP requests served, by method, route and status.");
+    r.describe_histogram("authbridge_http_request_duration_seconds", "Time to the response head, by method and route.");
+    web::Data::new(r)
+}
+
+/// Middleware (`from_fn`) counting requests by route pattern and status and timing them.
+pub async fn track_requests(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let registry = req.app_data::<web::Data<crate::metrics::Registry>>().cloned();
+    let start = std::time::Instant::now();
+    let res = next.call(req).await?;
+    if let Some(r) = registry {
+        let route = res.request().match_pattern().unwrap_or_else(|| "<unmatched>".to_owned());
+        let route_labels = format!("method=\"{}\",route=\"{route}\"", res.request().method());
+        r.inc("authbridge_http_requests_total", &format!("{route_labels},status=\"{}\"", res.status().as_u16()));
+        r.observe("authbridge_http_request_duration_seconds", &route_labels, start.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}
+
 /// Liveness: the process answers.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))

@@ -7,10 +7,22 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// Latency buckets, in seconds.
+pub const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; 14],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Registry {
     help: RwLock<BTreeMap<&'static str, &'static str>>,
     series: RwLock<BTreeMap<(&'static str, String), Arc<AtomicU64>>>,
+    histogram_help: RwLock<BTreeMap<&'static str, &'static str>>,
+    histograms: RwLock<BTreeMap<(&'static str, String), Arc<Histogram>>>,
 }
 
 impl Registry {
@@ -30,6 +42,27 @@ impl Registry {
             return;
         }
         self.series.write().unwrap().entry((name, labels.to_owned())).or_default().fetch_add(by, Ordering::Relaxed);
+    }
+
+    /// Declares a histogram (seconds).
+    pub fn describe_histogram(&self, name: &'static str, help: &'static str) {
+        self.histogram_help.write().unwrap().insert(name, help);
+    }
+
+    /// Records one observation, in seconds, into the histogram `name{labels}`.
+    pub fn observe(&self, name: &'static str, labels: &str, seconds: f64) {
+        let h = self.histograms.read().unwrap().get(&(name, labels.to_owned())).cloned();
+        let h = match h {
+            Some(h) => h,
+            None => self.histograms.write().unwrap().entry((name, labels.to_owned())).or_default().clone(),
+        };
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if seconds <= *le {
+                h.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        h.count.fetch_add(1, Ordering::Relaxed);
+        h.sum_micros.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
     }
 
     pub fn inc(&self, name: &'static str, labels: &str) {
@@ -61,6 +94,26 @@ impl Registry {
                 let _ = writeln!(out, "{name} 0");
             }
         }
+        let hhelp = self.histogram_help.read().unwrap();
+        let hs = self.histograms.read().unwrap();
+        for (name, text) in hhelp.iter() {
+            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} histogram");
+            for ((n, labels), h) in hs.iter().filter(|((n, _), _)| n == name) {
+                let sep = if labels.is_empty() { "" } else { "," };
+                for (i, le) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{n}_bucket{{{labels}{sep}le=\"{le}\"}} {}",
+                        h.buckets[i].load(Ordering::Relaxed)
+                    );
+                }
+                let count = h.count.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{n}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+                let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+                let _ = writeln!(out, "{n}_sum{braces} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+                let _ = writeln!(out, "{n}_count{braces} {count}");
+            }
+        }
         out
     }
 }
@@ -86,5 +139,18 @@ mod tests {
         assert!(text.contains("x_total{outcome=\"ok\"} 3"));
         assert!(text.contains("y_total 0"));
         assert_eq!(r.get("x_total", "outcome=\"ok\""), 3);
+    }
+
+    #[test]
+    fn histograms_count_into_cumulative_buckets() {
+        let r = Registry::new();
+        r.describe_histogram("lat_seconds", "Latency.");
+        r.observe("lat_seconds", "route=\"/a\"", 0.003);
+        r.observe("lat_seconds", "route=\"/a\"", 0.2);
+        let text = r.render();
+        assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.25\"} 2"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2"), "{text}");
+        assert!(text.contains("lat_seconds_count{route=\"/a\"} 2"), "{text}");
     }
 }

@@ -36,6 +36,10 @@ fn registry() -> shared::metrics::Registry {
     r.describe("authbridge_refresh_events_total", "Expiry events handled, by outcome.");
     r.describe("authbridge_dead_lettered_total", "Expiry events sent to the dead-letter queue, by reason.");
     r.describe("authbridge_sweep_rescheduled_total", "Overdue connections the sweep rescheduled, by how.");
+    r.describe_histogram(
+        "authbridge_refresh_lateness_seconds",
+        "How long after its due time an expiry event was handled.",
+    );
     r
 }
 

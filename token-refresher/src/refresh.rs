@@ -81,6 +81,8 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
             }
         };
     }
+    let lateness = (chrono::Utc::now() - ev.due_at).num_milliseconds().max(0) as f64 / 1000.0;
+    ctx.metrics.observe("authbridge_refresh_lateness_seconds", "", lateness);
     let trigger = Trigger::Scheduled { version: ev.token_version, attempt: ev.attempt };
     match ctx.core.tokens.refresh(&ev.provider, &ev.connection_id, trigger).await {
         Ok(outcome) => {

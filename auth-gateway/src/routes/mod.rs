@@ -9,6 +9,7 @@ use actix_web::{web, HttpResponse};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(shared::http::healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
         .route("/v1/connect/sessions", web::post().to(connect::create_session))
         .route("/connect/{token}", web::get().to(connect::open_session))
         .route("/oauth/callback", web::get().to(connect::callback))
@@ -29,4 +30,23 @@ async fn readyz(state: web::Data<crate::AppState>) -> HttpResponse {
         ("postgres", shared::http::probe(core.store.ping()).await),
         ("rabbitmq", shared::http::probe(core.broker.ping()).await),
     ])
+}
+
+async fn metrics(state: web::Data<crate::AppState>, registry: web::Data<shared::metrics::Registry>) -> HttpResponse {
+    let mut out = registry.render();
+    if let Ok(counts) = state.core.store.count_by_status().await {
+        out.push_str("# HELP authbridge_connections Connections by status.\n# TYPE authbridge_connections gauge\n");
+        for (status, n) in counts {
+            out.push_str(&format!("authbridge_connections{{status=\"{status}\"}} {n}\n"));
+        }
+    }
+    if let Ok(n) = state.core.store.outbox_len().await {
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_outbox_pending",
+            "Events committed but not yet published.",
+            n as f64,
+        );
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
 }

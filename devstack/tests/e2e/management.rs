@@ -94,3 +94,44 @@ async fn every_service_reports_health_and_readiness() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_exposes_prometheus_metrics() {
+    let app = TestApp::start_with(devstack::StackOptions {
+        token_ttl: std::time::Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    app.connect("mock", "m1").await;
+    assert_eq!(app.proxy_get("mock", "m1", "x").await.status(), StatusCode::OK);
+    let text = |url: String| {
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let gw = text(app.gw("/metrics")).await;
+    assert!(
+        gw.contains(r#"authbridge_http_requests_total{method="POST",route="/v1/connect/sessions",status="201"} 1"#),
+        "{gw}"
+    );
+    assert!(
+        gw.contains(r#"authbridge_http_request_duration_seconds_count{method="GET",route="/oauth/callback"} 1"#),
+        "{gw}"
+    );
+    assert!(gw.contains(r#"authbridge_connections{status="active"} 1"#), "{gw}");
+    let px = text(app.px("/metrics")).await;
+    assert!(px.contains(r#"authbridge_proxied_calls_total{provider="mock",upstream_status="200"} 1"#), "{px}");
+    assert!(px.contains("authbridge_token_cache_misses"), "{px}");
+    // After a scheduled refresh, the refresher reports its lateness and outcome.
+    let rf = app.stack.refreshers[0].url();
+    let refresher = crate::support::eventually("a scheduled refresh", std::time::Duration::from_secs(15), || {
+        let t = text(format!("{rf}/metrics"));
+        async move {
+            let t = t.await;
+            t.contains(r#"authbridge_refresh_events_total{outcome="refreshed"}"#).then_some(t)
+        }
+    })
+    .await;
+    assert!(refresher.contains("authbridge_refresh_lateness_seconds_count"), "{refresher}");
+    assert!(refresher.contains("authbridge_work_queue_depth"), "{refresher}");
+    app.stop().await;
+}

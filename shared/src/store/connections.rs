@@ -447,6 +447,14 @@ impl Store {
         }
     }
 
+    /// How many connections are in each status.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let client = self.client().await?;
+        let rows =
+            client.query("SELECT status, count(*) FROM connections GROUP BY status ORDER BY status", &[]).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// How many connections are sealed under each key id.
     pub async fn key_usage(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let client = self.client().await?;

@@ -100,6 +100,7 @@ async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64,
     Ok((c.token_version, creds))
 }
 
+#[tracing::instrument(name = "upstream", skip_all, fields(method = %req.method()))]
 async fn send(
     state: &ProxyState,
     req: &HttpRequest,

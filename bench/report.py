@@ -33,7 +33,8 @@ def row(name, kind):
     total = sum(codes.values())
     ok = codes.get("200", 0)
     errors = sum(d.get("errorDistribution", {}).values())
-    return s["requestsPerSec"], p.get("p50"), p.get("p99"), p.get("p99.9"), total, ok, errors
+    # Successful answers per second (oha's own figure counts failed requests too).
+    return ok / s["total"], p.get("p50"), p.get("p99"), p.get("p99.9"), total, ok, errors
 
 
 def cpu():
@@ -90,4 +91,12 @@ w("## Memory (peak RSS during the run)\n")
 w(f"- api-proxy: {rss['api-proxy'] / 1024:.1f} MiB")
 w(f"- nginx reverse proxy (all processes): {rss['nginx'] / 1024:.1f} MiB")
 w(f"- Express + axios: {rss['express'] / 1024:.1f} MiB\n")
+profile = os.path.join(work, "profile.txt")
+if os.path.exists(profile) and os.path.getsize(profile) > 0:
+    w("## Where api-proxy's CPU time goes at peak\n")
+    w("A flat profile of the api-proxy process (`perf record -F 499`, 10 s at the same load),")
+    w("top 25 symbols by self time:\n")
+    w("```")
+    w(open(profile).read().rstrip())
+    w("```\n")
 print("\n".join(out))

@@ -105,7 +105,18 @@ for name in "${order[@]}"; do
   load "$name" -z 3s -c "$CONC" > /dev/null                     # warm-up
   load "$name" -z "${DURATION}s" -c "$CONC" > "$work/$name-peak.json"
 done
-rate=$(python3 -c "import json; print(max(1, int(json.load(open('$work/api-proxy-peak.json'))['summary']['requestsPerSec'] / 2)))")
+# Where api-proxy's time goes at peak: a flat CPU profile (perf, sampling), kept separately
+# from the measurements above so it cannot disturb them.
+if command -v perf >/dev/null 2>&1; then
+  echo "== api-proxy: profiling at peak" >&2
+  perf record -F 499 -o "$work/perf.data" -p "$proxy_pid" -- sleep 10 >/dev/null 2>&1 &
+  perf_pid=$!
+  load api-proxy -z 10s -c "$CONC" > /dev/null
+  wait "$perf_pid" || true
+  perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -25 > "$work/profile.txt" || true
+fi
+rate=$(python3 -c "import json; d = json.load(open('$work/api-proxy-peak.json')); print(max(1, int(d['statusCodeDistribution'].get('200', 0) / d['summary']['total'] / 2)))")
 for name in "${order[@]}"; do
   echo "== $name: ${rate} requests/s offered, ${DURATION}s" >&2
   load "$name" -z "${DURATION}s" -c "$CONC" -q "$rate" > "$work/$name-half.json"

@@ -102,7 +102,7 @@ async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64,
 
 #[tracing::instrument(name = "upstream", skip_all, fields(method = %req.method()))]
 async fn send(
-    state: &ProxyState,
+    http: &reqwest::Client,
     req: &HttpRequest,
     url: &Url,
     body: &Bytes,
@@ -133,7 +133,7 @@ async fn send(
     {
         headers.insert("traceparent", tp);
     }
-    let mut rb = state.http.request(method, url.clone()).headers(headers);
+    let mut rb = http.request(method, url.clone()).headers(headers);
     if !body.is_empty() {
         rb = rb.body(body.clone());
     }
@@ -180,6 +180,7 @@ pub async fn proxy(
     caller: Authorized<scope::Proxy>,
     limits: web::Data<shared::limits::RateLimits>,
     metrics: web::Data<shared::metrics::Registry>,
+    http: web::Data<reqwest::Client>,
     state: web::Data<ProxyState>,
     req: HttpRequest,
     mut payload: web::Payload,
@@ -228,7 +229,7 @@ pub async fn proxy(
     let body = body.freeze();
 
     let (version, creds) = token_for(&state, &provider_id, &connection_id).await?;
-    let resp = send(&state, &req, &url, &body, &creds.access_token).await?;
+    let resp = send(&http, &req, &url, &body, &creds.access_token).await?;
     let count = |status: u16| {
         metrics
             .inc("authbridge_proxied_calls_total", &format!("provider=\"{provider_id}\",upstream_status=\"{status}\""))
@@ -243,7 +244,7 @@ pub async fn proxy(
     tracing::info!("provider answered 401; refreshing and retrying once");
     match state.core.tokens.refresh(&provider_id, &connection_id, Trigger::Unauthorized { version }).await? {
         Outcome::Refreshed(_, fresh) | Outcome::Current(_, fresh) if fresh.access_token != creds.access_token => {
-            let retried = send(&state, &req, &url, &body, &fresh.access_token).await?;
+            let retried = send(&http, &req, &url, &body, &fresh.access_token).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried))

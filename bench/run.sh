@@ -114,7 +114,7 @@ if command -v perf >/dev/null 2>&1; then
   load api-proxy -z 10s -c "$CONC" > /dev/null
   wait "$perf_pid" || true
   perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-    grep -E '^ +[0-9]' | head -25 > "$work/profile.txt" || true
+    grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | head -25 > "$work/profile.txt" || true
 fi
 rate=$(python3 -c "import json; d = json.load(open('$work/api-proxy-peak.json')); print(max(1, int(d['statusCodeDistribution'].get('200', 0) / d['summary']['total'] / 2)))")
 for name in "${order[@]}"; do

@@ -65,14 +65,13 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<Url, &'st
     if query.chars().any(|c| c.is_control()) {
         return Err("control characters are not allowed in the query");
     }
-    let mut s = String::with_capacity(base.as_str().len() + raw_tail.len() + query.len() + 1);
-    s.push_str(base.as_str());
-    s.push_str(raw_tail);
-    if !query.is_empty() {
-        s.push('?');
-        s.push_str(query);
-    }
-    let u = Url::parse(&s).map_err(|_| "the path does not form a valid URL")?;
+    // Start from the parsed base (no re-parsing of scheme and host on every call) and append.
+    let mut u = base.clone();
+    let mut path = String::with_capacity(base.path().len() + raw_tail.len());
+    path.push_str(base.path());
+    path.push_str(raw_tail);
+    u.set_path(&path);
+    u.set_query((!query.is_empty()).then_some(query));
     if u.scheme() != base.scheme()
         || u.host() != base.host()
         || u.port_or_known_default() != base.port_or_known_default()
@@ -185,8 +184,15 @@ pub async fn proxy(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let provider_id = req.match_info().get("provider").unwrap_or_default().to_owned();
-    let connection_id = req.match_info().get("connection_id").unwrap_or_default().to_owned();
+    // `/proxy/{provider}/{connection_id}/{path…}`, split by hand on the raw (still
+    // percent-encoded) path: a routing pattern with a catch-all segment would cost a regex
+    // match on every call.
+    let raw_path = req.uri().path();
+    let mut parts = raw_path.strip_prefix("/proxy/").unwrap_or("").splitn(3, '/');
+    let (provider_id, connection_id, raw_tail) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(p), Some(c), Some(tail)) if !p.is_empty() && !c.is_empty() => (p.to_owned(), c.to_owned(), tail),
+        _ => return Err(proxy_error(ErrorCode::NotFound, "proxy paths are /proxy/{provider}/{connection_id}/{path}")),
+    };
     let span = tracing::Span::current();
     // Continue the caller's trace when it sent one.
     shared::telemetry::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
@@ -205,11 +211,6 @@ pub async fn proxy(
     if !valid_connection_id(&connection_id) {
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
-    // The raw (still percent-encoded) path after `/proxy/{provider}/{connection_id}/`.
-    let raw_path = req.uri().path();
-    let prefix_len =
-        "/proxy/".len() + raw_path["/proxy/".len()..].splitn(3, '/').take(2).map(|s| s.len() + 1).sum::<usize>();
-    let raw_tail = raw_path.get(prefix_len..).unwrap_or("");
     let url =
         upstream_url(base, raw_tail, req.query_string()).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 

@@ -70,7 +70,7 @@ impl Application {
                 .route("/healthz", web::get().to(shared::http::healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics))
-                .route("/proxy/{provider}/{connection_id}/{tail:.*}", web::route().to(forward::proxy))
+                .service(web::scope("/proxy").default_service(web::to(forward::proxy)))
                 .default_service(web::to(shared::http::not_found))
         })
         .workers(state.settings.workers)

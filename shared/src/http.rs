@@ -223,7 +223,10 @@ pub fn access_log() -> actix_web::middleware::Logger {
         .custom_request_replace("route", |req| {
             format!("{} {}", req.method(), req.match_pattern().unwrap_or_else(|| "<unmatched>".to_owned()))
         })
-        .exclude_regex("^/(healthz|readyz|metrics)")
+        // Exact paths: a regex here would run on every request (it showed in the proxy's profile).
+        .exclude("/healthz")
+        .exclude("/readyz")
+        .exclude("/metrics")
 }
 
 /// A registry with the HTTP metrics every service records.

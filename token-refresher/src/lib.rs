@@ -158,7 +158,8 @@ async fn consume_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                // Capped low: once RabbitMQ is back, due events must be consumed promptly.
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
@@ -228,16 +229,19 @@ async fn sweep_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
 /// One sweep pass; returns how many connections it rescheduled (at most one page of 500:
 /// the ones just scheduled stay overdue until refreshed, so the next pass takes the rest).
 ///
-/// While RabbitMQ is unreachable, queued events cannot arrive, so the sweep refreshes overdue
-/// connections itself (the single-flight refresh makes this safe alongside any consumer).
+/// While RabbitMQ is unreachable or this replica's consumer is not attached, queued events
+/// cannot arrive, so the sweep refreshes overdue connections itself (the single-flight refresh
+/// makes this safe alongside any consumer).
 pub async fn sweep_once(ctx: &Ctx) -> anyhow::Result<usize> {
     let before = chrono::Utc::now() - chrono::Duration::from_std(ctx.settings.sweep_grace).unwrap_or_default();
     let overdue = ctx.core.store.overdue_connections(before, 500).await?;
     if overdue.is_empty() {
         return Ok(0);
     }
-    let broker_up = shared::http::probe(ctx.core.broker.ping()).await.is_ok();
-    if !broker_up {
+    // Events only help if this replica is consuming them: while its consumer is detached (or
+    // RabbitMQ is unreachable) it refreshes overdue connections itself.
+    let consuming = ctx.consuming.load(Ordering::Relaxed);
+    if !consuming || shared::http::probe(ctx.core.broker.ping()).await.is_err() {
         use futures_util::stream::{self, StreamExt};
         let n = overdue.len();
         stream::iter(overdue)

@@ -46,6 +46,7 @@ fn traceparent(d: &Delivery) -> Option<String> {
 }
 
 pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
+    use tracing::Instrument;
     let span = tracing::info_span!(
         "expiry_event",
         provider = tracing::field::Empty,
@@ -53,7 +54,12 @@ pub async fn handle(ctx: &Ctx, delivery: Delivery) -> Disposition {
         outcome = tracing::field::Empty
     );
     shared::telemetry::set_remote_parent(&span, traceparent(&delivery).as_deref());
-    let _enter = span.enter();
+    // Instrumented, not entered: a span entered across an await would stay "current" on the
+    // worker thread while the task is parked, and leak into other tasks' traces.
+    handle_in_span(ctx, delivery, &span).instrument(span.clone()).await
+}
+
+async fn handle_in_span(ctx: &Ctx, delivery: Delivery, span: &tracing::Span) -> Disposition {
     let ev: ExpiryEvent = match serde_json::from_slice(&delivery.data) {
         Ok(ev) => ev,
         Err(e) => {

@@ -18,7 +18,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connect_and_its_scheduled_refresh_are_one_trace_and_a_proxied_call_parents_its_upstream_call() {
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    // Never dropped: spans still open in other threads' thread-locals when the runtimes shut
+    // down end after the test body, and must find the provider (shut down, so they are no-ops).
+    let provider: &'static SdkTracerProvider =
+        Box::leak(Box::new(SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build()));
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     tracing_subscriber::registry()
         .with(tracing_subscriber::EnvFilter::new("info"))
@@ -37,8 +40,9 @@ async fn a_connect_and_its_scheduled_refresh_are_one_trace_and_a_proxied_call_pa
     let echo: serde_json::Value = r.json().await.unwrap();
     let sent_traceparent = echo["headers"]["traceparent"].as_str().unwrap_or_default().to_owned();
     provider.force_flush().unwrap();
-    let spans = exporter.get_finished_spans().unwrap();
     app.stop().await;
+    let spans = exporter.get_finished_spans().unwrap();
+    let _ = provider.shutdown();
 
     let named = |n: &str| spans.iter().filter(move |s| s.name == n).collect::<Vec<_>>();
     let callback = named("callback");

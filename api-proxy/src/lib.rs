@@ -145,5 +145,5 @@ async fn metrics(state: web::Data<ProxyState>, registry: web::Data<shared::metri
         c.misses.load(Ordering::Relaxed) as f64,
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+    shared::http::metrics_response(out)
 }

@@ -41,6 +41,18 @@ impl Core {
         Ok(Self { store, broker, tokens, shutdown, relay: Some(relay) })
     }
 
+    /// Appends the outbox backlog gauge to a `/metrics` body.
+    pub async fn outbox_gauge(&self, out: &mut String) {
+        if let Ok(n) = self.store.outbox_len().await {
+            crate::metrics::gauge(
+                out,
+                "authbridge_outbox_pending",
+                "Events committed but not yet published.",
+                n as f64,
+            );
+        }
+    }
+
     /// A receiver that turns true when the core stops.
     pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()

@@ -254,6 +254,11 @@ pub async fn track_requests(
     Ok(res)
 }
 
+/// A `/metrics` answer in the Prometheus text format.
+pub fn metrics_response(body: String) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
+}
+
 /// Liveness: the process answers.
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))

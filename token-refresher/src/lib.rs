@@ -134,15 +134,8 @@ async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
             shared::metrics::gauge(&mut out, name, help, n as f64);
         }
     }
-    if let Ok(n) = ctx.core.store.outbox_len().await {
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_outbox_pending",
-            "Events committed but not yet published.",
-            n as f64,
-        );
-    }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+    ctx.core.outbox_gauge(&mut out).await;
+    shared::http::metrics_response(out)
 }
 
 /// Connects, consumes until the connection breaks or shutdown, reconnects with backoff.

@@ -40,13 +40,6 @@ async fn metrics(state: web::Data<crate::AppState>, registry: web::Data<shared::
             out.push_str(&format!("authbridge_connections{{status=\"{status}\"}} {n}\n"));
         }
     }
-    if let Ok(n) = state.core.store.outbox_len().await {
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_outbox_pending",
-            "Events committed but not yet published.",
-            n as f64,
-        );
-    }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+    state.core.outbox_gauge(&mut out).await;
+    shared::http::metrics_response(out)
 }

@@ -7,27 +7,8 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
-work, conc, duration, rate = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+work, conc, duration, rate, flows, big = sys.argv[1:7]
 order = ["direct", "nginx", "express", "api-proxy"]
-STATUS = """## Where it stands
-
-The target is api-proxy at or above nginx's throughput and within 10% of its p99. **It is not
-there yet**: in this run it serves about half of nginx's requests per second, with roughly
-twice its p99 at a fixed concurrency, while staying an order of magnitude ahead of the
-Express + axios forwarder that the integration guides lead to. What the proxy does per call:
-API-key check, per-key and per-connection rate limits (off by default), token from the
-in-memory cache (no database round trip), URL and header rewriting, a pooled keep-alive
-upstream call, a streamed response, and metrics. Changes already made because the profile
-pointed at them: one upstream connection pool per worker (pooled connections had been driven
-across runtimes), no regular expression in routing or the access log, no re-parsing of the
-upstream URL. The profile now shows mostly context switches, copies and allocation; the next
-steps are fewer allocations per call (headers, label strings), fewer wake-ups between the
-server and client halves, and HTTP/2 to the upstream where offered.
-
-Not measured yet (tracked in the performance issue): the refresher's throughput with 10,000
-connections falling due at once, the gateway's callback throughput, and the proxy's p99 with
-1,000,000 connections stored.
-"""
 label = {
     "direct": "upstream, called directly",
     "nginx": "nginx adding a fixed `Authorization`",
@@ -54,6 +35,42 @@ def row(name, kind):
     errors = sum(d.get("errorDistribution", {}).values())
     # Successful answers per second (oha's own figure counts failed requests too).
     return ok / s["total"], p.get("p50"), p.get("p99"), p.get("p99.9"), total, ok, errors
+
+
+def cpu_per_request(name):
+    """Microseconds of CPU (user + system) the serving processes spent per answered request."""
+    try:
+        before, after, tck = map(int, open(os.path.join(work, f"{name}-cpu.txt")).read().split())
+    except (OSError, ValueError):
+        return None
+    ok = load(name, "peak").get("statusCodeDistribution", {}).get("200", 0)
+    return (after - before) / tck / ok * 1e6 if ok else None
+
+
+def classify(path):
+    """Where the api-proxy's samples go, from the collapsed stacks of the profile."""
+    cats = {}
+    total = 0
+    for line in open(path):
+        stack, _, n = line.rstrip().rpartition(" ")
+        n = int(n)
+        total += n
+        if "entry_SYSCALL" in stack:
+            c = "kernel: socket reads, writes and epoll (the same work nginx pays)"
+        elif "_[k]" in stack:
+            c = "kernel: other (scheduling, interrupts)"
+        elif "hyper::proto::h1::dispatch::Dispatcher" in stack or "hyper_util::client" in stack:
+            c = "upstream client (hyper): request encoding, response parsing, pool"
+        elif "api_proxy::forward" in stack or "shared::auth" in stack or "api_proxy::cache" in stack:
+            c = "authbridge: key check, token cache, URL and header rewriting"
+        elif "shared::http::track_requests" in stack:
+            c = "authbridge: metrics and access log"
+        elif "actix_http" in stack or "actix_web" in stack or "actix_server" in stack:
+            c = "server (actix-web): request parsing, routing, response encoding"
+        else:
+            c = "other (allocator, runtime, unattributed stacks)"
+        cats[c] = cats.get(c, 0) + n
+    return total, sorted(cats.items(), key=lambda kv: -kv[1])
 
 
 def cpu():
@@ -87,17 +104,25 @@ w(f"- Load: {oha}; {conc} connections, {duration} s per measurement after a 3 s 
 w(f"- Upstream: nginx (1 worker) answering a fixed 62-byte JSON body; {nginx}; Node {node}")
 w("- api-proxy: release build, its own process, default settings (2 HTTP workers), the")
 w("  connection's token decrypted once and then served from its in-memory cache\n")
-def table(title, rows):
+def table(title, rows, with_cpu=False):
     w(title + "\n")
-    w("| target | requests/s | p50 ms | p99 ms | p99.9 ms | requests | non-200 | errors |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|")
+    extra = " CPU µs/request |" if with_cpu else ""
+    w("| target | requests/s | p50 ms | p99 ms | p99.9 ms | requests | non-200 | errors |" + extra)
+    w("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_cpu else ""))
     for n in order:
         rps, p50, p99, p999, total, ok, err = rows[n]
-        w(f"| {label[n]} | {rps:,.0f} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {total:,} | {total - ok:,} | {err:,} |")
+        c = ""
+        if with_cpu:
+            v = cpu_per_request(n)
+            c = f" {v:.1f} |" if v is not None else " n/a |"
+        w(f"| {label[n]} | {rps:,.0f} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {total:,} | {total - ok:,} | {err:,} |" + c)
     w("")
 
 
-table(f"## At a fixed concurrency ({conc} connections)", peak)
+table(f"## At a fixed concurrency ({conc} connections)", peak, with_cpu=True)
+w("CPU µs/request: user + system CPU time of the serving processes (for nginx, master and")
+w("workers; for api-proxy, its process) divided by the requests answered; the load generator")
+w("and, for the proxies, the upstream are not included.\n")
 table(f"## At an offered rate of {int(rate):,} requests/s (half of api-proxy's peak)", half)
 a, d, x = peak["api-proxy"], peak["direct"], peak["nginx"]
 ah, xh = half["api-proxy"], half["nginx"]
@@ -106,17 +131,95 @@ w(f"- api-proxy / upstream direct: throughput {a[0] / d[0]:.2f}×")
 w(f"- api-proxy / nginx: throughput {a[0] / x[0]:.2f}×, p99 {a[2] / x[2]:.2f}× at fixed concurrency, "
   f"p99 {ah[2] / xh[2]:.2f}× at half of api-proxy's peak")
 w(f"- api-proxy / Express + axios: throughput {a[0] / peak['express'][0]:.2f}×\n")
-w("## Memory (peak RSS during the run)\n")
-w(f"- api-proxy: {rss['api-proxy'] / 1024:.1f} MiB")
-w(f"- nginx reverse proxy (all processes): {rss['nginx'] / 1024:.1f} MiB")
-w(f"- Express + axios: {rss['express'] / 1024:.1f} MiB\n")
-w(STATUS)
+
+# The system, each service its own process.
+fl = json.load(open(os.path.join(work, "flows.json")))
+dr = json.load(open(os.path.join(work, "drain.json")))
+w("## The system: gateway, refresher, and a large connection table\n")
+w("Each service runs as its own release-build process with default settings (2 HTTP workers,")
+w("refresher prefetch 16, one refresher replica) against the mock provider, on a fresh database.\n")
+w(f"### Gateway: {int(flows):,} complete connect flows, {conc} at a time\n")
+w("Each flow: create a connect session (API), open the connect URL (state + PKCE, 302 to the")
+w("provider), the mock provider's authorize endpoint (302 back), and the callback, which")
+w("exchanges the code at the provider's token endpoint, seals the tokens (AES-256-GCM) and")
+w("stores them with their expiry event in one transaction. All parties share the 2 cores.\n")
+cb = fl["callback_ms"]
+w("| flows | connected | failed | seconds | flows/s | callback p50 ms | p99 ms | p99.9 ms | max ms |")
+w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+w(f"| {fl['flows']:,} | {fl['connected']:,} | {fl['failed']:,} | {fl['seconds']:.1f} | {fl['flows_per_second']:,.0f} "
+  f"| {cb['p50']:.2f} | {cb['p99']:.2f} | {cb['p999']:.2f} | {cb['max']:.2f} |\n")
+if fl.get("errors"):
+    w("Errors seen: " + "; ".join(f"`{e}`" for e in fl["errors"]) + "\n")
+lt = dr["lateness_ms"]
+w(f"### Refresher: {dr['connections']:,} connections falling due at one instant\n")
+w("The connections made above are all set to fall due at the same instant 20 s ahead, and their")
+w("expiry events are written to the outbox, as the gateway does; the events travel through")
+w("RabbitMQ's delay tiers to the work queue, and the refresher refreshes each one at the mock")
+w("provider (refresh-token rotation on). Lateness: when the refreshed token was stored, behind")
+w("the scheduled instant.\n")
+w("| connections | refreshed | statuses after | drained in s | refreshes/s | lateness p50 ms | p99 ms | p99.9 ms | max ms |")
+w("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+st = ", ".join(f"{k} {v:,}" for k, v in sorted(dr["by_status"].items()))
+w(f"| {dr['connections']:,} | {dr['refreshed']:,} | {st} | {dr['drain_seconds']:.1f} | {dr['refreshes_per_second']:,.0f} "
+  f"| {lt['p50']:.0f} | {lt['p99']:.0f} | {lt['p999']:.0f} | {lt['max']:.0f} |\n")
+w(f"### api-proxy with {int(big):,} connections stored\n")
+w("The same load (random calls over the same 10,000 connection ids, " + conc + " connections,")
+w(f"{duration} s after a 3 s warm-up) against a table of 10,000 connections and one of {int(big):,},")
+w("with the token cache at its default (30 s) and turned off (every call reads and decrypts the")
+w("row in PostgreSQL).\n")
+w("| table | token cache | requests/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |")
+w("|---:|---|---:|---:|---:|---:|---:|---:|")
+tab = {}
+for cache in ("30", "0"):
+    for size in ("small", "big"):
+        d = json.load(open(os.path.join(work, f"table-{size}-cache{cache}.json")))
+        p = d.get("latencyPercentiles", {})
+        ok = d.get("statusCodeDistribution", {}).get("200", 0)
+        err = sum(d.get("errorDistribution", {}).values()) + sum(
+            v for k, v in d.get("statusCodeDistribution", {}).items() if k != "200")
+        r = int(open(os.path.join(work, f"table-{size}-cache{cache}.rss")).read().strip() or 0)
+        tab[(size, cache)] = p.get("p99")
+        n = 10000 if size == "small" else int(big)
+        w(f"| {n:,} | {'on (30 s)' if cache == '30' else 'off'} | {ok / d['summary']['total']:,.0f} | {ms(p.get('p50'))} "
+          f"| {ms(p.get('p99'))} | {ms(p.get('p99.9'))} | {err:,} | {r / 1024:.1f} |")
+w("")
+w(f"p99 with {int(big):,} rows / with 10,000 rows: {tab[('big', '30')] / tab[('small', '30')]:.2f}× with the cache, "
+  f"{tab[('big', '0')] / tab[('small', '0')]:.2f}× without it.\n")
+
+w("## Memory (peak RSS of each process during the run)\n")
+for k, v in rss.items():
+    w(f"- {k}: {v / 1024:.1f} MiB")
+w("")
+
+# Where it stands, from this run's numbers.
+ratio, p99r = a[0] / x[0], a[2] / x[2]
+ca, cx = cpu_per_request("api-proxy"), cpu_per_request("nginx")
+w("## Where it stands\n")
+met = ratio >= 1.0 and p99r <= 1.10
+w(f"The target is api-proxy at or above nginx's throughput and within 10% of its p99. In this run:")
+w(f"**{ratio:.2f}× nginx's throughput and {p99r:.2f}× its p99** at a fixed concurrency"
+  + (" — the target is met." if met else " — **the target is not met**."))
+if ca and cx:
+    w(f"Per request, api-proxy spends {ca:.1f} µs of CPU where nginx spends {cx:.1f} µs; on two cores")
+    w("shared with the load generator and the upstream, that CPU difference is the throughput gap.")
+w("")
 profile = os.path.join(work, "profile.txt")
-if os.path.exists(profile) and os.path.getsize(profile) > 0:
+collapsed = os.path.join(work, "collapsed.txt")
+if os.path.exists(collapsed) and os.path.getsize(collapsed) > 0:
+    total, cats = classify(collapsed)
     w("## Where api-proxy's CPU time goes at peak\n")
-    w("A flat profile of the api-proxy process (`perf record -F 499`, 10 s at the same load),")
-    w("top 25 symbols by self time:\n")
+    w("From the sampled profile (`perf record --call-graph dwarf`, 8 s at the same load; flame graph:")
+    w("[`docs/api-proxy-flamegraph.svg`](api-proxy-flamegraph.svg)), samples by the outermost part")
+    w("of the proxy they fall in:\n")
+    w("| part | share of samples |")
+    w("|---|---:|")
+    for c, n in cats:
+        w(f"| {c} | {100 * n / total:.1f}% |")
+    w("")
+if os.path.exists(profile) and os.path.getsize(profile) > 0:
+    w("Top 25 symbols by self time:\n")
     w("```")
     w(open(profile).read().rstrip())
     w("```\n")
+w(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "NOTES.md")).read().rstrip() + "\n")
 print("\n".join(out))

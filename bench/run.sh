@@ -4,31 +4,41 @@
 #   2. nginx injecting a fixed Authorization header (the hand-tuned reverse proxy),
 #   3. Express + axios adding the bearer token (what the providers' integration guides lead to),
 #   4. api-proxy with a real connection in PostgreSQL and its token cache warm.
-# Each at a fixed concurrency, then at an offered rate of half api-proxy's peak. Writes the
-# table to docs/benchmarks.md. Usage: bench/run.sh   (BENCH_DURATION=15 BENCH_CONCURRENCY=64)
+# Each at a fixed concurrency, then at an offered rate of half api-proxy's peak. Then the
+# system: the gateway's callback throughput (complete connect flows against the mock provider),
+# the refresher draining 10,000 connections that fall due at one instant, and api-proxy's
+# latency with 1,000,000 connections stored against 10,000 (cache on and off); peak RSS of each
+# process. Writes everything to docs/benchmarks.md.
+# Usage: bench/run.sh   (BENCH_DURATION=15 BENCH_CONCURRENCY=64 BENCH_CONNECTIONS=10000
+#                        BENCH_BIG=1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${BENCH_DURATION:-15}
 CONC=${BENCH_CONCURRENCY:-64}
-UP=18090 NGX=18091 EXP=18092 PRX=18093
+FLOWS=${BENCH_CONNECTIONS:-10000}
+BIG=${BENCH_BIG:-1000000}
+UP=18090 NGX=18091 EXP=18092 PRX=18093 GW=18280 RF=18282 MOCK=18290 PRX_SMALL=18294 PRX_BIG=18295
 
 bash scripts/services.sh
 command -v nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 command -v node >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nodejs npm; }
 command -v oha >/dev/null 2>&1 || cargo install --locked oha
 (cd bench/express && npm ci --no-audit --no-fund --silent)
-cargo build --release --locked -p devstack -p api-proxy
+cargo build --release --locked -p devstack -p api-proxy -p auth-gateway -p token-refresher -p mock-provider
 
 work=$(mktemp -d)
 run_id="bench_$$"
 db="authbridge_$run_id"
+dbs=("$db" "${db}_sys" "${db}_small" "${db}_big")
 KEY=$(head -c 32 /dev/urandom | base64)
 API_KEY="bench-api-key-0123456789"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  for d in "${dbs[@]}"; do
+    psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$d\" WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rabbitmqctl -q list_queues name 2>/dev/null | grep "^authbridge-$run_id" | while read -r q; do
     rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
   done
@@ -100,21 +110,40 @@ load() { # name, extra oha args…
   local name=$1; shift
   oha --no-tui --output-format json -H "Authorization: Bearer $API_KEY" "$@" "${URL[$name]}"
 }
+# CPU time (user + system, in clock ticks) of the processes that serve a target: on a shared
+# 2-core machine, CPU per request is the fairest single number to compare.
+serving() {
+  local m
+  case $1 in
+    direct) m=$(pgrep -f nginx-upstream.conf); echo "$m" $(pgrep -P "$m") ;;
+    nginx) m=$(pgrep -f nginx-proxy.conf); echo "$m" $(pgrep -P "$m") ;;
+    express) echo "$express_pid" ;;
+    api-proxy) echo "$proxy_pid" ;;
+  esac
+}
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
 for name in "${order[@]}"; do
   echo "== $name: ${CONC} connections, ${DURATION}s" >&2
   load "$name" -z 3s -c "$CONC" > /dev/null                     # warm-up
+  before=$(ticks $(serving "$name"))
   load "$name" -z "${DURATION}s" -c "$CONC" > "$work/$name-peak.json"
+  echo "$before $(ticks $(serving "$name")) $(getconf CLK_TCK)" > "$work/$name-cpu.txt"
 done
-# Where api-proxy's time goes at peak: a flat CPU profile (perf, sampling), kept separately
-# from the measurements above so it cannot disturb them.
+# Where api-proxy's time goes at peak: a sampled CPU profile with call stacks (perf, DWARF
+# unwinding), as a flat list and a flame graph, kept apart from the measurements above so it
+# cannot disturb them.
 if command -v perf >/dev/null 2>&1; then
+  command -v inferno-flamegraph >/dev/null 2>&1 || cargo install --locked inferno
   echo "== api-proxy: profiling at peak" >&2
-  perf record -F 499 -o "$work/perf.data" -p "$proxy_pid" -- sleep 10 >/dev/null 2>&1 &
+  perf record -F 199 --call-graph dwarf,16384 -o "$work/perf.data" -p "$proxy_pid" -- sleep 8 >/dev/null 2>&1 &
   perf_pid=$!
-  load api-proxy -z 10s -c "$CONC" > /dev/null
+  load api-proxy -z 9s -c "$CONC" > /dev/null
   wait "$perf_pid" || true
   perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
     grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | head -25 > "$work/profile.txt" || true
+  perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/collapsed.txt" || true
+  inferno-flamegraph --title "api-proxy at peak load (bench/run.sh)" < "$work/collapsed.txt" \
+    > docs/api-proxy-flamegraph.svg 2>/dev/null || true
 fi
 rate=$(python3 -c "import json; d = json.load(open('$work/api-proxy-peak.json')); print(max(1, int(d['statusCodeDistribution'].get('200', 0) / d['summary']['total'] / 2)))")
 for name in "${order[@]}"; do
@@ -123,10 +152,81 @@ for name in "${order[@]}"; do
 done
 
 hwm() { awk '/VmHWM/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+proxy_rss=$(hwm $proxy_pid)
+express_rss=$(hwm $express_pid)
 nginx_rss=0
 for p in $(pgrep -f "nginx-proxy.conf"); do nginx_rss=$((nginx_rss + $(hwm "$p"))); done
+kill "$proxy_pid" "$express_pid" 2>/dev/null || true
+
+# 5. The system, each service its own process, on a fresh database.
+sysdb="${db}_sys"
+loadgen=target/release/authbridge-loadgen
+common_env() { # database → the environment every service needs
+  echo AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$1" AUTHBRIDGE_ENCRYPTION_KEY="$KEY" \
+    AUTHBRIDGE_API_KEYS="$API_KEY" AUTHBRIDGE_PROVIDERS_FILE="$work/providers-sys.toml" \
+    AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id-$1" RUST_LOG=warn
+}
+cat > "$work/providers-sys.toml" <<TOML
+[providers.mock]
+authorize_url = "http://127.0.0.1:$MOCK/oauth/authorize"
+token_url = "http://127.0.0.1:$MOCK/oauth/token"
+revocation_url = "http://127.0.0.1:$MOCK/oauth/revoke"
+api_base_url = "http://127.0.0.1:$UP/"
+client_id = "authbridge-client"
+client_secret = "bench-client-secret"
+TOML
+MOCK_BIND="127.0.0.1:$MOCK" MOCK_CLIENT_ID=authbridge-client MOCK_CLIENT_SECRET=bench-client-secret \
+MOCK_TOKEN_TTL_SECONDS=86400 RUST_LOG=warn target/release/mock-provider > "$work/mock.log" 2>&1 &
+mock_pid=$!; pids+=($mock_pid)
+env $(common_env "$sysdb") AUTHBRIDGE_GATEWAY_BIND="127.0.0.1:$GW" AUTHBRIDGE_PUBLIC_URL="http://127.0.0.1:$GW" \
+  target/release/auth-gateway > "$work/gateway.log" 2>&1 &
+gw_pid=$!; pids+=($gw_pid)
+wait_http "http://127.0.0.1:$GW/readyz"
+env $(common_env "$sysdb") AUTHBRIDGE_REFRESHER_BIND="127.0.0.1:$RF" target/release/token-refresher > "$work/refresher.log" 2>&1 &
+rf_pid=$!; pids+=($rf_pid)
+wait_http "http://127.0.0.1:$RF/readyz"
+
+echo "== gateway: $FLOWS connect flows, $CONC at a time" >&2
+$loadgen connect "http://127.0.0.1:$GW" "$API_KEY" mock c "$FLOWS" "$CONC" > "$work/flows.json"
+echo "== refresher: the $FLOWS connections fall due at one instant" >&2
+export AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$sysdb" AUTHBRIDGE_ENCRYPTION_KEY="$KEY"
+due_at=$($loadgen due mock c 20 | python3 -c 'import json,sys; print(json.load(sys.stdin)["due_at"])')
+$loadgen drain mock c "$due_at" 600 > "$work/drain.json"
+curl -fs "http://127.0.0.1:$RF/metrics" > "$work/refresher-metrics.txt" || true
+gw_rss=$(hwm $gw_pid) rf_rss=$(hwm $rf_pid) mock_rss=$(hwm $mock_pid)
+
+# 6. api-proxy over a table of 10,000 connections and one of $BIG, calling the same 10,000 ids
+#    at random: with the token cache (default TTL) and without it (every call reads Postgres).
+for size in small big; do
+  n=10000; [ "$size" = big ] && n=$BIG
+  d="${db}_$size"
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE \"$d\"" >/dev/null
+  echo "== seeding $n connections into $d" >&2
+  AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$d" $loadgen seed mock m "$n" 86400 > "$work/seed-$size.json"
+  psql -q -h 127.0.0.1 -U postgres -d "$d" -c "VACUUM ANALYZE connections" >/dev/null
+done
+for cache in 30 0; do
+  for size in small big; do
+    port=$PRX_SMALL; [ "$size" = big ] && port=$PRX_BIG
+    env $(common_env "${db}_$size") AUTHBRIDGE_PROXY_BIND="127.0.0.1:$port" AUTHBRIDGE_PROXY_TOKEN_CACHE_SECONDS=$cache \
+      target/release/api-proxy > "$work/proxy-$size.log" 2>&1 &
+    p=$!
+    wait_http "http://127.0.0.1:$port/readyz"
+    rurl="http://127.0.0.1:$port/proxy/mock/m000[0-9]{4}/contacts/42"
+    echo "== api-proxy, $size table, token cache ${cache}s" >&2
+    oha --no-tui --output-format json -H "Authorization: Bearer $API_KEY" --rand-regex-url -z 3s -c "$CONC" "$rurl" > /dev/null
+    oha --no-tui --output-format json -H "Authorization: Bearer $API_KEY" --rand-regex-url -z "${DURATION}s" -c "$CONC" "$rurl" \
+      > "$work/table-$size-cache$cache.json"
+    echo "$(hwm $p)" > "$work/table-$size-cache$cache.rss"
+    kill -INT "$p"; wait "$p" 2>/dev/null || true
+  done
+done
+
 cat > "$work/rss.json" <<JSON
-{"api-proxy": $(hwm $proxy_pid), "express": $(hwm $express_pid), "nginx": $nginx_rss}
+{"api-proxy": $proxy_rss, "express": $express_rss, "nginx": $nginx_rss,
+ "auth-gateway": $gw_rss, "token-refresher": $rf_rss, "mock-provider": $mock_rss,
+ "api-proxy (1,000,000 table, cache on)": $(cat "$work/table-big-cache30.rss"),
+ "api-proxy (1,000,000 table, cache off)": $(cat "$work/table-big-cache0.rss")}
 JSON
-python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" > docs/benchmarks.md
+python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" "$FLOWS" "$BIG" > docs/benchmarks.md
 cat docs/benchmarks.md

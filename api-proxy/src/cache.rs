@@ -8,6 +8,7 @@
 //! minimum validity is never served from here.
 
 use chrono::{DateTime, Utc};
+use shared::http::ApiError;
 use shared::store::notify::Change;
 use shared::store::Credentials;
 use std::collections::HashMap;
@@ -15,9 +16,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+/// A connection's credentials with the `Authorization` value built once, marked sensitive (so
+/// HTTP/2 never puts it in a compression table).
+pub struct Token {
+    pub creds: Credentials,
+    pub bearer: http::HeaderValue,
+}
+
+impl Token {
+    pub fn new(creds: Credentials) -> Result<Self, ApiError> {
+        let mut bearer = http::HeaderValue::try_from(format!("Bearer {}", creds.access_token))
+            .map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
+        bearer.set_sensitive(true);
+        Ok(Self { creds, bearer })
+    }
+}
+
 struct Entry {
     version: i64,
-    creds: Arc<Credentials>,
+    token: Arc<Token>,
     expires_at: Option<DateTime<Utc>>,
     stored: Instant,
 }
@@ -58,7 +75,7 @@ impl TokenCache {
     }
 
     /// The cached token, if it is fresh, announced-current and valid for `min_validity` more.
-    pub fn get(&self, provider: &str, connection_id: &str, min_validity: Duration) -> Option<(i64, Arc<Credentials>)> {
+    pub fn get(&self, provider: &str, connection_id: &str, min_validity: Duration) -> Option<(i64, Arc<Token>)> {
         if !self.enabled() {
             return None;
         }
@@ -71,7 +88,7 @@ impl TokenCache {
         match hit {
             Some(e) => {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                Some((e.version, e.creds.clone()))
+                Some((e.version, e.token.clone()))
             }
             None => {
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -92,7 +109,7 @@ impl TokenCache {
         provider: &str,
         connection_id: &str,
         version: i64,
-        creds: Arc<Credentials>,
+        token: Arc<Token>,
         expires_at: Option<DateTime<Utc>>,
     ) {
         if !self.enabled() {
@@ -102,7 +119,7 @@ impl TokenCache {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        entries.insert(key(provider, connection_id), Entry { version, creds, expires_at, stored: Instant::now() });
+        entries.insert(key(provider, connection_id), Entry { version, token, expires_at, stored: Instant::now() });
     }
 
     /// Drops what a change makes stale.
@@ -137,13 +154,16 @@ impl TokenCache {
 mod tests {
     use super::*;
 
-    fn creds(t: &str) -> Arc<Credentials> {
-        Arc::new(Credentials {
-            access_token: t.into(),
-            refresh_token: None,
-            token_type: None,
-            extra: Default::default(),
-        })
+    fn creds(t: &str) -> Arc<Token> {
+        Arc::new(
+            Token::new(Credentials {
+                access_token: t.into(),
+                refresh_token: None,
+                token_type: None,
+                extra: Default::default(),
+            })
+            .unwrap(),
+        )
     }
 
     #[test]
@@ -154,7 +174,7 @@ mod tests {
         assert!(c.get("p", "u", Duration::ZERO).is_none(), "not listening yet");
         c.apply(Change::Resync);
         c.put(c.epoch(), "p", "u", 1, creds("a"), far);
-        assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().1.access_token, "a");
+        assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().1.creds.access_token, "a");
         c.apply(Change::Connection { provider: "p".into(), connection_id: "u".into() });
         assert!(c.get("p", "u", Duration::ZERO).is_none());
         // A fetch that raced a change is not stored.

@@ -28,7 +28,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "api-proxy").await?;
-        upstream_client(&settings)?; // fail at start-up, not in a worker, if it cannot be built
+        forward::upstream_client(&settings).map_err(anyhow::Error::msg)?; // fail now, not in a worker
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
         let registry = shared::http::http_metrics();
         registry.describe(
@@ -57,10 +57,9 @@ impl Application {
             // One upstream client (and connection pool) per worker: each actix worker is its own
             // single-threaded runtime, and a pooled connection is driven by the runtime that
             // opened it; sharing one pool across workers makes every request hop threads.
-            let http = web::Data::new(upstream_client(&data.settings).expect("checked at start-up"));
+            let http = web::Data::new(forward::upstream_client(&data.settings).expect("checked at start-up"));
             App::new()
                 .app_data(http)
-                .wrap(shared::http::access_log())
                 .wrap(actix_web::middleware::from_fn(shared::http::track_requests))
                 .app_data(registry.clone())
                 .app_data(data.clone())
@@ -105,20 +104,6 @@ impl Application {
         tracing::info!("shutting down");
         self.stop().await;
     }
-}
-
-/// The client for providers' APIs: pooled keep-alive connections (HTTP/1.1, or HTTP/2 where
-/// the provider offers it), bounded timeouts, no redirects followed.
-fn upstream_client(settings: &Settings) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .timeout(settings.upstream_timeout)
-        .connect_timeout(settings.upstream_timeout.min(std::time::Duration::from_secs(10)))
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        // Redirects go back to the caller, who decides; the proxy never follows them with a token.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
 }
 
 async fn readyz(state: web::Data<ProxyState>) -> HttpResponse {

@@ -51,7 +51,6 @@ impl Application {
         let grace = state.settings.common.shutdown_grace;
         let server = HttpServer::new(move || {
             App::new()
-                .wrap(shared::http::access_log())
                 .wrap(actix_web::middleware::from_fn(shared::http::track_requests))
                 .app_data(registry.clone())
                 .wrap(

@@ -14,7 +14,7 @@ use crate::config::ApiKeys;
 use crate::http::{bearer, ApiError, ErrorCode};
 use crate::store::Store;
 use actix_web::{web, FromRequest, HttpRequest};
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -122,18 +122,31 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
-        let unauthorized =
-            || ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>");
-        let presented = presented.filter(|p| !p.is_empty() && p.len() <= 512).ok_or_else(unauthorized)?;
+        match self.authenticate_now(presented) {
+            Ok(done) => done,
+            Err(digest) => self.look_up(digest).await,
+        }
+    }
+
+    /// Decides without I/O when it can (a bootstrap key, a malformed one, or a cached lookup);
+    /// otherwise returns the digest to look up.
+    fn authenticate_now(&self, presented: Option<&str>) -> Result<Result<Caller, ApiError>, [u8; 32]> {
+        let Some(presented) = presented.filter(|p| !p.is_empty() && p.len() <= 512) else {
+            return Ok(Err(unauthorized()));
+        };
         if self.bootstrap.verify(presented) {
-            return Ok(Caller::bootstrap());
+            return Ok(Ok(Caller::bootstrap()));
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if let Some((hit, at)) = self.cache.lock().unwrap().get(&digest) {
             if at.elapsed() < self.ttl {
-                return hit.clone().ok_or_else(unauthorized);
+                return Ok(hit.clone().ok_or_else(unauthorized));
             }
         }
+        Err(digest)
+    }
+
+    async fn look_up(&self, digest: [u8; 32]) -> Result<Caller, ApiError> {
         let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
             key_id: r.id,
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
@@ -148,6 +161,10 @@ impl Authenticator {
         }
         found.ok_or_else(unauthorized)
     }
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>")
 }
 
 /// The authenticator and the rate limits a service registers as app data.
@@ -207,15 +224,15 @@ impl<S: scope::Required> std::ops::Deref for Authorized<S> {
 
 impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
     type Error = ApiError;
-    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+    type Future = Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let auth = req.app_data::<web::Data<Authenticator>>().cloned();
+        let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+            return Either::Left(ready(Err(ApiError::internal("no authenticator configured"))));
+        };
         let limits = req.app_data::<web::Data<crate::limits::RateLimits>>().cloned();
-        let presented = bearer(req).map(str::to_owned);
-        Box::pin(async move {
-            let auth = auth.ok_or_else(|| ApiError::internal("no authenticator configured"))?;
-            let caller = auth.authenticate(presented.as_deref()).await?;
+        let finish = move |caller: Result<Caller, ApiError>| {
+            let caller = caller?;
             if let Some(l) = limits.as_ref().and_then(|l| l.per_key.as_ref()) {
                 l.check(&caller.key_id)?;
             }
@@ -226,7 +243,12 @@ impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
                 ));
             }
             Ok(Self { caller, _scope: PhantomData })
-        })
+        };
+        // Most calls are decided in memory: no future to allocate for them.
+        match auth.authenticate_now(bearer(req)) {
+            Ok(done) => Either::Left(ready(finish(done))),
+            Err(digest) => Either::Right(Box::pin(async move { finish(auth.look_up(digest).await) })),
+        }
     }
 }
 

@@ -216,19 +216,6 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-/// Access log that names the route pattern (`GET /connect/{token} 302 3ms`), never the path
-/// or query as sent: they carry session tokens, codes and states.
-pub fn access_log() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%{route}xi %s %Dms")
-        .custom_request_replace("route", |req| {
-            format!("{} {}", req.method(), req.match_pattern().unwrap_or_else(|| "<unmatched>".to_owned()))
-        })
-        // Exact paths: a regex here would run on every request (it showed in the proxy's profile).
-        .exclude("/healthz")
-        .exclude("/readyz")
-        .exclude("/metrics")
-}
-
 /// A registry with the HTTP metrics every service records.
 pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
     let r = crate::metrics::Registry::new();
@@ -237,7 +224,10 @@ pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
     web::Data::new(r)
 }
 
-/// Middleware (`from_fn`) counting requests by route pattern and status and timing them.
+/// Middleware (`from_fn`) counting requests by route pattern and status, timing them, and
+/// writing the access log line (`GET /connect/{token} 302 3.1ms`, target `authbridge::access`).
+/// Lines name the route pattern, never the path or query as sent: those carry session tokens,
+/// codes and states. Health, readiness and metrics requests are counted but not logged.
 pub async fn track_requests(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -245,11 +235,21 @@ pub async fn track_requests(
     let registry = req.app_data::<web::Data<crate::metrics::Registry>>().cloned();
     let start = std::time::Instant::now();
     let res = next.call(req).await?;
+    let elapsed = start.elapsed();
+    let route = res.request().match_pattern();
+    let route = route.as_deref().unwrap_or("<unmatched>");
+    let method = res.request().method();
+    let status = res.status().as_u16();
     if let Some(r) = registry {
-        let route = res.request().match_pattern().unwrap_or_else(|| "<unmatched>".to_owned());
-        let route_labels = format!("method=\"{}\",route=\"{route}\"", res.request().method());
-        r.inc("authbridge_http_requests_total", &format!("{route_labels},status=\"{}\"", res.status().as_u16()));
-        r.observe("authbridge_http_request_duration_seconds", &route_labels, start.elapsed().as_secs_f64());
+        let route_labels = format!("method=\"{method}\",route=\"{route}\"");
+        r.inc("authbridge_http_requests_total", &format!("{route_labels},status=\"{status}\""));
+        r.observe("authbridge_http_request_duration_seconds", &route_labels, elapsed.as_secs_f64());
+    }
+    if tracing::enabled!(target: "authbridge::access", tracing::Level::INFO)
+        && !matches!(res.request().path(), "/healthz" | "/readyz" | "/metrics")
+    {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        tracing::info!(target: "authbridge::access", %method, route, status, duration_ms = ms, "{method} {route} {status} {ms:.1}ms");
     }
     Ok(res)
 }

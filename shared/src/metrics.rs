@@ -20,9 +20,10 @@ struct Histogram {
 #[derive(Default)]
 pub struct Registry {
     help: RwLock<BTreeMap<&'static str, &'static str>>,
-    series: RwLock<BTreeMap<(&'static str, String), Arc<AtomicU64>>>,
+    // name → labels → value: looked up by `&str`, so counting allocates nothing.
+    series: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<AtomicU64>>>>,
     histogram_help: RwLock<BTreeMap<&'static str, &'static str>>,
-    histograms: RwLock<BTreeMap<(&'static str, String), Arc<Histogram>>>,
+    histograms: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<Histogram>>>>,
 }
 
 impl Registry {
@@ -37,11 +38,18 @@ impl Registry {
 
     /// Adds `by` to the counter `name{labels}`; `labels` is `key="value",…` or empty.
     pub fn add(&self, name: &'static str, labels: &str, by: u64) {
-        if let Some(c) = self.series.read().unwrap().get(&(name, labels.to_owned())) {
+        if let Some(c) = self.series.read().unwrap().get(name).and_then(|m| m.get(labels)) {
             c.fetch_add(by, Ordering::Relaxed);
             return;
         }
-        self.series.write().unwrap().entry((name, labels.to_owned())).or_default().fetch_add(by, Ordering::Relaxed);
+        self.series
+            .write()
+            .unwrap()
+            .entry(name)
+            .or_default()
+            .entry(labels.to_owned())
+            .or_default()
+            .fetch_add(by, Ordering::Relaxed);
     }
 
     /// Declares a histogram (seconds).
@@ -51,10 +59,12 @@ impl Registry {
 
     /// Records one observation, in seconds, into the histogram `name{labels}`.
     pub fn observe(&self, name: &'static str, labels: &str, seconds: f64) {
-        let h = self.histograms.read().unwrap().get(&(name, labels.to_owned())).cloned();
+        let h = self.histograms.read().unwrap().get(name).and_then(|m| m.get(labels)).cloned();
         let h = match h {
             Some(h) => h,
-            None => self.histograms.write().unwrap().entry((name, labels.to_owned())).or_default().clone(),
+            None => {
+                self.histograms.write().unwrap().entry(name).or_default().entry(labels.to_owned()).or_default().clone()
+            }
         };
         for (i, le) in BUCKETS.iter().enumerate() {
             if seconds <= *le {
@@ -70,7 +80,13 @@ impl Registry {
     }
 
     pub fn get(&self, name: &'static str, labels: &str) -> u64 {
-        self.series.read().unwrap().get(&(name, labels.to_owned())).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
+        self.series
+            .read()
+            .unwrap()
+            .get(name)
+            .and_then(|m| m.get(labels))
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// The counters in the Prometheus text format.
@@ -81,7 +97,8 @@ impl Registry {
         for (name, text) in help.iter() {
             let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} counter");
             let mut any = false;
-            for ((n, labels), v) in series.iter().filter(|((n, _), _)| n == name) {
+            for (labels, v) in series.get(name).into_iter().flatten() {
+                let n = name;
                 any = true;
                 let v = v.load(Ordering::Relaxed);
                 if labels.is_empty() {
@@ -98,7 +115,8 @@ impl Registry {
         let hs = self.histograms.read().unwrap();
         for (name, text) in hhelp.iter() {
             let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} histogram");
-            for ((n, labels), h) in hs.iter().filter(|((n, _), _)| n == name) {
+            for (labels, h) in hs.get(name).into_iter().flatten() {
+                let n = name;
                 let sep = if labels.is_empty() { "" } else { "," };
                 for (i, le) in BUCKETS.iter().enumerate() {
                     let _ = writeln!(

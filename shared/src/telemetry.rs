@@ -76,7 +76,11 @@ pub fn init_for_tests() {
 
 /// The W3C `traceparent` of the current span, when tracing exports spans.
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None; // no span, so no trace to continue: skip the propagator's allocations
+    }
+    let cx = span.context();
     let mut carrier = HashMap::new();
     TraceContextPropagator::new().inject_context(&cx, &mut carrier);
     carrier.remove("traceparent")

@@ -219,6 +219,40 @@ impl Store {
         Ok(conn)
     }
 
+    /// Inserts already-authorized connections in one statement (sealed like any other), skipping
+    /// ids that exist. No events are written: schedule them with [`Store::enqueue`]. Returns how
+    /// many were inserted. Used to seed large tables for the benchmarks.
+    pub async fn import_connections(
+        &self,
+        provider: &str,
+        connections: &[(String, NewTokens)],
+    ) -> Result<u64, StoreError> {
+        let mut ids = Vec::with_capacity(connections.len());
+        let mut key_ids = Vec::with_capacity(connections.len());
+        let mut blobs = Vec::with_capacity(connections.len());
+        let mut expires = Vec::with_capacity(connections.len());
+        let mut due = Vec::with_capacity(connections.len());
+        for (id, t) in connections {
+            let sealed = self.seal_credentials(provider, id, &t.credentials);
+            ids.push(id.as_str());
+            key_ids.push(sealed.key_id);
+            blobs.push(sealed.blob);
+            expires.push(t.expires_at);
+            due.push(t.refresh_due_at);
+        }
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "INSERT INTO connections (provider, connection_id, status, key_id, credentials, expires_at,
+                    refresh_due_at, last_refresh_at)
+                 SELECT $1, c, 'active', k, b, e, d, now()
+                 FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::timestamptz[]) AS t(c, k, b, e, d)
+                 ON CONFLICT (provider, connection_id) DO NOTHING",
+                &[&provider, &ids, &key_ids, &blobs, &expires, &due],
+            )
+            .await?)
+    }
+
     /// Deletes a connection and returns what it held (so its tokens can be revoked).
     #[tracing::instrument(skip_all, fields(provider, connection_id))]
     pub async fn delete_connection(
@@ -335,7 +369,7 @@ impl RefreshGuard {
             .query_one(
                 &format!(
                     "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
-                        refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = now(),
+                        refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = clock_timestamp(),
                         last_error = NULL, error_count = 0, status = 'active', updated_at = now()
                      WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"
                 ),

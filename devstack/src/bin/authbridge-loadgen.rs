@@ -1,0 +1,272 @@
+//! `authbridge-loadgen`: the load and set-up steps of `bench/run.sh` that no off-the-shelf load
+//! generator does. Each subcommand prints one JSON object on stdout.
+//!
+//! ```text
+//! authbridge-loadgen connect <gateway-url> <api-key> <provider> <id-prefix> <count> <concurrency>
+//!     Runs <count> complete connect flows (session → provider's authorize → callback), <concurrency>
+//!     at a time, and reports flows/s and the callback's latency percentiles.
+//! authbridge-loadgen seed <provider> <id-prefix> <count> <expires-in-seconds>
+//!     Inserts <count> connections with made-up tokens (AUTHBRIDGE_DATABASE_URL, AUTHBRIDGE_ENCRYPTION_KEY).
+//! authbridge-loadgen due <provider> <id-prefix> <in-seconds>
+//!     Makes every connection under the prefix fall due at one instant, <in-seconds> from now, and
+//!     schedules their expiry events through the outbox, as the gateway would.
+//! authbridge-loadgen drain <provider> <id-prefix> <due-at> <timeout-seconds>
+//!     Waits until every connection under the prefix was refreshed after <due-at>, and reports
+//!     refreshes/s and the lateness behind <due-at>.
+//! ```
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, Utc};
+use shared::store::{Credentials, NewTokens, Store};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(mut ms: Vec<f64>) -> serde_json::Value {
+    ms.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "p50": percentile(&ms, 50.0),
+        "p99": percentile(&ms, 99.0),
+        "p999": percentile(&ms, 99.9),
+        "max": ms.last().copied().unwrap_or(0.0),
+    })
+}
+
+fn store() -> anyhow::Result<Store> {
+    let url = std::env::var(shared::config::DATABASE_URL).context("AUTHBRIDGE_DATABASE_URL")?;
+    let key = std::env::var(shared::config::ENCRYPTION_KEY).context("AUTHBRIDGE_ENCRYPTION_KEY")?;
+    Ok(Store::new(&url, 4, shared::crypto::Keyring::from_base64(&key, None, &[])?)?)
+}
+
+fn location(r: &reqwest::Response) -> anyhow::Result<String> {
+    match r.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()) {
+        Some(l) if r.status().is_redirection() => Ok(l.to_owned()),
+        _ => bail!("expected a redirect, got {}", r.status()),
+    }
+}
+
+/// One connect flow; returns the callback's latency in ms.
+async fn flow(http: &reqwest::Client, gateway: &str, api_key: &str, provider: &str, id: &str) -> anyhow::Result<f64> {
+    let session: serde_json::Value = http
+        .post(format!("{gateway}/v1/connect/sessions"))
+        .bearer_auth(api_key)
+        .json(&serde_json::json!({"provider": provider, "connection_id": id, "return_url": "https://app.example/done"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let connect_url = session["connect_url"].as_str().context("connect_url")?;
+    let authorize = location(&http.get(connect_url).send().await?)?;
+    let callback = location(&http.get(&authorize).send().await?)?;
+    let started = Instant::now();
+    let done = location(&http.get(&callback).send().await?)?;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if !done.contains("status=connected") {
+        bail!("the flow ended in {done}");
+    }
+    Ok(ms)
+}
+
+async fn connect(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [gateway, api_key, provider, prefix, count, concurrency] = args else {
+        bail!("connect <gateway-url> <api-key> <provider> <id-prefix> <count> <concurrency>");
+    };
+    let (count, concurrency): (usize, usize) = (count.parse()?, concurrency.parse()?);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, next) = (http.clone(), next.clone());
+        let (gateway, api_key, provider, prefix) = (gateway.clone(), api_key.clone(), provider.clone(), prefix.clone());
+        tasks.spawn(async move {
+            let (mut ok, mut errors) = (Vec::new(), Vec::new());
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                match flow(&http, &gateway, &api_key, &provider, &format!("{prefix}{i:07}")).await {
+                    Ok(ms) => ok.push(ms),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        });
+    }
+    let (mut ok, mut errors) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        let (o, e) = r?;
+        ok.extend(o);
+        errors.extend(e);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    errors.sort();
+    errors.dedup();
+    Ok(serde_json::json!({
+        "flows": count,
+        "connected": ok.len(),
+        "failed": count - ok.len(),
+        "seconds": seconds,
+        "flows_per_second": ok.len() as f64 / seconds,
+        "callback_ms": summary(ok),
+        "errors": errors.into_iter().take(5).collect::<Vec<_>>(),
+    }))
+}
+
+async fn seed(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [provider, prefix, count, expires_in] = args else {
+        bail!("seed <provider> <id-prefix> <count> <expires-in-seconds>");
+    };
+    let (count, expires_in): (usize, i64) = (count.parse()?, expires_in.parse()?);
+    let store = store()?;
+    store.migrate().await?;
+    let started = Instant::now();
+    let expires_at = Utc::now() + chrono::Duration::seconds(expires_in);
+    let mut inserted = 0;
+    for start in (0..count).step_by(10_000) {
+        let batch: Vec<(String, NewTokens)> = (start..(start + 10_000).min(count))
+            .map(|i| {
+                let id = format!("{prefix}{i:07}");
+                let credentials = Credentials {
+                    access_token: format!("seeded-access-{}", uuid::Uuid::new_v4().simple()),
+                    refresh_token: Some(format!("seeded-refresh-{}", uuid::Uuid::new_v4().simple())),
+                    token_type: Some("Bearer".into()),
+                    extra: Default::default(),
+                };
+                let tokens = NewTokens {
+                    credentials,
+                    scopes: vec![],
+                    expires_at: Some(expires_at),
+                    refresh_due_at: Some(expires_at - chrono::Duration::seconds(expires_in / 10)),
+                };
+                (id, tokens)
+            })
+            .collect();
+        inserted += store.import_connections(provider, &batch).await?;
+    }
+    Ok(serde_json::json!({"inserted": inserted, "seconds": started.elapsed().as_secs_f64()}))
+}
+
+async fn client() -> anyhow::Result<tokio_postgres::Client> {
+    let url = std::env::var(shared::config::DATABASE_URL).context("AUTHBRIDGE_DATABASE_URL")?;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn due(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [provider, prefix, in_seconds] = args else {
+        bail!("due <provider> <id-prefix> <in-seconds>");
+    };
+    let due_at = Utc::now() + chrono::Duration::seconds(in_seconds.parse()?);
+    let db = client().await?;
+    let pattern = format!("{prefix}%");
+    // Due at one instant; the tokens stay valid a while after it, as they would with a margin.
+    let rows = db
+        .query(
+            "UPDATE connections SET refresh_due_at = $3, expires_at = $3 + interval '10 minutes'
+             WHERE provider = $1 AND connection_id LIKE $2 AND status = 'active'
+             RETURNING connection_id, token_version",
+            &[provider, &pattern, &due_at],
+        )
+        .await?;
+    let events: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            shared::messaging::ExpiryEvent {
+                provider: provider.clone(),
+                connection_id: r.get(0),
+                token_version: r.get(1),
+                due_at,
+                attempt: 0,
+                traceparent: None,
+            }
+            .to_outbox()
+        })
+        .collect();
+    store()?.enqueue(&events).await?;
+    Ok(serde_json::json!({"connections": rows.len(), "due_at": due_at.to_rfc3339()}))
+}
+
+async fn drain(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [provider, prefix, due_at, timeout] = args else {
+        bail!("drain <provider> <id-prefix> <due-at> <timeout-seconds>");
+    };
+    let due_at: DateTime<Utc> = DateTime::parse_from_rfc3339(due_at)?.with_timezone(&Utc);
+    let deadline = Instant::now() + Duration::from_secs(timeout.parse()?);
+    let db = client().await?;
+    let pattern = format!("{prefix}%");
+    let total: i64 = db
+        .query_one(
+            "SELECT count(*) FROM connections WHERE provider = $1 AND connection_id LIKE $2",
+            &[provider, &pattern],
+        )
+        .await?
+        .get(0);
+    loop {
+        let done: i64 = db
+            .query_one(
+                "SELECT count(*) FROM connections WHERE provider = $1 AND connection_id LIKE $2
+                   AND (last_refresh_at >= $3 OR status <> 'active')",
+                &[provider, &pattern, &due_at],
+            )
+            .await?
+            .get(0);
+        if done >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = db
+        .query(
+            "SELECT EXTRACT(EPOCH FROM (last_refresh_at - $3))::float8 * 1000 FROM connections
+             WHERE provider = $1 AND connection_id LIKE $2 AND last_refresh_at >= $3 AND status = 'active'",
+            &[provider, &pattern, &due_at],
+        )
+        .await?;
+    let lateness: Vec<f64> = rows.iter().map(|r| r.get::<_, f64>(0)).collect();
+    let status = db
+        .query(
+            "SELECT status, count(*) FROM connections WHERE provider = $1 AND connection_id LIKE $2 GROUP BY status",
+            &[provider, &pattern],
+        )
+        .await?;
+    let by_status: serde_json::Map<String, serde_json::Value> =
+        status.iter().map(|r| (r.get::<_, String>(0), serde_json::json!(r.get::<_, i64>(1)))).collect();
+    let span_s = lateness.iter().copied().fold(0.0, f64::max) / 1000.0;
+    Ok(serde_json::json!({
+        "connections": total,
+        "refreshed": lateness.len(),
+        "by_status": by_status,
+        "drain_seconds": span_s,
+        "refreshes_per_second": if span_s > 0.0 { lateness.len() as f64 / span_s } else { 0.0 },
+        "lateness_ms": summary(lateness),
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    shared::install_crypto_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let out = rt.block_on(async {
+        match args.first().map(String::as_str) {
+            Some("connect") => connect(&args[1..]).await,
+            Some("seed") => seed(&args[1..]).await,
+            Some("due") => due(&args[1..]).await,
+            Some("drain") => drain(&args[1..]).await,
+            _ => bail!("usage: authbridge-loadgen connect|seed|due|drain …  (see the source's header)"),
+        }
+    })?;
+    println!("{out}");
+    Ok(())
+}

@@ -160,6 +160,7 @@ kill "$proxy_pid" "$express_pid" 2>/dev/null || true
 
 # 5. The system, each service its own process, on a fresh database.
 sysdb="${db}_sys"
+psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE \"$sysdb\"" >/dev/null
 loadgen=target/release/authbridge-loadgen
 common_env() { # database → the environment every service needs
   echo AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$1" AUTHBRIDGE_ENCRYPTION_KEY="$KEY" \
@@ -190,8 +191,9 @@ echo "== gateway: $FLOWS connect flows, $CONC at a time" >&2
 $loadgen connect "http://127.0.0.1:$GW" "$API_KEY" mock c "$FLOWS" "$CONC" > "$work/flows.json"
 echo "== refresher: the $FLOWS connections fall due at one instant" >&2
 export AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$sysdb" AUTHBRIDGE_ENCRYPTION_KEY="$KEY"
-due_at=$($loadgen due mock c 20 | python3 -c 'import json,sys; print(json.load(sys.stdin)["due_at"])')
-$loadgen drain mock c "$due_at" 600 > "$work/drain.json"
+read -r due_at scheduled_at < <($loadgen due mock c 20 |
+  python3 -c 'import json,sys; d = json.load(sys.stdin); print(d["due_at"], d["scheduled_at"])')
+$loadgen drain mock c "$due_at" "$scheduled_at" 600 > "$work/drain.json"
 curl -fs "http://127.0.0.1:$RF/metrics" > "$work/refresher-metrics.txt" || true
 gw_rss=$(hwm $gw_pid) rf_rss=$(hwm $rf_pid) mock_rss=$(hwm $mock_pid)
 
@@ -225,8 +227,8 @@ done
 cat > "$work/rss.json" <<JSON
 {"api-proxy": $proxy_rss, "express": $express_rss, "nginx": $nginx_rss,
  "auth-gateway": $gw_rss, "token-refresher": $rf_rss, "mock-provider": $mock_rss,
- "api-proxy (1,000,000 table, cache on)": $(cat "$work/table-big-cache30.rss"),
- "api-proxy (1,000,000 table, cache off)": $(cat "$work/table-big-cache0.rss")}
+ "api-proxy ($BIG-row table, cache on)": $(cat "$work/table-big-cache30.rss"),
+ "api-proxy ($BIG-row table, cache off)": $(cat "$work/table-big-cache0.rss")}
 JSON
 python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" "$FLOWS" "$BIG" > docs/benchmarks.md
 cat docs/benchmarks.md

@@ -6,11 +6,16 @@
 //! connection ids, never tokens, codes, verifiers or keys.
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use tracing::dispatcher::WeakDispatch;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -34,8 +39,9 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     crate::install_crypto_provider();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var(crate::config::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let dispatch = Arc::new(OnceLock::new());
     let fmt_layer = if json {
-        tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false).boxed()
+        json_layer(dispatch.clone(), std::io::stdout).boxed()
     } else {
         tracing_subscriber::fmt::layer().compact().boxed()
     };
@@ -61,8 +67,55 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     } else {
         None
     };
-    let _ = tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer).try_init();
+    if tracing_subscriber::registry().with(filter).with(fmt_layer).with(otel_layer).try_init().is_ok() {
+        // The JSON formatter looks trace ids up through the dispatcher it runs under.
+        tracing::dispatcher::get_default(|d| dispatch.set(d.downgrade()).ok());
+    }
     TelemetryGuard { provider }
+}
+
+/// The JSON log layer: one object per line, with the current span's fields, and — when spans
+/// are exported — the `trace_id` and `span_id` of the span the event happened in, so a log line
+/// leads to its trace (and back). `dispatch` is set once the subscriber is installed.
+pub fn json_layer<S, W>(dispatch: Arc<OnceLock<WeakDispatch>>, writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    let inner = tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false);
+    tracing_subscriber::fmt::layer()
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(JsonWithTraceIds { inner, dispatch })
+        .with_writer(writer)
+}
+
+struct JsonWithTraceIds {
+    inner: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    dispatch: Arc<OnceLock<WeakDispatch>>,
+}
+
+impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &tracing::Event<'_>) -> std::fmt::Result {
+        let mut line = String::with_capacity(256);
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        let ids = ctx.lookup_current().and_then(|span| {
+            let dispatch = self.dispatch.get()?.upgrade()?;
+            let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let sc = cx.span().span_context().clone();
+            sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+        });
+        match ids {
+            Some((trace, span)) if line.ends_with("}\n") => {
+                line.truncate(line.len() - 2);
+                writeln!(writer, "{line},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}")
+            }
+            _ => writer.write_str(&line),
+        }
+    }
 }
 
 /// Logs for tests: plain, to the test harness's captured output, at most once per process.
@@ -92,5 +145,53 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: Option<&str>) {
         let carrier: HashMap<String, String> = [("traceparent".to_owned(), tp.to_owned())].into();
         let cx = TraceContextPropagator::new().extract(&carrier);
         let _ = span.set_parent(cx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_trace_and_span_ids_of_their_span() {
+        let sink = Sink::default();
+        let out = sink.clone();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let handle = Arc::new(OnceLock::new());
+        let subscriber = tracing_subscriber::registry()
+            .with(json_layer(handle.clone(), move || sink.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let dispatch = tracing::Dispatch::new(subscriber);
+        handle.set(dispatch.downgrade()).ok();
+        let (trace, span_id) = tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("work", provider = "kartra");
+            let _g = span.enter();
+            tracing::info!(step = 1, "inside");
+            let sc = span.context().span().span_context().clone();
+            (sc.trace_id().to_string(), sc.span_id().to_string())
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none(), "no span, no trace id: {text}");
+        assert_eq!(lines[1]["trace_id"], trace.as_str());
+        assert_eq!(lines[1]["span_id"], span_id.as_str());
+        assert_eq!(lines[1]["span"]["provider"], "kartra");
+        assert_eq!(lines[1]["fields"]["message"], "inside");
+        assert_eq!(trace.len(), 32);
     }
 }

@@ -139,7 +139,7 @@ if command -v perf >/dev/null 2>&1; then
   perf_pid=$!
   load api-proxy -z 9s -c "$CONC" > /dev/null
   wait "$perf_pid" || true
-  perf report -i "$work/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+  perf report -i "$work/perf.data" -g none --no-children --sort dso,symbol --stdio 2>/dev/null |
     grep -E '^ +[0-9]' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | head -25 > "$work/profile.txt" || true
   perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf > "$work/collapsed.txt" || true
   inferno-flamegraph --title "api-proxy at peak load (bench/run.sh)" < "$work/collapsed.txt" \
@@ -225,10 +225,13 @@ for cache in 30 0; do
 done
 
 cat > "$work/rss.json" <<JSON
-{"api-proxy": $proxy_rss, "express": $express_rss, "nginx": $nginx_rss,
+{"api-proxy (at peak, one connection)": $proxy_rss, "Express + axios": $express_rss,
+ "nginx reverse proxy (all processes)": $nginx_rss,
  "auth-gateway": $gw_rss, "token-refresher": $rf_rss, "mock-provider": $mock_rss,
  "api-proxy ($BIG-row table, cache on)": $(cat "$work/table-big-cache30.rss"),
  "api-proxy ($BIG-row table, cache off)": $(cat "$work/table-big-cache0.rss")}
 JSON
 python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" "$FLOWS" "$BIG" > docs/benchmarks.md
+# The raw results stay for a look or a re-render (python3 bench/report.py target/bench-last …).
+rm -rf target/bench-last && mkdir -p target/bench-last && cp "$work"/*.json "$work"/*.txt "$work"/*.rss target/bench-last/ 2>/dev/null || true
 cat docs/benchmarks.md

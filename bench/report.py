@@ -208,7 +208,7 @@ met = ratio >= 1.0 and p99r <= 1.10
 w(f"The target is api-proxy at or above nginx's throughput and within 10% of its p99. In this run:")
 w(f"**{ratio:.2f}× nginx's throughput and {p99r:.2f}× its p99** at a fixed concurrency"
   + (" — the target is met" if met else " — **the target is not met**")
-  + f"; at half of api-proxy's peak rate its p99 is {ah[2] / xh[2]:.2f}× nginx's.")
+  + f";\nat half of api-proxy's peak rate its p99 is {ah[2] / xh[2]:.2f}× nginx's.")
 if ca and cx:
     w(f"Per request, api-proxy spends {ca:.1f} µs of CPU where nginx spends {cx:.1f} µs; on two cores")
     w("shared with the load generator and the upstream, that CPU difference is the throughput gap.")
@@ -219,8 +219,8 @@ if os.path.exists(collapsed) and os.path.getsize(collapsed) > 0:
     total, cats = classify(collapsed)
     w("## Where api-proxy's CPU time goes at peak\n")
     w("From the sampled profile (`perf record --call-graph dwarf`, 8 s at the same load; flame graph:")
-    w("[`docs/api-proxy-flamegraph.svg`](api-proxy-flamegraph.svg)), samples by the outermost part")
-    w("of the proxy they fall in:\n")
+    w("[`docs/api-proxy-flamegraph.svg`](api-proxy-flamegraph.svg)), each sample counted for the")
+    w("innermost part of the proxy on its stack (allocation counts for the part that allocated):\n")
     w("| part | share of samples |")
     w("|---|---:|")
     for c, n in cats:

@@ -228,8 +228,8 @@ cat > "$work/rss.json" <<JSON
 {"api-proxy (at peak, one connection)": $proxy_rss, "Express + axios": $express_rss,
  "nginx reverse proxy (all processes)": $nginx_rss,
  "auth-gateway": $gw_rss, "token-refresher": $rf_rss, "mock-provider": $mock_rss,
- "api-proxy ($BIG-row table, cache on)": $(cat "$work/table-big-cache30.rss"),
- "api-proxy ($BIG-row table, cache off)": $(cat "$work/table-big-cache0.rss")}
+ "api-proxy (large table, cache on)": $(cat "$work/table-big-cache30.rss"),
+ "api-proxy (large table, cache off)": $(cat "$work/table-big-cache0.rss")}
 JSON
 python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" "$FLOWS" "$BIG" > docs/benchmarks.md
 # The raw results stay for a look or a re-render (python3 bench/report.py target/bench-last …).

@@ -141,24 +141,101 @@ async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64,
     Ok((c.token_version, token))
 }
 
+/// A request body on its way to the provider: held (small, so a 401 can be retried) or streamed
+/// from the caller as it arrives (large or of unknown length; sent once).
+pub enum Outbound {
+    Held(Bytes),
+    Streamed(Option<Streamed>),
+}
+
+/// The caller's body, chunk by chunk, from the task that reads it.
+pub struct Streamed(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+pub type UpstreamBody = http_body_util::Either<Full<Bytes>, Streamed>;
+
+impl Outbound {
+    /// The body for one attempt; a streamed body can be sent only once.
+    fn attempt(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Outbound::Held(b) => Some(http_body_util::Either::Left(Full::new(b.clone()))),
+            Outbound::Streamed(s) => s.take().map(http_body_util::Either::Right),
+        }
+    }
+}
+
+/// Reads the caller's body: held in memory when it is declared small enough to replay, else
+/// streamed through a bounded channel (backpressure reaches the caller) by a task on this worker.
+async fn outbound(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    settings: &crate::Settings,
+) -> Result<Outbound, ApiError> {
+    let too_large = || {
+        proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {} bytes", settings.max_body))
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.is_some_and(|n| n > settings.max_body as u64) {
+        return Err(too_large());
+    }
+    if !chunked && declared.is_none_or(|n| n <= settings.retry_body as u64) {
+        return read_body(&mut payload, settings.max_body).await.map(Outbound::Held);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let max = settings.max_body;
+    actix_web::rt::spawn(async move {
+        let mut sent = 0usize;
+        while let Some(chunk) = payload.next().await {
+            let item = match chunk {
+                Ok(c) if sent + c.len() > max => Err(std::io::Error::other("the request body exceeds the limit")),
+                Ok(c) => {
+                    sent += c.len();
+                    Ok(c)
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return; // the upstream call ended, or the body is cut short on purpose
+            }
+        }
+    });
+    Ok(Outbound::Streamed(Some(Streamed(rx))))
+}
+
 /// The upstream request: the caller's method, end-to-end headers and body, our bearer token.
 fn upstream_request(
     req: &HttpRequest,
     uri: &http::Uri,
-    body: &Bytes,
+    body: UpstreamBody,
     token: &Token,
-) -> Result<http::Request<Full<Bytes>>, ApiError> {
+) -> Result<http::Request<UpstreamBody>, ApiError> {
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| proxy_error(ErrorCode::InvalidRequest, "unsupported method"))?;
     let listed = connection_listed(req.headers());
-    let mut out = http::Request::new(Full::new(body.clone()));
+    let held = matches!(body, http_body_util::Either::Left(_));
+    let mut out = http::Request::new(body);
     *out.method_mut() = method;
     *out.uri_mut() = uri.clone();
     let headers = out.headers_mut();
     headers.reserve(req.headers().len() + 2);
     for (name, value) in req.headers() {
         let n = name.as_str();
-        if n == "host" || n == "authorization" || n == "content-length" || strip(n, &listed) {
+        // Content-Length is set by the client from the body (held), or the body streams with the
+        // caller's declared length kept, so the provider sees what the caller sent.
+        if n == "host" || n == "authorization" || (n == "content-length" && held) || strip(n, &listed) {
             continue;
         }
         if let (Ok(k), Ok(v)) =
@@ -180,7 +257,7 @@ async fn send(
     upstream: &Upstream,
     req: &HttpRequest,
     uri: &http::Uri,
-    body: &Bytes,
+    body: UpstreamBody,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
 ) -> Result<http::Response<Incoming>, ApiError> {
@@ -233,8 +310,13 @@ impl MessageBody for RelayBody {
     }
 }
 
-fn relay(resp: http::Response<Incoming>, deadline: Pin<Box<tokio::time::Sleep>>) -> HttpResponse {
+fn relay(resp: http::Response<Incoming>, head: bool, deadline: Pin<Box<tokio::time::Sleep>>) -> HttpResponse {
     let (parts, body) = resp.into_parts();
+    // The length of a HEAD or 304 answer describes the representation, not this (empty) body:
+    // relay it as the provider sent it (RFC 9110 §8.6).
+    let declared =
+        || parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let not_modified = parts.status == http::StatusCode::NOT_MODIFIED;
     let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     let listed: Vec<String> = parts
@@ -247,16 +329,17 @@ fn relay(resp: http::Response<Incoming>, deadline: Pin<Box<tokio::time::Sleep>>)
         .collect();
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if n == "content-length" || strip(n, &listed) {
+        if (n == "content-length" && !not_modified) || strip(n, &listed) {
             continue;
         }
         if let Ok(v) = header::HeaderValue::from_bytes(value.as_bytes()) {
             out.append_header((n, v));
         }
     }
-    let size = match body.size_hint().exact() {
-        Some(n) => BodySize::Sized(n),
-        None => BodySize::Stream,
+    let size = match (head, body.size_hint().exact()) {
+        (true, _) => declared().map_or(BodySize::None, BodySize::Sized),
+        (false, Some(n)) => BodySize::Sized(n),
+        (false, None) => BodySize::Stream,
     };
     out.body(RelayBody { body, size, deadline })
 }
@@ -270,7 +353,7 @@ pub async fn proxy(
     upstream: web::Data<Upstream>,
     state: web::Data<ProxyState>,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     // `/proxy/{provider}/{connection_id}/{path…}`, split by hand on the raw (still
     // percent-encoded) path: a routing pattern with a catch-all segment would cost a regex
@@ -304,12 +387,14 @@ pub async fn proxy(
     let uri =
         upstream_url(base, raw_tail, req.query_string()).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 
-    // The body is kept (bounded) so the call can be retried once after a refresh.
-    let body = read_body(&mut payload, state.settings.max_body).await?;
+    // Small bodies are held so the call can be retried once after a refresh; large ones stream.
+    let mut body = outbound(&req, payload, &state.settings).await?;
     let mut deadline = Box::pin(tokio::time::sleep(state.settings.upstream_timeout));
+    let head = req.method() == actix_web::http::Method::HEAD;
 
     let (version, token) = token_for(&state, provider_id, connection_id).await?;
-    let resp = send(&upstream, &req, &uri, &body, &token, &mut deadline).await?;
+    let first = body.attempt().expect("a body is sent at least once");
+    let resp = send(&upstream, &req, &uri, first, &token, &mut deadline).await?;
     let count = |status: u16| {
         metrics
             .inc("authbridge_proxied_calls_total", &format!("provider=\"{provider_id}\",upstream_status=\"{status}\""))
@@ -317,7 +402,7 @@ pub async fn proxy(
     count(resp.status().as_u16());
     if resp.status() != http::StatusCode::UNAUTHORIZED {
         span.record("upstream_status", resp.status().as_u16());
-        return Ok(relay(resp, deadline));
+        return Ok(relay(resp, head, deadline));
     }
     // 401: the token may have been revoked or expired early. Refresh once (single-flight; if
     // someone already refreshed past this version we simply get the newer token) and retry once.
@@ -325,11 +410,21 @@ pub async fn proxy(
     // Boxed for the same reason as the database read in `token_for`: a cold path.
     match Box::pin(state.core.tokens.refresh(provider_id, connection_id, Trigger::Unauthorized { version })).await? {
         Outcome::Refreshed(_, fresh) | Outcome::Current(_, fresh) if fresh.access_token != token.creds.access_token => {
+            let Some(again) = body.attempt() else {
+                // The body streamed and is gone: the caller retries, with the fresh token now in place.
+                span.record("upstream_status", 401u16);
+                let mut out = relay(resp, head, deadline);
+                out.headers_mut().insert(
+                    header::HeaderName::from_static("x-authbridge-retry"),
+                    header::HeaderValue::from_static("token-refreshed"),
+                );
+                return Ok(out);
+            };
             let fresh = Token::new(fresh)?;
-            let retried = send(&upstream, &req, &uri, &body, &fresh, &mut deadline).await?;
+            let retried = send(&upstream, &req, &uri, again, &fresh, &mut deadline).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
-            Ok(relay(retried, deadline))
+            Ok(relay(retried, head, deadline))
         }
         Outcome::NeedsReauth { reason } => Err(proxy_error(
             ErrorCode::NeedsReauth,
@@ -338,7 +433,7 @@ pub async fn proxy(
         Outcome::NotFound => Err(proxy_error(ErrorCode::ConnectionNotFound, "the connection was deleted")),
         _ => {
             span.record("upstream_status", 401u16);
-            Ok(relay(resp, deadline))
+            Ok(relay(resp, head, deadline))
         }
     }
 }
@@ -359,7 +454,7 @@ async fn read_body(payload: &mut web::Payload, max: usize) -> Result<Bytes, ApiE
 /// The client for providers' APIs: pooled keep-alive connections per provider host (HTTP/1.1,
 /// or HTTP/2 where the provider offers it over TLS), rustls with the platform's roots, a bounded
 /// connect time, no redirects followed (they go back to the caller, who decides).
-pub type Upstream = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type Upstream = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
 pub fn upstream_client(settings: &crate::Settings) -> Result<Upstream, String> {
     use rustls_platform_verifier::ConfigVerifierExt;

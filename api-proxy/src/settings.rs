@@ -7,8 +7,12 @@ use std::time::Duration;
 pub const BIND: &str = "AUTHBRIDGE_PROXY_BIND";
 /// Timeout of one upstream call, headers and body (seconds). Default: 30.
 pub const UPSTREAM_TIMEOUT: &str = "AUTHBRIDGE_PROXY_UPSTREAM_TIMEOUT_SECONDS";
-/// Largest request body the proxy accepts (bytes); it is kept to retry once after a 401. Default: 10485760.
+/// Largest request body the proxy accepts (bytes). Default: 10485760.
 pub const MAX_BODY: &str = "AUTHBRIDGE_PROXY_MAX_BODY_BYTES";
+/// Request bodies up to this size (bytes, by `Content-Length`) are held so the call can be
+/// retried once after a 401; larger and chunked bodies stream to the provider as they arrive
+/// and are not replayed. Default: 1048576.
+pub const RETRY_BODY: &str = "AUTHBRIDGE_PROXY_RETRY_BODY_BYTES";
 /// How long a decrypted token may be served from memory (seconds); changes invalidate it at
 /// once regardless. 0 turns the cache off. Default: 30.
 pub const TOKEN_CACHE: &str = "AUTHBRIDGE_PROXY_TOKEN_CACHE_SECONDS";
@@ -22,6 +26,7 @@ pub struct Settings {
     pub bind: String,
     pub upstream_timeout: Duration,
     pub max_body: usize,
+    pub retry_body: usize,
     pub workers: usize,
     pub token_cache_ttl: Duration,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
@@ -36,6 +41,7 @@ impl Settings {
         let bind = r.string(BIND, "0.0.0.0:8081");
         let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
         let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
+        let retry_body = r.parse(RETRY_BODY, 1024 * 1024usize);
         let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let token_cache_ttl = r.seconds(TOKEN_CACHE, 30);
         let tls = TlsFiles::read(&mut r);
@@ -46,6 +52,7 @@ impl Settings {
             bind,
             upstream_timeout,
             max_body,
+            retry_body: retry_body.min(max_body),
             workers: workers.max(1),
             token_cache_ttl,
             tls,

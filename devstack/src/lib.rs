@@ -189,6 +189,7 @@ impl Stack {
             bind: format!("127.0.0.1:{}", opts.proxy_port),
             upstream_timeout: Duration::from_secs(5),
             max_body: 1024 * 1024,
+            retry_body: 64 * 1024,
             workers: opts.http_workers,
             token_cache_ttl: Duration::from_secs(30),
             tls: opts.tls.clone(),

@@ -232,3 +232,71 @@ async fn the_proxy_serves_tokens_from_memory_and_forgets_them_the_moment_they_ch
     .await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_keeps_the_providers_content_length_and_sends_no_body() {
+    let app = TestApp::start().await;
+    app.connect("mock", "uhead").await;
+    let get = app.proxy_get("mock", "uhead", "contacts/7").await;
+    assert_eq!(get.status(), StatusCode::OK);
+    let get_len = get.bytes().await.unwrap().len();
+    let r =
+        app.http.head(app.px("/proxy/mock/uhead/contacts/7")).header("Authorization", app.key()).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let declared: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
+    // The mock echoes the method, so the lengths differ by the method name at most.
+    assert!(declared > 0 && declared.abs_diff(get_len) <= 1, "HEAD declared {declared}, GET sent {get_len}");
+    assert!(r.bytes().await.unwrap().is_empty());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_chunked_bodies_stream_to_the_provider_intact() {
+    let app = TestApp::start().await; // holds bodies up to 64 KiB for a retry; larger ones stream
+    app.connect("mock", "ubig").await;
+    let big: String = (0..100 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let r = app
+        .http
+        .post(app.px("/proxy/mock/ubig/uploads"))
+        .header("Authorization", app.key())
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["body"].as_str().unwrap(), big);
+    assert_eq!(echo["headers"]["content-length"], (100 * 1024).to_string().as_str(), "the declared length is kept");
+    // A body of unknown length (chunked) streams too.
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("first,"), Ok("second,"), Ok("third")];
+    let r = app
+        .http
+        .post(app.px("/proxy/mock/ubig/uploads"))
+        .header("Authorization", app.key())
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let echo: Value = r.json().await.unwrap();
+    assert_eq!(echo["body"], "first,second,third");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_is_not_replayed_after_a_401_but_the_token_is_refreshed_for_the_retry() {
+    let app = TestApp::start().await;
+    app.connect("mock", "ustream401").await;
+    app.mock_control(mock_provider::Control { expire_all_access_tokens: true, ..Default::default() });
+    let big = "x".repeat(100 * 1024);
+    let post =
+        || app.http.post(app.px("/proxy/mock/ustream401/uploads")).header("Authorization", app.key()).body(big.clone());
+    let r = post().send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the provider's answer, as it came");
+    assert_eq!(r.headers()["x-authbridge-retry"], "token-refreshed");
+    assert_eq!(app.mock_stats().refresh_grants, 1);
+    assert_eq!(app.mock_stats().api_unauthorized, 1, "the streamed body was sent once");
+    let r = post().send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the caller's retry carries the refreshed token");
+    app.stop().await;
+}

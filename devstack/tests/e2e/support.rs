@@ -37,7 +37,7 @@ impl TestApp {
         format!("{}{path}", self.stack.proxy.url())
     }
 
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("Bearer {}", self.stack.api_key)
     }
 

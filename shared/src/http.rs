@@ -220,7 +220,10 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
     let r = crate::metrics::Registry::new();
     r.describe("authbridge_http_requests_total", "HTTP requests served, by method, route and status.");
-    r.describe_histogram("authbridge_http_request_duration_seconds", "Time to the response head, by method and route.");
+    r.describe_histogram(
+        "authbridge_http_request_duration_seconds",
+        "Time to the response head, by method, route and status.",
+    );
     web::Data::new(r)
 }
 
@@ -241,9 +244,9 @@ pub async fn track_requests(
     let method = res.request().method();
     let status = res.status().as_u16();
     if let Some(r) = registry {
-        let route_labels = format!("method=\"{method}\",route=\"{route}\"");
-        r.inc("authbridge_http_requests_total", &format!("{route_labels},status=\"{status}\""));
-        r.observe("authbridge_http_request_duration_seconds", &route_labels, elapsed.as_secs_f64());
+        let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
+        r.inc("authbridge_http_requests_total", &labels);
+        r.observe("authbridge_http_request_duration_seconds", &labels, elapsed.as_secs_f64());
     }
     if tracing::enabled!(target: "authbridge::access", tracing::Level::INFO)
         && !matches!(res.request().path(), "/healthz" | "/readyz" | "/metrics")

@@ -345,11 +345,16 @@ impl Broker {
 
     /// Messages waiting in a queue (passive declare), for tests and metrics.
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+        Ok(self.queue_state(queue).await?.0)
+    }
+
+    /// Messages ready in a queue and consumers attached to it.
+    pub async fn queue_state(&self, queue: &str) -> Result<(u32, u32), BrokerError> {
         let ch = self.channel().await?;
         let q = ch
             .queue_declare(s(queue), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
             .await?;
-        Ok(q.message_count())
+        Ok((q.message_count(), q.consumer_count()))
     }
 
     /// Deletes every queue and exchange of this prefix (test clean-up).

@@ -126,13 +126,49 @@ async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
 async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
     let mut out = ctx.metrics.render();
     let topo = &ctx.core.broker.topology;
-    for (name, help, queue) in [
-        ("authbridge_work_queue_depth", "Expiry events due and waiting for a refresher.", topo.work_queue()),
-        ("authbridge_dead_letter_queue_depth", "Expiry events in the dead-letter queue.", topo.dead_queue()),
-    ] {
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(2), ctx.core.broker.queue_depth(&queue)).await {
-            shared::metrics::gauge(&mut out, name, help, n as f64);
+    let broker = &ctx.core.broker;
+    let state = |queue: String| async move {
+        match tokio::time::timeout(Duration::from_secs(2), broker.queue_state(&queue)).await {
+            Ok(Ok(s)) => Some(s),
+            _ => None,
         }
+    };
+    if let Some((ready, consumers)) = state(topo.work_queue()).await {
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_work_queue_depth",
+            "Expiry events due and waiting for a refresher.",
+            ready as f64,
+        );
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_work_queue_consumers",
+            "Refresher consumers attached to the work queue (0: nothing is refreshing).",
+            consumers as f64,
+        );
+    }
+    if let Some((dead, _)) = state(topo.dead_queue()).await {
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_dead_letter_queue_depth",
+            "Expiry events in the dead-letter queue.",
+            dead as f64,
+        );
+    }
+    let mut delayed = Some(0u64);
+    for secs in shared::messaging::DELAY_TIERS_SECS {
+        delayed = match (delayed, state(topo.delay_queue(secs)).await) {
+            (Some(sum), Some((n, _))) => Some(sum + u64::from(n)),
+            _ => None,
+        };
+    }
+    if let Some(n) = delayed {
+        shared::metrics::gauge(
+            &mut out,
+            "authbridge_delayed_events",
+            "Expiry events waiting in the delay tiers: scheduled, not yet due.",
+            n as f64,
+        );
     }
     ctx.core.outbox_gauge(&mut out).await;
     shared::http::metrics_response(out)

@@ -114,7 +114,9 @@ async fn every_service_exposes_prometheus_metrics() {
         "{gw}"
     );
     assert!(
-        gw.contains(r#"authbridge_http_request_duration_seconds_count{method="GET",route="/oauth/callback"} 1"#),
+        gw.contains(
+            r#"authbridge_http_request_duration_seconds_count{method="GET",route="/oauth/callback",status="302"} 1"#
+        ),
         "{gw}"
     );
     assert!(gw.contains(r#"authbridge_connections{status="active"} 1"#), "{gw}");
@@ -133,5 +135,7 @@ async fn every_service_exposes_prometheus_metrics() {
     .await;
     assert!(refresher.contains("authbridge_refresh_lateness_seconds_count"), "{refresher}");
     assert!(refresher.contains("authbridge_work_queue_depth"), "{refresher}");
+    assert!(refresher.contains("authbridge_work_queue_consumers 1"), "one refresher consumes: {refresher}");
+    assert!(refresher.contains("authbridge_delayed_events"), "{refresher}");
     app.stop().await;
 }

@@ -111,6 +111,7 @@ w(f"- Machine: {os.cpu_count()} cores ({cpu()}), "
   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.system()} {platform.release()}")
 w(f"- Load: {oha}; {conc} connections, {duration} s per measurement after a 3 s warm-up")
 w(f"- Upstream: nginx (1 worker) answering a fixed 62-byte JSON body; {nginx}; Node {node}")
+w("- Every service logs at `RUST_LOG=warn` here (no per-request access log line, spans off)")
 w("- api-proxy: release build, its own process, default settings (2 HTTP workers), the")
 w("  connection's token decrypted once and then served from its in-memory cache\n")
 def table(title, rows, with_cpu=False):

@@ -366,8 +366,7 @@ pub async fn proxy(
     };
     let span = tracing::Span::current();
     if !span.is_disabled() {
-        // Continue the caller's trace when it sent one.
-        shared::telemetry::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+        // The caller's trace, if it sent one, is continued by the request's root span (our parent).
         span.record("provider", provider_id);
         span.record("connection_id", connection_id);
     }

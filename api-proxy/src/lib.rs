@@ -66,6 +66,10 @@ impl Application {
                 .app_data(auth.clone())
                 .app_data(limits.clone())
                 .app_data(shared::http::path_config())
+                .app_data(shared::http::PrefixRoute {
+                    prefix: "/proxy/",
+                    label: "/proxy/{provider}/{connection_id}/{path}",
+                })
                 .route("/healthz", web::get().to(shared::http::healthz))
                 .route("/readyz", web::get().to(readyz))
                 .route("/metrics", web::get().to(metrics))

@@ -227,20 +227,46 @@ pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
     web::Data::new(r)
 }
 
-/// Middleware (`from_fn`) counting requests by route pattern and status, timing them, and
-/// writing the access log line (`GET /connect/{token} 302 3.1ms`, target `authbridge::access`).
-/// Lines name the route pattern, never the path or query as sent: those carry session tokens,
-/// codes and states. Health, readiness and metrics requests are counted but not logged.
+/// The route label for paths a service routes by hand under a prefix (actix has no pattern to
+/// report for them): register it with `App::app_data`.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixRoute {
+    pub prefix: &'static str,
+    pub label: &'static str,
+}
+
+/// Middleware (`from_fn`) around every request: the request's root span (continuing the
+/// caller's trace when it sends a W3C `traceparent`), its count and latency by route pattern and
+/// status, and the access log line (`GET /connect/{token} 302 3.1ms`, target
+/// `authbridge::access`), written inside the span so JSON logs give it the trace id. Lines name
+/// the route pattern, never the path or query as sent: those carry session tokens, codes and
+/// states. Health, readiness and metrics requests are counted but not logged.
 pub async fn track_requests(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
     let registry = req.app_data::<web::Data<crate::metrics::Registry>>().cloned();
+    let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
+    let span = if quiet {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("http_request", method = %req.method(), route = tracing::field::Empty, status = tracing::field::Empty)
+    };
+    if !span.is_disabled() {
+        crate::telemetry::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    }
     let start = std::time::Instant::now();
-    let res = next.call(req).await?;
+    let res = next.call(req).instrument(span.clone()).await?;
     let elapsed = start.elapsed();
-    let route = res.request().match_pattern();
-    let route = route.as_deref().unwrap_or("<unmatched>");
+    let pattern = res.request().match_pattern();
+    let route = pattern
+        .as_deref()
+        .or_else(|| {
+            let by_hand = res.request().app_data::<PrefixRoute>()?;
+            res.request().path().starts_with(by_hand.prefix).then_some(by_hand.label)
+        })
+        .unwrap_or("<unmatched>");
     let method = res.request().method();
     let status = res.status().as_u16();
     if let Some(r) = registry {
@@ -248,11 +274,15 @@ pub async fn track_requests(
         r.inc("authbridge_http_requests_total", &labels);
         r.observe("authbridge_http_request_duration_seconds", &labels, elapsed.as_secs_f64());
     }
-    if tracing::enabled!(target: "authbridge::access", tracing::Level::INFO)
-        && !matches!(res.request().path(), "/healthz" | "/readyz" | "/metrics")
-    {
+    if !span.is_disabled() {
+        span.record("route", route);
+        span.record("status", status);
+    }
+    if !quiet && tracing::enabled!(target: "authbridge::access", tracing::Level::INFO) {
         let ms = elapsed.as_secs_f64() * 1000.0;
-        tracing::info!(target: "authbridge::access", %method, route, status, duration_ms = ms, "{method} {route} {status} {ms:.1}ms");
+        span.in_scope(|| {
+            tracing::info!(target: "authbridge::access", %method, route, status, duration_ms = ms, "{method} {route} {status} {ms:.1}ms")
+        });
     }
     Ok(res)
 }

@@ -122,6 +122,12 @@ async fn every_service_exposes_prometheus_metrics() {
     assert!(gw.contains(r#"authbridge_connections{status="active"} 1"#), "{gw}");
     let px = text(app.px("/metrics")).await;
     assert!(px.contains(r#"authbridge_proxied_calls_total{provider="mock",upstream_status="200"} 1"#), "{px}");
+    assert!(
+        px.contains(
+            r#"authbridge_http_requests_total{method="GET",route="/proxy/{provider}/{connection_id}/{path}",status="200"} 1"#
+        ),
+        "{px}"
+    );
     assert!(px.contains("authbridge_token_cache_misses"), "{px}");
     // After a scheduled refresh, the refresher reports its lateness and outcome.
     let rf = app.stack.refreshers[0].url();

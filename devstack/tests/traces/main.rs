@@ -36,7 +36,16 @@ async fn a_connect_and_its_scheduled_refresh_are_one_trace_and_a_proxied_call_pa
         (app.token("mock", "traced").await != first).then_some(())
     })
     .await;
-    let r = app.proxy_get("mock", "traced", "contacts").await;
+    // The caller sends its own trace context: the proxied call continues that trace.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = app
+        .http
+        .get(app.px("/proxy/mock/traced/contacts"))
+        .header("Authorization", app.key())
+        .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
     let echo: serde_json::Value = r.json().await.unwrap();
     let sent_traceparent = echo["headers"]["traceparent"].as_str().unwrap_or_default().to_owned();
     provider.force_flush().unwrap();
@@ -58,6 +67,11 @@ async fn a_connect_and_its_scheduled_refresh_are_one_trace_and_a_proxied_call_pa
 
     let proxy = named("proxy");
     assert_eq!(proxy.len(), 1);
+    assert_eq!(proxy[0].span_context.trace_id().to_string(), caller_trace, "the caller's trace is continued");
+    let root: Vec<_> =
+        named("http_request").into_iter().filter(|s| s.span_context.span_id() == proxy[0].parent_span_id).collect();
+    assert_eq!(root.len(), 1, "the proxied call is a child of its request's root span");
+    assert_eq!(root[0].parent_span_id.to_string(), "00f067aa0ba902b7", "whose parent is the caller's span");
     let upstream: Vec<_> =
         named("upstream").into_iter().filter(|s| s.parent_span_id == proxy[0].span_context.span_id()).collect();
     assert_eq!(upstream.len(), 1, "the upstream call is the proxied call's child");

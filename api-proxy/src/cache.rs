@@ -40,21 +40,14 @@ struct Entry {
 }
 
 pub struct TokenCache {
-    entries: RwLock<HashMap<String, Entry>>,
+    // provider → connection id → entry: looked up by `&str`, so a hit allocates nothing.
+    entries: RwLock<HashMap<String, HashMap<String, Entry>>>,
     ttl: Duration,
     listening: AtomicBool,
     /// Bumped by every change; a fetch that raced a change does not store its result.
     epoch: AtomicU64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
-}
-
-fn key(provider: &str, connection_id: &str) -> String {
-    let mut k = String::with_capacity(provider.len() + connection_id.len() + 1);
-    k.push_str(provider);
-    k.push('/');
-    k.push_str(connection_id);
-    k
 }
 
 impl TokenCache {
@@ -80,7 +73,7 @@ impl TokenCache {
             return None;
         }
         let entries = self.entries.read().unwrap();
-        let hit = entries.get(&key(provider, connection_id)).filter(|e| {
+        let hit = entries.get(provider).and_then(|m| m.get(connection_id)).filter(|e| {
             e.stored.elapsed() < self.ttl
                 && e.expires_at
                     .is_none_or(|x| x > Utc::now() + chrono::Duration::from_std(min_validity).unwrap_or_default())
@@ -119,7 +112,10 @@ impl TokenCache {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        entries.insert(key(provider, connection_id), Entry { version, token, expires_at, stored: Instant::now() });
+        entries
+            .entry(provider.to_owned())
+            .or_default()
+            .insert(connection_id.to_owned(), Entry { version, token, expires_at, stored: Instant::now() });
     }
 
     /// Drops what a change makes stale.
@@ -128,7 +124,9 @@ impl TokenCache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match change {
             Change::Connection { provider, connection_id } => {
-                entries.remove(&key(&provider, &connection_id));
+                if let Some(m) = entries.get_mut(&provider) {
+                    m.remove(&connection_id);
+                }
             }
             Change::Resync => {
                 entries.clear();
@@ -142,7 +140,7 @@ impl TokenCache {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.read().unwrap().len()
+        self.entries.read().unwrap().values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -43,10 +43,11 @@ fn strip(name: &str, connection_listed: &[String]) -> bool {
     HOP_BY_HOP.contains(&name) || name.starts_with("x-authbridge-") || connection_listed.iter().any(|c| c == name)
 }
 
-/// Header names the `Connection` header lists: hop-by-hop as well.
-fn connection_listed(h: &header::HeaderMap) -> Vec<String> {
-    h.get_all(header::CONNECTION)
-        .filter_map(|v| v.to_str().ok())
+/// Header names the `Connection` header values list: hop-by-hop as well. Takes the raw values,
+/// so requests (actix's header types) and responses (hyper's) share it.
+fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
         .filter(|s| !s.is_empty())
@@ -224,7 +225,7 @@ fn upstream_request(
 ) -> Result<http::Request<UpstreamBody>, ApiError> {
     let method = http::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| proxy_error(ErrorCode::InvalidRequest, "unsupported method"))?;
-    let listed = connection_listed(req.headers());
+    let listed = connection_listed(req.headers().get_all(header::CONNECTION).map(|v| v.as_bytes()));
     let held = matches!(body, http_body_util::Either::Left(_));
     let mut out = http::Request::new(body);
     *out.method_mut() = method;
@@ -319,14 +320,7 @@ fn relay(resp: http::Response<Incoming>, head: bool, deadline: Pin<Box<tokio::ti
     let not_modified = parts.status == http::StatusCode::NOT_MODIFIED;
     let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
-    let listed: Vec<String> = parts
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    let listed = connection_listed(parts.headers.get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes()));
     for (name, value) in &parts.headers {
         let n = name.as_str();
         if (n == "content-length" && !not_modified) || strip(n, &listed) {

@@ -133,28 +133,8 @@ async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
             _ => None,
         }
     };
-    if let Some((ready, consumers)) = state(topo.work_queue()).await {
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_work_queue_depth",
-            "Expiry events due and waiting for a refresher.",
-            ready as f64,
-        );
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_work_queue_consumers",
-            "Refresher consumers attached to the work queue (0: nothing is refreshing).",
-            consumers as f64,
-        );
-    }
-    if let Some((dead, _)) = state(topo.dead_queue()).await {
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_dead_letter_queue_depth",
-            "Expiry events in the dead-letter queue.",
-            dead as f64,
-        );
-    }
+    let work = state(topo.work_queue()).await;
+    let dead = state(topo.dead_queue()).await;
     let mut delayed = Some(0u64);
     for secs in shared::messaging::DELAY_TIERS_SECS {
         delayed = match (delayed, state(topo.delay_queue(secs)).await) {
@@ -162,13 +142,21 @@ async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
             _ => None,
         };
     }
-    if let Some(n) = delayed {
-        shared::metrics::gauge(
-            &mut out,
-            "authbridge_delayed_events",
-            "Expiry events waiting in the delay tiers: scheduled, not yet due.",
-            n as f64,
-        );
+    // A gauge whose queue could not be read is left out rather than reported as zero.
+    let gauges = [
+        ("authbridge_work_queue_depth", "Expiry events due and waiting for a refresher.", work.map(|w| w.0.into())),
+        (
+            "authbridge_work_queue_consumers",
+            "Refresher consumers attached to the work queue (0: nothing is refreshing).",
+            work.map(|w| w.1.into()),
+        ),
+        ("authbridge_dead_letter_queue_depth", "Expiry events in the dead-letter queue.", dead.map(|d| d.0.into())),
+        ("authbridge_delayed_events", "Expiry events waiting in the delay tiers: scheduled, not yet due.", delayed),
+    ];
+    for (name, help, value) in gauges {
+        if let Some(v) = value {
+            shared::metrics::gauge(&mut out, name, help, v as f64);
+        }
     }
     ctx.core.outbox_gauge(&mut out).await;
     shared::http::metrics_response(out)

@@ -90,9 +90,7 @@ async fn methods_bodies_and_headers_are_forwarded_but_hop_by_hop_and_internal_he
     let app = TestApp::start().await;
     app.connect("mock", "u1").await;
     let r = app
-        .http
-        .post(app.px("/proxy/mock/u1/contacts?x=1"))
-        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .proxy(reqwest::Method::POST, "mock/u1/contacts?x=1")
         .header("Content-Type", "application/json")
         .header("X-Custom", "kept")
         .header("X-Authbridge-Internal", "dropped")
@@ -168,9 +166,7 @@ async fn hop_by_hop_and_internal_headers_are_stripped_from_responses_too() {
     let app = TestApp::start().await;
     app.connect("mock", "u1").await;
     let r = app
-        .http
-        .get(app.px("/proxy/mock/u1/x"))
-        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .proxy(reqwest::Method::GET, "mock/u1/x")
         .header("x-mock-respond-header", "X-Kept: yes")
         .header("x-mock-respond-header", "X-Authbridge-Error: forged")
         .header("x-mock-respond-header", "Keep-Alive: timeout=5")
@@ -240,8 +236,7 @@ async fn a_head_request_keeps_the_providers_content_length_and_sends_no_body() {
     let get = app.proxy_get("mock", "uhead", "contacts/7").await;
     assert_eq!(get.status(), StatusCode::OK);
     let get_len = get.bytes().await.unwrap().len();
-    let r =
-        app.http.head(app.px("/proxy/mock/uhead/contacts/7")).header("Authorization", app.key()).send().await.unwrap();
+    let r = app.proxy(reqwest::Method::HEAD, "mock/uhead/contacts/7").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let declared: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
     // The mock echoes the method, so the lengths differ by the method name at most.
@@ -255,14 +250,7 @@ async fn large_and_chunked_bodies_stream_to_the_provider_intact() {
     let app = TestApp::start().await; // holds bodies up to 64 KiB for a retry; larger ones stream
     app.connect("mock", "ubig").await;
     let big: String = (0..100 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
-    let r = app
-        .http
-        .post(app.px("/proxy/mock/ubig/uploads"))
-        .header("Authorization", app.key())
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = app.proxy(reqwest::Method::POST, "mock/ubig/uploads").body(big.clone()).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let echo: Value = r.json().await.unwrap();
     assert_eq!(echo["body"].as_str().unwrap(), big);
@@ -270,9 +258,7 @@ async fn large_and_chunked_bodies_stream_to_the_provider_intact() {
     // A body of unknown length (chunked) streams too.
     let chunks: Vec<Result<&'static str, std::io::Error>> = vec![Ok("first,"), Ok("second,"), Ok("third")];
     let r = app
-        .http
-        .post(app.px("/proxy/mock/ubig/uploads"))
-        .header("Authorization", app.key())
+        .proxy(reqwest::Method::POST, "mock/ubig/uploads")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
         .send()
         .await
@@ -289,8 +275,7 @@ async fn a_streamed_body_is_not_replayed_after_a_401_but_the_token_is_refreshed_
     app.connect("mock", "ustream401").await;
     app.mock_control(mock_provider::Control { expire_all_access_tokens: true, ..Default::default() });
     let big = "x".repeat(100 * 1024);
-    let post =
-        || app.http.post(app.px("/proxy/mock/ustream401/uploads")).header("Authorization", app.key()).body(big.clone());
+    let post = || app.proxy(reqwest::Method::POST, "mock/ustream401/uploads").body(big.clone());
     let r = post().send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "the provider's answer, as it came");
     assert_eq!(r.headers()["x-authbridge-retry"], "token-refreshed");

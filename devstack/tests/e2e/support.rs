@@ -37,7 +37,7 @@ impl TestApp {
         format!("{}{path}", self.stack.proxy.url())
     }
 
-    pub fn key(&self) -> String {
+    fn key(&self) -> String {
         format!("Bearer {}", self.stack.api_key)
     }
 
@@ -76,12 +76,12 @@ impl TestApp {
     }
 
     pub async fn proxy_get(&self, provider: &str, connection_id: &str, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.px(&format!("/proxy/{provider}/{connection_id}/{path}")))
-            .header("Authorization", self.key())
-            .send()
-            .await
-            .unwrap()
+        self.proxy(reqwest::Method::GET, &format!("{provider}/{connection_id}/{path}")).send().await.unwrap()
+    }
+
+    /// A request to `/proxy/{tail}` carrying the API key, to add headers or a body to.
+    pub fn proxy(&self, method: reqwest::Method, tail: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.px(&format!("/proxy/{tail}"))).header("Authorization", self.key())
     }
 
     pub async fn api(&self, method: reqwest::Method, path: &str) -> reqwest::Response {

@@ -39,9 +39,7 @@ async fn a_connect_and_its_scheduled_refresh_are_one_trace_and_a_proxied_call_pa
     // The caller sends its own trace context: the proxied call continues that trace.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let r = app
-        .http
-        .get(app.px("/proxy/mock/traced/contacts"))
-        .header("Authorization", app.key())
+        .proxy(reqwest::Method::GET, "mock/traced/contacts")
         .header("traceparent", format!("00-{caller_trace}-00f067aa0ba902b7-01"))
         .send()
         .await

@@ -4,6 +4,7 @@
 //! call, and every layer above hyper re-parsed the URL and copied the request once more.
 
 use crate::cache::Token;
+use crate::pool::{Lease, SendError};
 use crate::ProxyState;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::{header, StatusCode};
@@ -12,10 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use shared::auth::{scope, Authorized};
 use shared::catalog::valid_connection_id;
 use shared::http::{ApiError, ErrorCode};
@@ -261,23 +259,40 @@ async fn send(
     body: UpstreamBody,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
-) -> Result<http::Response<Incoming>, ApiError> {
+) -> Result<(http::Response<Incoming>, Option<Lease>), ApiError> {
     let request = upstream_request(req, uri, body, token)?;
     tokio::select! {
         biased;
-        r = upstream.request(request) => r.map_err(|e| {
-            tracing::debug!(error = %e, "upstream call failed");
-            proxy_error(ErrorCode::UpstreamUnreachable, "the provider's API could not be reached")
+        r = upstream.send(request) => r.map_err(|e| match e {
+            SendError::MethodConnect => proxy_error(ErrorCode::MethodNotAllowed, "CONNECT is not forwarded to providers"),
+            e => {
+                tracing::debug!(error = %e, "upstream call failed");
+                proxy_error(ErrorCode::UpstreamUnreachable, "the provider's API could not be reached")
+            }
         }),
         _ = deadline.as_mut() => Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time")),
     }
 }
 
 /// The provider's response body, streamed to the caller as it arrives, within the call's deadline.
+/// Once it has been read to its end, the connection it came on goes back to the pool.
 struct RelayBody {
     body: Incoming,
     size: BodySize,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    lease: Option<Lease>,
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        // An answer with no body (HEAD, 204, 304) may never be polled; one cut short is not
+        // reusable (its connection is closed by dropping the lease).
+        if self.body.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
+    }
 }
 
 impl MessageBody for RelayBody {
@@ -296,7 +311,12 @@ impl MessageBody for RelayBody {
                     _ => continue, // empty data, or trailers (not relayed)
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
-                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(None) => {
+                    if let Some(lease) = this.lease.take() {
+                        lease.release();
+                    }
+                    return Poll::Ready(None);
+                }
                 Poll::Pending => {
                     if this.deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Some(Err(std::io::Error::new(
@@ -311,7 +331,11 @@ impl MessageBody for RelayBody {
     }
 }
 
-fn relay(resp: http::Response<Incoming>, head: bool, deadline: Pin<Box<tokio::time::Sleep>>) -> HttpResponse {
+fn relay(
+    (resp, lease): (http::Response<Incoming>, Option<Lease>),
+    head: bool,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+) -> HttpResponse {
     let (parts, body) = resp.into_parts();
     // The length of a HEAD or 304 answer describes the representation, not this (empty) body:
     // relay it as the provider sent it (RFC 9110 §8.6).
@@ -335,7 +359,7 @@ fn relay(resp: http::Response<Incoming>, head: bool, deadline: Pin<Box<tokio::ti
         (false, Some(n)) => BodySize::Sized(n),
         (false, None) => BodySize::Stream,
     };
-    out.body(RelayBody { body, size, deadline })
+    out.body(RelayBody { body, size, deadline, lease })
 }
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
@@ -388,13 +412,15 @@ pub async fn proxy(
     let (version, token) = token_for(&state, provider_id, connection_id).await?;
     let first = body.attempt().expect("a body is sent at least once");
     let resp = send(&upstream, &req, &uri, first, &token, &mut deadline).await?;
+    let status = resp.0.status();
     let count = |status: u16| {
-        metrics
-            .inc("authbridge_proxied_calls_total", &format!("provider=\"{provider_id}\",upstream_status=\"{status}\""))
+        metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
+            format!("provider=\"{provider_id}\",upstream_status=\"{status}\"")
+        })
     };
-    count(resp.status().as_u16());
-    if resp.status() != http::StatusCode::UNAUTHORIZED {
-        span.record("upstream_status", resp.status().as_u16());
+    count(status.as_u16());
+    if status != http::StatusCode::UNAUTHORIZED {
+        span.record("upstream_status", status.as_u16());
         return Ok(relay(resp, head, deadline));
     }
     // 401: the token may have been revoked or expired early. Refresh once (single-flight; if
@@ -415,8 +441,8 @@ pub async fn proxy(
             };
             let fresh = Token::new(fresh)?;
             let retried = send(&upstream, &req, &uri, again, &fresh, &mut deadline).await?;
-            count(retried.status().as_u16());
-            span.record("upstream_status", retried.status().as_u16());
+            count(retried.0.status().as_u16());
+            span.record("upstream_status", retried.0.status().as_u16());
             Ok(relay(retried, head, deadline))
         }
         Outcome::NeedsReauth { reason } => Err(proxy_error(
@@ -444,29 +470,30 @@ async fn read_body(payload: &mut web::Payload, max: usize) -> Result<Bytes, ApiE
     Ok(body.freeze())
 }
 
-/// The client for providers' APIs: pooled keep-alive connections per provider host (HTTP/1.1,
-/// or HTTP/2 where the provider offers it over TLS), rustls with the platform's roots, a bounded
-/// connect time, no redirects followed (they go back to the caller, who decides).
-pub type Upstream = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+/// The client for providers' APIs: kept-alive connections per provider host, one pool per
+/// worker (HTTP/1.1, or HTTP/2 where the provider offers it over TLS), rustls with the platform's
+/// roots, a bounded connect time, no redirects followed (they go back to the caller, who decides).
+pub type Upstream = crate::pool::Pool;
 
 pub fn upstream_client(settings: &crate::Settings) -> Result<Upstream, String> {
+    upstream_client_with(settings.upstream_timeout)
+}
+
+/// The client with `timeout` bounding each connection attempt (at most 10 s).
+pub fn upstream_client_with(timeout: std::time::Duration) -> Result<Upstream, String> {
     use rustls_platform_verifier::ConfigVerifierExt;
     let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| format!("TLS roots: {e}"))?;
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(settings.upstream_timeout.min(std::time::Duration::from_secs(10))));
+    tcp.set_connect_timeout(Some(timeout.min(std::time::Duration::from_secs(10))));
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
         .wrap_connector(tcp);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(connector))
+    Ok(crate::pool::Pool::new(connector, 256, std::time::Duration::from_secs(90)))
 }
 
 #[cfg(test)]

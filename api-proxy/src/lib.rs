@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod forward;
+pub mod pool;
 pub mod settings;
 
 pub use settings::Settings;

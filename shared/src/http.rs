@@ -270,9 +270,12 @@ pub async fn track_requests(
     let method = res.request().method();
     let status = res.status().as_u16();
     if let Some(r) = registry {
-        let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-        r.inc("authbridge_http_requests_total", &labels);
-        r.observe("authbridge_http_request_duration_seconds", &labels, elapsed.as_secs_f64());
+        r.count_keyed(
+            "authbridge_http_requests_total",
+            Some(("authbridge_http_request_duration_seconds", elapsed.as_secs_f64())),
+            (method.as_str(), route, status),
+            || format!("method=\"{method}\",route=\"{route}\",status=\"{status}\""),
+        );
     }
     if !span.is_disabled() {
         span.record("route", route);

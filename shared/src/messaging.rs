@@ -30,7 +30,12 @@ use tokio::sync::Mutex;
 /// Outbox topic of expiry events.
 pub const TOPIC_EXPIRY: &str = "token.expiry";
 /// The delay tiers, in seconds. A wait shorter than the first tier goes straight to work.
-pub const DELAY_TIERS_SECS: [u64; 6] = [1, 5, 30, 120, 600, 3600];
+/// A 1-2-5-like ladder: any wait is covered in a few hops (a token refreshed 300 s before a
+/// one-hour expiry, due in 3,300 s, takes three: 1800, 1200, 300), and every hop is a publish,
+/// a dead-letter and a delivery on the broker, so fewer hops cost RabbitMQ less per refresh and
+/// add less jitter. Tiers are only ever added: a queue of a tier dropped from this list would
+/// still dead-letter its messages into the work queue, but nothing would declare it again.
+pub const DELAY_TIERS_SECS: [u64; 13] = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600];
 /// A queue redelivers a message this many times before dead-lettering it.
 pub const DELIVERY_LIMIT: i32 = 20;
 
@@ -379,7 +384,8 @@ mod tests {
     fn waits_pick_the_longest_tier_that_fits() {
         assert_eq!(tier_for(Duration::from_millis(400)), None);
         assert_eq!(tier_for(Duration::from_millis(1500)), Some(1));
-        assert_eq!(tier_for(Duration::from_secs(29)), Some(5));
+        assert_eq!(tier_for(Duration::from_secs(29)), Some(20));
+        assert_eq!(tier_for(Duration::from_secs(3300)), Some(1800));
         assert_eq!(tier_for(Duration::from_secs(30)), Some(30));
         assert_eq!(tier_for(Duration::from_secs(86_400)), Some(3600));
     }

@@ -2,6 +2,7 @@
 //! exposition format. Gauges that are read at scrape time (queue depths, outbox length) are
 //! appended by the service's `/metrics` handler.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,15 +11,50 @@ use std::sync::{Arc, RwLock};
 /// Latency buckets, in seconds.
 pub const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// One histogram series. Each observation lands in exactly one bucket (the first whose bound
+/// holds it, none if it exceeds them all); the cumulative counts Prometheus expects are summed
+/// when rendering, so recording costs three atomic additions whatever the value.
 #[derive(Default)]
-struct Histogram {
+pub struct Histogram {
     buckets: [AtomicU64; 14],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-#[derive(Default)]
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Gives each registry an identity that is never reused, for the per-thread memo below.
+static NEXT_REGISTRY: AtomicU64 = AtomicU64::new(1);
+
+/// Series handles a thread has already looked up, by registry, metric and label key: a hot path
+/// (every HTTP request, every proxied call) counts without formatting its labels or touching the
+/// registry's locks, which the HTTP workers would otherwise contend for.
+struct Memo {
+    registry: u64,
+    name: &'static str,
+    key: (Box<str>, Box<str>, u16),
+    counter: Arc<AtomicU64>,
+    histogram: Option<Arc<Histogram>>,
+}
+
+thread_local! {
+    static MEMO: RefCell<Vec<Memo>> = const { RefCell::new(Vec::new()) };
+}
+
+/// More distinct label sets than this on one thread go the slow way (label cardinality is
+/// bounded by routes, statuses and providers, so this is a guard, not a limit one meets).
+const MEMO_CAP: usize = 1024;
+
 pub struct Registry {
+    id: u64,
     help: RwLock<BTreeMap<&'static str, &'static str>>,
     // name → labels → value: looked up by `&str`, so counting allocates nothing.
     series: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<AtomicU64>>>>,
@@ -26,9 +62,87 @@ pub struct Registry {
     histograms: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<Histogram>>>>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            id: NEXT_REGISTRY.fetch_add(1, Ordering::Relaxed),
+            help: Default::default(),
+            series: Default::default(),
+            histogram_help: Default::default(),
+            histograms: Default::default(),
+        }
+    }
+}
+
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn counter(&self, name: &'static str, labels: &str) -> Arc<AtomicU64> {
+        if let Some(c) = self.series.read().unwrap().get(name).and_then(|m| m.get(labels)) {
+            return c.clone();
+        }
+        self.series.write().unwrap().entry(name).or_default().entry(labels.to_owned()).or_default().clone()
+    }
+
+    fn histogram(&self, name: &'static str, labels: &str) -> Arc<Histogram> {
+        if let Some(h) = self.histograms.read().unwrap().get(name).and_then(|m| m.get(labels)) {
+            return h.clone();
+        }
+        self.histograms.write().unwrap().entry(name).or_default().entry(labels.to_owned()).or_default().clone()
+    }
+
+    /// Counts one event into the counter `name` and, if given, one observation into a histogram
+    /// with the same labels. The labels are identified by `key` (two strings and a number, e.g.
+    /// method and route and status) and formatted by `labels` only the first time this thread
+    /// sees the key.
+    pub fn count_keyed(
+        &self,
+        name: &'static str,
+        histogram: Option<(&'static str, f64)>,
+        key: (&str, &str, u16),
+        labels: impl FnOnce() -> String,
+    ) {
+        let hit = MEMO.with(|m| {
+            let memo = m.borrow();
+            let found = memo.iter().find(|e| {
+                e.registry == self.id
+                    && std::ptr::eq(e.name, name)
+                    && e.key.2 == key.2
+                    && &*e.key.0 == key.0
+                    && &*e.key.1 == key.1
+                    && e.histogram.is_some() == histogram.is_some()
+            })?;
+            found.counter.fetch_add(1, Ordering::Relaxed);
+            if let (Some(h), Some((_, secs))) = (&found.histogram, histogram) {
+                h.observe(secs);
+            }
+            Some(())
+        });
+        if hit.is_some() {
+            return;
+        }
+        let labels = labels();
+        let counter = self.counter(name, &labels);
+        counter.fetch_add(1, Ordering::Relaxed);
+        let hist = histogram.map(|(hname, secs)| {
+            let h = self.histogram(hname, &labels);
+            h.observe(secs);
+            h
+        });
+        MEMO.with(|m| {
+            let mut memo = m.borrow_mut();
+            if memo.len() < MEMO_CAP {
+                memo.push(Memo {
+                    registry: self.id,
+                    name,
+                    key: (key.0.into(), key.1.into(), key.2),
+                    counter,
+                    histogram: hist,
+                });
+            }
+        });
     }
 
     /// Declares a counter so it is rendered (at zero) before its first increment.
@@ -59,20 +173,7 @@ impl Registry {
 
     /// Records one observation, in seconds, into the histogram `name{labels}`.
     pub fn observe(&self, name: &'static str, labels: &str, seconds: f64) {
-        let h = self.histograms.read().unwrap().get(name).and_then(|m| m.get(labels)).cloned();
-        let h = match h {
-            Some(h) => h,
-            None => {
-                self.histograms.write().unwrap().entry(name).or_default().entry(labels.to_owned()).or_default().clone()
-            }
-        };
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if seconds <= *le {
-                h.buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        h.count.fetch_add(1, Ordering::Relaxed);
-        h.sum_micros.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+        self.histogram(name, labels).observe(seconds);
     }
 
     pub fn inc(&self, name: &'static str, labels: &str) {
@@ -118,12 +219,10 @@ impl Registry {
             for (labels, h) in hs.get(name).into_iter().flatten() {
                 let n = name;
                 let sep = if labels.is_empty() { "" } else { "," };
+                let mut cumulative = 0;
                 for (i, le) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{n}_bucket{{{labels}{sep}le=\"{le}\"}} {}",
-                        h.buckets[i].load(Ordering::Relaxed)
-                    );
+                    cumulative += h.buckets[i].load(Ordering::Relaxed);
+                    let _ = writeln!(out, "{n}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
                 }
                 let count = h.count.load(Ordering::Relaxed);
                 let _ = writeln!(out, "{n}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
@@ -170,5 +269,32 @@ mod tests {
         assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.25\"} 2"), "{text}");
         assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"+Inf\"} 2"), "{text}");
         assert!(text.contains("lat_seconds_count{route=\"/a\"} 2"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"0.001\"} 0"), "{text}");
+        assert!(text.contains("lat_seconds_bucket{route=\"/a\",le=\"10\"} 2"), "{text}");
+    }
+
+    #[test]
+    fn keyed_counts_reach_their_own_registry_and_series() {
+        let (a, b) = (Registry::new(), Registry::new());
+        a.describe("req_total", "Requests.");
+        a.describe_histogram("req_seconds", "Latency.");
+        b.describe("req_total", "Requests.");
+        let labels = |m: &str, r: &str, s: u16| format!("method=\"{m}\",route=\"{r}\",status=\"{s}\"");
+        for _ in 0..3 {
+            a.count_keyed("req_total", Some(("req_seconds", 0.002)), ("GET", "/x", 200), || labels("GET", "/x", 200));
+        }
+        a.count_keyed("req_total", Some(("req_seconds", 20.0)), ("GET", "/x", 500), || labels("GET", "/x", 500));
+        b.count_keyed("req_total", None, ("GET", "/x", 200), || labels("GET", "/x", 200));
+        assert_eq!(a.get("req_total", &labels("GET", "/x", 200)), 3);
+        assert_eq!(a.get("req_total", &labels("GET", "/x", 500)), 1);
+        assert_eq!(b.get("req_total", &labels("GET", "/x", 200)), 1);
+        let text = a.render();
+        assert!(text.contains("req_seconds_count{method=\"GET\",route=\"/x\",status=\"200\"} 3"), "{text}");
+        // Above every bound: counted, in no finite bucket.
+        assert!(text.contains("req_seconds_bucket{method=\"GET\",route=\"/x\",status=\"500\",le=\"10\"} 0"), "{text}");
+        assert!(
+            text.contains("req_seconds_bucket{method=\"GET\",route=\"/x\",status=\"500\",le=\"+Inf\"} 1"),
+            "{text}"
+        );
     }
 }

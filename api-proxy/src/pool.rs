@@ -1,0 +1,348 @@
+//! Kept-alive connections to providers' APIs, one pool per HTTP worker.
+//!
+//! Each actix worker is a single-threaded runtime, so its pool needs no lock: connections are
+//! taken and given back on the worker's own thread. HTTP/1.1 connections carry one call at a
+//! time and go back to the pool the moment the provider's answer has been read to its end (by
+//! the body relayed to the caller, which holds a [`Lease`]); an HTTP/2 connection (negotiated by
+//! ALPN over TLS) is shared by all calls to its host. A connection that the provider closed while
+//! idle is noticed when it is taken, or, if it closes as the request is handed over, the
+//! request (not yet written) is sent on a fresh connection.
+
+use crate::forward::UpstreamBody;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+/// Why an upstream call failed before an answer arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("connecting: {0}")]
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    #[error("HTTP handshake: {0}")]
+    Handshake(hyper::Error),
+    #[error("the call failed: {0}")]
+    Call(hyper::Error),
+    #[error("CONNECT is not forwarded")]
+    MethodConnect,
+}
+
+/// A provider host: its scheme and authority, and the connections kept open to it.
+struct Host {
+    https: bool,
+    authority: http::uri::Authority,
+    /// The `Host` header for HTTP/1.1 calls (the authority; default ports are never in it,
+    /// because base URLs are normalised by the catalog).
+    host_header: http::HeaderValue,
+    idle: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    h2: Option<http2::SendRequest<UpstreamBody>>,
+}
+
+struct Inner {
+    hosts: Vec<Host>,
+}
+
+/// One worker's pool. Cheap to clone (a reference-counted handle).
+#[derive(Clone)]
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    inner: Rc<RefCell<Inner>>,
+    max_idle_per_host: usize,
+    idle_timeout: Duration,
+}
+
+/// An HTTP/1.1 connection lent to one call; [`Lease::release`] gives it back.
+pub struct Lease {
+    pool: Pool,
+    host: usize,
+    tx: http1::SendRequest<UpstreamBody>,
+}
+
+impl Lease {
+    /// Gives the connection back once the answer has been read to its end. hyper may not have
+    /// turned it around for the next request yet (the body can end before the connection's task
+    /// has seen the end of the message); [`Pool::take`] only hands out connections that are ready.
+    pub fn release(self) {
+        if !self.tx.is_closed() {
+            self.pool.put(self.host, self.tx);
+        }
+    }
+}
+
+enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Pool {
+    pub fn new(connector: HttpsConnector<HttpConnector>, max_idle_per_host: usize, idle_timeout: Duration) -> Self {
+        Self { connector, inner: Rc::new(RefCell::new(Inner { hosts: Vec::new() })), max_idle_per_host, idle_timeout }
+    }
+
+    /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
+    /// Returns the answer's head and, for HTTP/1.1, the lease to give back when its body is read.
+    pub async fn send(
+        &self,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
+        if req.method() == http::Method::CONNECT {
+            return Err(SendError::MethodConnect);
+        }
+        let host = self.host_index(req.uri())?;
+        let mut fresh_only = false;
+        loop {
+            let (sender, reused) = match (!fresh_only).then(|| self.take(host)).flatten() {
+                Some(s) => (s, true),
+                // Boxed: connecting (TCP, TLS, handshake) is the cold path, and its state would
+                // otherwise be part of, and copied with, every call's future.
+                None => (Box::pin(self.connect(host, req.uri())).await?, false),
+            };
+            let (error, back) = match sender {
+                Sender::H1(mut tx) => {
+                    let host_header = self.inner.borrow().hosts[host].host_header.clone();
+                    let origin = origin_form(req.uri());
+                    let absolute = std::mem::replace(req.uri_mut(), origin);
+                    req.headers_mut().insert(http::header::HOST, host_header);
+                    match tx.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, Some(Lease { pool: self.clone(), host, tx }))),
+                        Err(mut e) => {
+                            let back = e.take_message().map(|mut back| {
+                                *back.uri_mut() = absolute;
+                                back.headers_mut().remove(http::header::HOST);
+                                back
+                            });
+                            (e.into_error(), back)
+                        }
+                    }
+                }
+                Sender::H2(mut tx) => match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, None)),
+                    Err(mut e) => {
+                        let back = e.take_message();
+                        (e.into_error(), back)
+                    }
+                },
+            };
+            match back {
+                // Never written: the connection had closed while idle. Safe to send again, once,
+                // on a connection of our own making.
+                Some(back) if reused => {
+                    req = back;
+                    fresh_only = true;
+                }
+                _ => return Err(SendError::Call(error)),
+            }
+        }
+    }
+
+    fn host_index(&self, uri: &http::Uri) -> Result<usize, SendError> {
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let authority = uri.authority().ok_or_else(|| SendError::Connect("the URI has no host".into()))?;
+        let mut inner = self.inner.borrow_mut();
+        if let Some(i) = inner.hosts.iter().position(|h| h.https == https && &h.authority == authority) {
+            return Ok(i);
+        }
+        let host_header = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| SendError::Connect("the URI's host is not a valid header value".into()))?;
+        inner.hosts.push(Host { https, authority: authority.clone(), host_header, idle: Vec::new(), h2: None });
+        Ok(inner.hosts.len() - 1)
+    }
+
+    /// A kept-alive connection to the host, if one is open and free.
+    fn take(&self, host: usize) -> Option<Sender> {
+        let mut inner = self.inner.borrow_mut();
+        let h = &mut inner.hosts[host];
+        if let Some(tx) = &h.h2 {
+            if tx.is_ready() {
+                return Some(Sender::H2(tx.clone()));
+            }
+            h.h2 = None;
+        }
+        // Most recently used first: it is the one least likely to have been closed. A connection
+        // still finishing its previous answer stays for the next call; closed or long-idle ones
+        // are dropped (which closes them).
+        let now = Instant::now();
+        let mut i = h.idle.len();
+        while i > 0 {
+            i -= 1;
+            let (tx, since) = &h.idle[i];
+            if tx.is_closed() || now.duration_since(*since) >= self.idle_timeout {
+                h.idle.remove(i);
+            } else if tx.is_ready() {
+                return Some(Sender::H1(h.idle.remove(i).0));
+            }
+        }
+        None
+    }
+
+    fn put(&self, host: usize, tx: http1::SendRequest<UpstreamBody>) {
+        let mut inner = self.inner.borrow_mut();
+        let h = &mut inner.hosts[host];
+        if h.idle.len() >= self.max_idle_per_host {
+            // Drop the longest idle one; dropping its sender closes it.
+            h.idle.remove(0);
+        }
+        h.idle.push((tx, Instant::now()));
+    }
+
+    /// Opens a connection (TCP, TLS where the scheme says so) and shakes hands in the protocol
+    /// the provider chose by ALPN. The connection is driven by a task on this worker.
+    async fn connect(&self, host: usize, uri: &http::Uri) -> Result<Sender, SendError> {
+        let io = self.connector.clone().call(uri.clone()).await.map_err(SendError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(SendError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.inner.borrow_mut().hosts[host].h2 = Some(tx.clone());
+            Ok(Sender::H2(tx))
+        } else {
+            let (tx, conn) = http1::handshake(io).await.map_err(SendError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Sender::H1(tx))
+        }
+    }
+}
+
+/// `scheme://authority/path?query` as HTTP/1.1 sends it: `/path?query`.
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    match uri.path_and_query() {
+        Some(pq) => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            http::Uri::from_parts(parts).unwrap_or_default()
+        }
+        None => http::Uri::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A provider that answers every request with `ok`, counting the connections it accepts;
+    /// with `close_after_one`, it closes each connection after its first answer, as a server
+    /// whose keep-alive timeout ran out does.
+    async fn provider(close_after_one: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        assert!(head.starts_with("get /v1/x?q=1 http/1.1\r\n"), "{head}");
+                        assert!(head.contains("\r\nhost: 127.0.0.1:"), "{head}");
+                        buf.clear();
+                        let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        if close_after_one {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn call(pool: &Pool, addr: std::net::SocketAddr) -> String {
+        let uri: http::Uri = format!("http://{addr}/v1/x?q=1").parse().unwrap();
+        let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+        let req = http::Request::builder().uri(uri).body(body).unwrap();
+        let (resp, lease) = pool.send(req).await.expect("the call succeeds");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        if let Some(lease) = lease {
+            lease.release();
+        }
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn run(f: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    #[test]
+    fn sequential_calls_reuse_one_kept_alive_connection() {
+        run(async {
+            let (addr, accepted) = provider(false).await;
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            for _ in 0..5 {
+                assert_eq!(call(&pool, addr).await, "ok");
+                tokio::task::yield_now().await; // lets the connection turn around, as a worker does
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn a_connection_the_provider_closed_is_replaced_without_failing_the_call() {
+        run(async {
+            let (addr, accepted) = provider(true).await;
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            // Straight after the answer (the close may not have been seen yet) and after a pause
+            // (it has): either way the call goes out on a fresh connection.
+            assert_eq!(call(&pool, addr).await, "ok");
+            assert_eq!(call(&pool, addr).await, "ok");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(call(&pool, addr).await, "ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        });
+    }
+
+    #[test]
+    fn concurrent_calls_each_get_their_own_connection_and_all_come_back() {
+        run(async {
+            let (addr, accepted) = provider(false).await;
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let answers = futures_util::future::join_all((0..4).map(|_| call(&pool, addr))).await;
+            assert!(answers.iter().all(|a| a == "ok"));
+            tokio::task::yield_now().await;
+            let answers = futures_util::future::join_all((0..4).map(|_| call(&pool, addr))).await;
+            assert!(answers.iter().all(|a| a == "ok"));
+            assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        });
+    }
+
+    #[test]
+    fn connect_is_refused_before_any_connection_is_made() {
+        run(async {
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+            let req =
+                http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
+            assert!(matches!(pool.send(req).await, Err(SendError::MethodConnect)));
+        });
+    }
+}

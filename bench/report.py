@@ -113,7 +113,10 @@ w(f"- Load: {oha}; {conc} connections, {duration} s per measurement after a 3 s 
 w(f"- Upstream: nginx (1 worker) answering a fixed 62-byte JSON body; {nginx}; Node {node}")
 w("- Every service logs at `RUST_LOG=warn` here (no per-request access log line, spans off)")
 w("- api-proxy: release build, its own process, default settings (2 HTTP workers), the")
-w("  connection's token decrypted once and then served from its in-memory cache\n")
+w("  connection's token decrypted once and then served from its in-memory cache; called with an")
+w("  API key issued through the management API (scope `proxy`, limited to the provider), as")
+w("  internal services call it: looked up in PostgreSQL once, then checked in memory (re-read")
+w("  every 5 s, the default `AUTHBRIDGE_API_KEY_CACHE_SECONDS`)\n")
 def table(title, rows, with_cpu=False):
     w(title + "\n")
     extra = " CPU µs/request |" if with_cpu else ""

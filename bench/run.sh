@@ -80,6 +80,11 @@ url=$(curl -fs -X POST http://127.0.0.1:18180/v1/connect/sessions -H "Authorizat
   python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_url"])')
 for _ in 1 2 3; do url=$(curl -s -o /dev/null -w '%{redirect_url}' "$url"); done
 case "$url" in *status=connected*) ;; *) echo "could not create the benchmark connection: $url" >&2; exit 1 ;; esac
+# Internal services call the proxy with a key issued through the management API (scoped to
+# `proxy` and the provider), not with a bootstrap key: the proxy checks it as it would theirs.
+PROXY_KEY=$(curl -fs -X POST http://127.0.0.1:18180/v1/api-keys -H "Authorization: Bearer $API_KEY" \
+  -H 'Content-Type: application/json' -d '{"name":"bench","scopes":["proxy"],"providers":["mock"]}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
 kill -INT "$dev_pid"; wait "$dev_pid" 2>/dev/null || true
 
 cat > "$work/providers.toml" <<TOML
@@ -97,7 +102,7 @@ AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$P
 proxy_pid=$!
 pids+=($proxy_pid)
 wait_http "http://127.0.0.1:$PRX/readyz"
-curl -fs "http://127.0.0.1:$PRX/proxy/mock/bench-user/contacts/42" -H "Authorization: Bearer $API_KEY" >/dev/null
+curl -fs "http://127.0.0.1:$PRX/proxy/mock/bench-user/contacts/42" -H "Authorization: Bearer $PROXY_KEY" >/dev/null
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP/contacts/42"
@@ -107,8 +112,9 @@ declare -A URL=(
 )
 order=(direct nginx express api-proxy)
 load() { # name, extra oha args…
-  local name=$1; shift
-  oha --no-tui --output-format json -H "Authorization: Bearer $API_KEY" "$@" "${URL[$name]}"
+  local name=$1 key=$API_KEY; shift
+  [ "$name" != api-proxy ] || key=$PROXY_KEY
+  oha --no-tui --output-format json -H "Authorization: Bearer $key" "$@" "${URL[$name]}"
 }
 # CPU time (user + system, in clock ticks) of the processes that serve a target: on a shared
 # 2-core machine, CPU per request is the fairest single number to compare.

@@ -366,13 +366,18 @@ fn relay(
 #[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
 pub async fn proxy(
     caller: Authorized<scope::Proxy>,
-    limits: web::Data<shared::limits::RateLimits>,
-    metrics: web::Data<shared::metrics::Registry>,
     upstream: web::Data<Upstream>,
-    state: web::Data<ProxyState>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // Shared app data is borrowed from the request rather than extracted: extracting clones it,
+    // and its reference count would bounce between the workers' cores on every call.
+    let (Some(state), Some(metrics)) =
+        (req.app_data::<web::Data<ProxyState>>(), req.app_data::<web::Data<shared::metrics::Registry>>())
+    else {
+        return Err(ApiError::internal("the proxy's state is not configured"));
+    };
+    let limits = req.app_data::<web::Data<shared::limits::RateLimits>>();
     // `/proxy/{provider}/{connection_id}/{path…}`, split by hand on the raw (still
     // percent-encoded) path: a routing pattern with a catch-all segment would cost a regex
     // match on every call.
@@ -389,7 +394,7 @@ pub async fn proxy(
         span.record("connection_id", connection_id);
     }
     caller.require_provider(provider_id)?;
-    if let Some(l) = &limits.per_connection {
+    if let Some(l) = limits.and_then(|l| l.per_connection.as_ref()) {
         l.check(&format!("{provider_id}/{connection_id}"))?;
     }
     let provider = state.core.tokens.catalog.get(provider_id).ok_or_else(|| {
@@ -409,7 +414,7 @@ pub async fn proxy(
     let mut deadline = Box::pin(tokio::time::sleep(state.settings.upstream_timeout));
     let head = req.method() == actix_web::http::Method::HEAD;
 
-    let (version, token) = token_for(&state, provider_id, connection_id).await?;
+    let (version, token) = token_for(state, provider_id, connection_id).await?;
     let first = body.attempt().expect("a body is sent at least once");
     let resp = send(&upstream, &req, &uri, first, &token, &mut deadline).await?;
     let status = resp.0.status();

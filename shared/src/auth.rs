@@ -18,7 +18,7 @@ use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Mutex;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// What a key may do.
@@ -71,10 +71,11 @@ impl Scope {
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub key_id: String,
+    /// Shared, not copied: a caller is cloned out of the lookup cache on every request.
+    pub key_id: Arc<str>,
     scopes: u8,
     /// `None`: every provider.
-    providers: Option<Vec<String>>,
+    providers: Option<Arc<[String]>>,
 }
 
 impl Caller {
@@ -111,14 +112,16 @@ type LookupCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
 /// Checks presented keys; one per process, shared by its workers.
 pub struct Authenticator {
     bootstrap: ApiKeys,
+    bootstrap_caller: Caller,
     store: Store,
     ttl: Duration,
-    cache: Mutex<LookupCache>,
+    /// Read on every request by every worker, written only on a miss.
+    cache: RwLock<LookupCache>,
 }
 
 impl Authenticator {
     pub fn new(bootstrap: ApiKeys, store: Store, ttl: Duration) -> Self {
-        Self { bootstrap, store, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { bootstrap, bootstrap_caller: Caller::bootstrap(), store, ttl, cache: RwLock::new(HashMap::new()) }
     }
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
@@ -134,11 +137,11 @@ impl Authenticator {
         let Some(presented) = presented.filter(|p| !p.is_empty() && p.len() <= 512) else {
             return Ok(Err(unauthorized()));
         };
-        if self.bootstrap.verify(presented) {
-            return Ok(Ok(Caller::bootstrap()));
-        }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if let Some((hit, at)) = self.cache.lock().unwrap().get(&digest) {
+        if self.bootstrap.verify_digest(&digest) {
+            return Ok(Ok(self.bootstrap_caller.clone()));
+        }
+        if let Some((hit, at)) = self.cache.read().unwrap().get(&digest) {
             if at.elapsed() < self.ttl {
                 return Ok(hit.clone().ok_or_else(unauthorized));
             }
@@ -148,12 +151,12 @@ impl Authenticator {
 
     async fn look_up(&self, digest: [u8; 32]) -> Result<Caller, ApiError> {
         let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
-            key_id: r.id,
+            key_id: r.id.into(),
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
-            providers: (!r.providers.is_empty()).then_some(r.providers),
+            providers: (!r.providers.is_empty()).then(|| r.providers.into()),
         });
         {
-            let mut cache = self.cache.lock().unwrap();
+            let mut cache = self.cache.write().unwrap();
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
@@ -227,28 +230,38 @@ impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
     type Future = Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let Some(auth) = req.app_data::<web::Data<Authenticator>>().cloned() else {
+        // Borrowed, not cloned: the app data is shared by every worker, and cloning it on each
+        // request would bounce its reference count between cores.
+        let Some(auth) = req.app_data::<web::Data<Authenticator>>() else {
             return Either::Left(ready(Err(ApiError::internal("no authenticator configured"))));
         };
-        let limits = req.app_data::<web::Data<crate::limits::RateLimits>>().cloned();
-        let finish = move |caller: Result<Caller, ApiError>| {
-            let caller = caller?;
-            if let Some(l) = limits.as_ref().and_then(|l| l.per_key.as_ref()) {
-                l.check(&caller.key_id)?;
-            }
-            if !caller.has(S::SCOPE) {
-                return Err(ApiError::new(
-                    ErrorCode::Forbidden,
-                    format!("this API key lacks the `{}` scope", S::SCOPE.as_str()),
-                ));
-            }
-            Ok(Self { caller, _scope: PhantomData })
-        };
+        let limits = req.app_data::<web::Data<crate::limits::RateLimits>>();
         // Most calls are decided in memory: no future to allocate for them.
         match auth.authenticate_now(bearer(req)) {
-            Ok(done) => Either::Left(ready(finish(done))),
-            Err(digest) => Either::Right(Box::pin(async move { finish(auth.look_up(digest).await) })),
+            Ok(done) => Either::Left(ready(Self::finish(done, limits.map(|l| &***l)))),
+            Err(digest) => {
+                let (auth, limits) = (auth.clone(), limits.cloned());
+                Either::Right(Box::pin(async move {
+                    Self::finish(auth.look_up(digest).await, limits.as_ref().map(|l| &***l))
+                }))
+            }
         }
+    }
+}
+
+impl<S: scope::Required + 'static> Authorized<S> {
+    fn finish(caller: Result<Caller, ApiError>, limits: Option<&crate::limits::RateLimits>) -> Result<Self, ApiError> {
+        let caller = caller?;
+        if let Some(l) = limits.and_then(|l| l.per_key.as_ref()) {
+            l.check(&caller.key_id)?;
+        }
+        if !caller.has(S::SCOPE) {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                format!("this API key lacks the `{}` scope", S::SCOPE.as_str()),
+            ));
+        }
+        Ok(Self { caller, _scope: PhantomData })
     }
 }
 
@@ -262,7 +275,11 @@ mod tests {
             assert_eq!(Scope::parse(s.as_str()), Some(s));
         }
         assert_eq!(Scope::parse("root"), None);
-        let c = Caller { key_id: "k".into(), scopes: Scope::Proxy.bit(), providers: Some(vec!["kartra".into()]) };
+        let c = Caller {
+            key_id: "k".into(),
+            scopes: Scope::Proxy.bit(),
+            providers: Some(vec!["kartra".to_owned()].into()),
+        };
         assert!(c.has(Scope::Proxy) && !c.has(Scope::Admin));
         assert!(c.require_provider("kartra").is_ok());
         assert!(c.require_provider("redtail").is_err());

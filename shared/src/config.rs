@@ -367,11 +367,17 @@ impl ApiKeys {
     /// Constant-time check of a presented key against every known key.
     pub fn verify(&self, presented: &str) -> bool {
         use sha2::{Digest, Sha256};
-        use subtle::ConstantTimeEq;
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.verify_digest(&digest)
+    }
+
+    /// The same check for a key already hashed (SHA-256), so a caller that needs the digest
+    /// anyway hashes once.
+    pub fn verify_digest(&self, digest: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq;
         let mut ok = subtle::Choice::from(0u8);
         for k in &self.0 {
-            ok |= k.ct_eq(&digest);
+            ok |= k.ct_eq(digest);
         }
         ok.into()
     }

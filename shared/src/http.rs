@@ -246,7 +246,6 @@ pub async fn track_requests(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use tracing::Instrument;
-    let registry = req.app_data::<web::Data<crate::metrics::Registry>>().cloned();
     let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
     let span = if quiet {
         tracing::Span::none()
@@ -269,7 +268,9 @@ pub async fn track_requests(
         .unwrap_or("<unmatched>");
     let method = res.request().method();
     let status = res.status().as_u16();
-    if let Some(r) = registry {
+    // Looked up after the call, by reference: cloning shared app data per request would bounce
+    // its reference count between the workers' cores.
+    if let Some(r) = res.request().app_data::<web::Data<crate::metrics::Registry>>() {
         r.count_keyed(
             "authbridge_http_requests_total",
             Some(("authbridge_http_request_duration_seconds", elapsed.as_secs_f64())),

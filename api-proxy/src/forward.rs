@@ -165,6 +165,11 @@ impl Body for Streamed {
 pub type UpstreamBody = http_body_util::Either<Full<Bytes>, Streamed>;
 
 impl Outbound {
+    /// Whether the body can still be sent (again): a held one always, a streamed one once.
+    fn replayable(&self) -> bool {
+        matches!(self, Outbound::Held(_))
+    }
+
     /// The body for one attempt; a streamed body can be sent only once.
     fn attempt(&mut self) -> Option<UpstreamBody> {
         match self {
@@ -256,21 +261,38 @@ async fn send(
     upstream: &Upstream,
     req: &HttpRequest,
     uri: &http::Uri,
-    body: UpstreamBody,
+    body: &mut Outbound,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
 ) -> Result<(http::Response<Incoming>, Option<Lease>), ApiError> {
-    let request = upstream_request(req, uri, body, token)?;
-    tokio::select! {
-        biased;
-        r = upstream.send(request) => r.map_err(|e| match e {
-            SendError::MethodConnect => proxy_error(ErrorCode::MethodNotAllowed, "CONNECT is not forwarded to providers"),
-            e => {
-                tracing::debug!(error = %e, "upstream call failed");
-                proxy_error(ErrorCode::UpstreamUnreachable, "the provider's API could not be reached")
+    let mut fresh_only = false;
+    loop {
+        let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
+        let request = upstream_request(req, uri, attempt, token)?;
+        let result = tokio::select! {
+            biased;
+            r = upstream.send(request, fresh_only) => r,
+            _ = deadline.as_mut() => {
+                return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
             }
-        }),
-        _ = deadline.as_mut() => Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time")),
+        };
+        match result {
+            Ok(answer) => return Ok(answer),
+            // A kept-alive connection the provider closed as the request went out: an idempotent
+            // request whose body is still at hand is sent once more, on a new connection
+            // (RFC 9110 §9.2.2), as reverse proxies do.
+            Err(SendError::Reused(error)) if !fresh_only && req.method().is_idempotent() && body.replayable() => {
+                tracing::debug!(%error, "kept-alive upstream connection failed; sending again on a new one");
+                fresh_only = true;
+            }
+            Err(SendError::MethodConnect) => {
+                return Err(proxy_error(ErrorCode::MethodNotAllowed, "CONNECT is not forwarded to providers"))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream call failed");
+                return Err(proxy_error(ErrorCode::UpstreamUnreachable, "the provider's API could not be reached"));
+            }
+        }
     }
 }
 
@@ -415,8 +437,7 @@ pub async fn proxy(
     let head = req.method() == actix_web::http::Method::HEAD;
 
     let (version, token) = token_for(state, provider_id, connection_id).await?;
-    let first = body.attempt().expect("a body is sent at least once");
-    let resp = send(&upstream, &req, &uri, first, &token, &mut deadline).await?;
+    let resp = send(&upstream, &req, &uri, &mut body, &token, &mut deadline).await?;
     let status = resp.0.status();
     let count = |status: u16| {
         metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
@@ -434,7 +455,7 @@ pub async fn proxy(
     // Boxed for the same reason as the database read in `token_for`: a cold path.
     match Box::pin(state.core.tokens.refresh(provider_id, connection_id, Trigger::Unauthorized { version })).await? {
         Outcome::Refreshed(_, fresh) | Outcome::Current(_, fresh) if fresh.access_token != token.creds.access_token => {
-            let Some(again) = body.attempt() else {
+            if !body.replayable() {
                 // The body streamed and is gone: the caller retries, with the fresh token now in place.
                 span.record("upstream_status", 401u16);
                 let mut out = relay(resp, head, deadline);
@@ -443,9 +464,9 @@ pub async fn proxy(
                     header::HeaderValue::from_static("token-refreshed"),
                 );
                 return Ok(out);
-            };
+            }
             let fresh = Token::new(fresh)?;
-            let retried = send(&upstream, &req, &uri, again, &fresh, &mut deadline).await?;
+            let retried = send(&upstream, &req, &uri, &mut body, &fresh, &mut deadline).await?;
             count(retried.0.status().as_u16());
             span.record("upstream_status", retried.0.status().as_u16());
             Ok(relay(retried, head, deadline))

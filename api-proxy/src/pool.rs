@@ -28,6 +28,11 @@ pub enum SendError {
     Handshake(hyper::Error),
     #[error("the call failed: {0}")]
     Call(hyper::Error),
+    /// A kept-alive connection failed after the request was handed to it and before an answer
+    /// arrived: most often the provider closed it while idle, just as the request went out. The
+    /// request may have reached the provider; only an idempotent one may be sent again.
+    #[error("a kept-alive connection failed: {0}")]
+    Reused(hyper::Error),
     #[error("CONNECT is not forwarded")]
     MethodConnect,
 }
@@ -86,15 +91,17 @@ impl Pool {
 
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
     /// Returns the answer's head and, for HTTP/1.1, the lease to give back when its body is read.
+    /// With `fresh_only`, a new connection is opened whatever the pool holds.
     pub async fn send(
         &self,
         mut req: http::Request<UpstreamBody>,
+        fresh_only: bool,
     ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
         if req.method() == http::Method::CONNECT {
             return Err(SendError::MethodConnect);
         }
         let host = self.host_index(req.uri())?;
-        let mut fresh_only = false;
+        let mut fresh_only = fresh_only;
         loop {
             let (sender, reused) = match (!fresh_only).then(|| self.take(host)).flatten() {
                 Some(s) => (s, true),
@@ -135,6 +142,7 @@ impl Pool {
                     req = back;
                     fresh_only = true;
                 }
+                None if reused => return Err(SendError::Reused(error)),
                 _ => return Err(SendError::Call(error)),
             }
         }
@@ -239,10 +247,20 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A provider that answers every request with `ok`, counting the connections it accepts;
-    /// with `close_after_one`, it closes each connection after its first answer, as a server
-    /// whose keep-alive timeout ran out does.
-    async fn provider(close_after_one: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Answers every request on a connection.
+        KeepAlive,
+        /// Closes each connection after its first answer, as a server whose keep-alive timeout
+        /// ran out does.
+        CloseAfterOne,
+        /// Reads a connection's second request, then closes it without answering: the race in
+        /// which a server closes an idle connection just as a request goes out on it.
+        DropSecond,
+    }
+
+    /// A provider that answers requests with `ok`, counting the connections it accepts.
+    async fn provider(mode: Mode) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -254,7 +272,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
-                    loop {
+                    for n in 1.. {
                         while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
                             match sock.read(&mut chunk).await {
                                 Ok(0) | Err(_) => return,
@@ -265,8 +283,11 @@ mod tests {
                         assert!(head.starts_with("get /v1/x?q=1 http/1.1\r\n"), "{head}");
                         assert!(head.contains("\r\nhost: 127.0.0.1:"), "{head}");
                         buf.clear();
+                        if mode == Mode::DropSecond && n == 2 {
+                            return;
+                        }
                         let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                        if close_after_one {
+                        if mode == Mode::CloseAfterOne {
                             return;
                         }
                     }
@@ -276,11 +297,20 @@ mod tests {
         (addr, accepted)
     }
 
-    async fn call(pool: &Pool, addr: std::net::SocketAddr) -> String {
+    fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {
         let uri: http::Uri = format!("http://{addr}/v1/x?q=1").parse().unwrap();
         let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
-        let req = http::Request::builder().uri(uri).body(body).unwrap();
-        let (resp, lease) = pool.send(req).await.expect("the call succeeds");
+        http::Request::builder().uri(uri).body(body).unwrap()
+    }
+
+    /// One GET, sent again on a fresh connection if a kept-alive one failed under it, as the
+    /// proxy does for idempotent requests.
+    async fn call(pool: &Pool, addr: std::net::SocketAddr) -> String {
+        let (resp, lease) = match pool.send(get(addr), false).await {
+            Err(SendError::Reused(_)) => pool.send(get(addr), true).await,
+            other => other,
+        }
+        .expect("the call succeeds");
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         if let Some(lease) = lease {
             lease.release();
@@ -296,7 +326,7 @@ mod tests {
     #[test]
     fn sequential_calls_reuse_one_kept_alive_connection() {
         run(async {
-            let (addr, accepted) = provider(false).await;
+            let (addr, accepted) = provider(Mode::KeepAlive).await;
             let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
             for _ in 0..5 {
                 assert_eq!(call(&pool, addr).await, "ok");
@@ -309,7 +339,7 @@ mod tests {
     #[test]
     fn a_connection_the_provider_closed_is_replaced_without_failing_the_call() {
         run(async {
-            let (addr, accepted) = provider(true).await;
+            let (addr, accepted) = provider(Mode::CloseAfterOne).await;
             let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
             // Straight after the answer (the close may not have been seen yet) and after a pause
             // (it has): either way the call goes out on a fresh connection.
@@ -324,7 +354,7 @@ mod tests {
     #[test]
     fn concurrent_calls_each_get_their_own_connection_and_all_come_back() {
         run(async {
-            let (addr, accepted) = provider(false).await;
+            let (addr, accepted) = provider(Mode::KeepAlive).await;
             let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
             let answers = futures_util::future::join_all((0..4).map(|_| call(&pool, addr))).await;
             assert!(answers.iter().all(|a| a == "ok"));
@@ -336,13 +366,29 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_alive_connection_that_fails_after_the_request_went_out_is_reported_as_such() {
+        run(async {
+            let (addr, accepted) = provider(Mode::DropSecond).await;
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            assert_eq!(call(&pool, addr).await, "ok");
+            tokio::task::yield_now().await;
+            // The request was written, so the pool cannot know whether the provider acted on
+            // it: it says so, and the caller decides (the proxy resends idempotent requests).
+            assert!(matches!(pool.send(get(addr), false).await, Err(SendError::Reused(_))));
+            let (resp, _) = pool.send(get(addr), true).await.expect("a fresh connection answers");
+            assert_eq!(resp.status(), http::StatusCode::OK);
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
     fn connect_is_refused_before_any_connection_is_made() {
         run(async {
             let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
             let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
             let req =
                 http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
-            assert!(matches!(pool.send(req).await, Err(SendError::MethodConnect)));
+            assert!(matches!(pool.send(req, false).await, Err(SendError::MethodConnect)));
         });
     }
 }

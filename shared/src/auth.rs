@@ -83,6 +83,15 @@ impl Caller {
         Self { key_id: "bootstrap".into(), scopes: Scope::ALL.iter().fold(0, |a, s| a | s.bit()), providers: None }
     }
 
+    /// A copy that shares no reference count with the original (for another thread's cache).
+    fn deep_copy(&self) -> Self {
+        Self {
+            key_id: Arc::from(&*self.key_id),
+            scopes: self.scopes,
+            providers: self.providers.as_deref().map(Arc::from),
+        }
+    }
+
     pub fn has(&self, s: Scope) -> bool {
         self.scopes & s.bit() != 0
     }
@@ -108,9 +117,23 @@ const CACHE_LIMIT: usize = 10_000;
 
 /// Digest of a presented key → the caller it named (or `None`: no such live key), and when.
 type LookupCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
+/// The same, per thread, for every authenticator in the process (keyed by its id too).
+type LocalCache = HashMap<(u64, [u8; 32]), (Option<Caller>, Instant)>;
+
+/// Gives each authenticator an identity that is never reused, for the per-thread cache.
+static NEXT_AUTHENTICATOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// Each worker thread's own copy of the decisions it has used, by authenticator and digest:
+    /// a request is checked without touching memory that another core writes (the shared
+    /// cache's lock, a shared reference count). An entry keeps the time of the lookup it was
+    /// copied from, so it expires with it and a revocation still takes effect within the TTL.
+    static LOCAL: std::cell::RefCell<LocalCache> = std::cell::RefCell::new(HashMap::new());
+}
 
 /// Checks presented keys; one per process, shared by its workers.
 pub struct Authenticator {
+    id: u64,
     bootstrap: ApiKeys,
     bootstrap_caller: Caller,
     store: Store,
@@ -121,7 +144,14 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(bootstrap: ApiKeys, store: Store, ttl: Duration) -> Self {
-        Self { bootstrap, bootstrap_caller: Caller::bootstrap(), store, ttl, cache: RwLock::new(HashMap::new()) }
+        Self {
+            id: NEXT_AUTHENTICATOR.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            bootstrap,
+            bootstrap_caller: Caller::bootstrap(),
+            store,
+            ttl,
+            cache: RwLock::new(HashMap::new()),
+        }
     }
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
@@ -138,15 +168,31 @@ impl Authenticator {
             return Ok(Err(unauthorized()));
         };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if self.bootstrap.verify_digest(&digest) {
-            return Ok(Ok(self.bootstrap_caller.clone()));
+        let now = Instant::now();
+        let local = LOCAL.with(|l| {
+            let l = l.borrow();
+            let (hit, at) = l.get(&(self.id, digest))?;
+            (now.duration_since(*at) < self.ttl).then(|| hit.clone())
+        });
+        if let Some(hit) = local {
+            return Ok(hit.ok_or_else(unauthorized));
         }
-        if let Some((hit, at)) = self.cache.read().unwrap().get(&digest) {
-            if at.elapsed() < self.ttl {
-                return Ok(hit.clone().ok_or_else(unauthorized));
+        let shared = if self.bootstrap.verify_digest(&digest) {
+            Some((Some(self.bootstrap_caller.clone()), now))
+        } else {
+            self.cache.read().unwrap().get(&digest).filter(|(_, at)| now.duration_since(*at) < self.ttl).cloned()
+        };
+        let Some((hit, at)) = shared else {
+            return Err(digest);
+        };
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.len() >= CACHE_LIMIT {
+                l.clear();
             }
-        }
-        Err(digest)
+            l.insert((self.id, digest), (hit.as_ref().map(Caller::deep_copy), at));
+        });
+        Ok(hit.ok_or_else(unauthorized))
     }
 
     async fn look_up(&self, digest: [u8; 32]) -> Result<Caller, ApiError> {

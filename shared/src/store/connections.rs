@@ -300,13 +300,15 @@ impl Store {
         let client = self.client().await?;
         client.batch_execute("BEGIN").await?;
         let mut guard = RefreshGuard { client: Some(client), store: self.clone(), conn: None };
-        let row = guard
+        // Prepared once per pooled connection: every statement on the refresh path is (each
+        // unprepared one costs a round trip to prepare it and type lookups, on every call).
+        let stmt = guard
             .client()
-            .query_opt(
-                &format!("SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2 FOR UPDATE"),
-                &[&provider, &connection_id],
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2 FOR UPDATE"
+            ))
             .await?;
+        let row = guard.client().query_opt(&stmt, &[&provider, &connection_id]).await?;
         match row {
             None => {
                 guard.rollback().await?;
@@ -364,15 +366,19 @@ impl RefreshGuard {
     ) -> Result<Connection, StoreError> {
         let c = self.connection();
         let sealed = self.store.seal_credentials(&c.provider, &c.connection_id, &tokens.credentials);
+        let stmt = self
+            .client()
+            .prepare_cached(&format!(
+                "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
+                    refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = clock_timestamp(),
+                    last_error = NULL, error_count = 0, status = 'active', updated_at = now()
+                 WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"
+            ))
+            .await?;
         let row = self
             .client()
             .query_one(
-                &format!(
-                    "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
-                        refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = clock_timestamp(),
-                        last_error = NULL, error_count = 0, status = 'active', updated_at = now()
-                     WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"
-                ),
+                &stmt,
                 &[
                     &c.provider,
                     &c.connection_id,
@@ -395,14 +401,15 @@ impl RefreshGuard {
     /// The provider said no for good: the connection needs the end user to authorize again.
     pub async fn commit_needs_reauth(self, reason: &str) -> Result<(), StoreError> {
         let c = self.connection();
-        self.client()
-            .execute(
+        let stmt = self
+            .client()
+            .prepare_cached(
                 "UPDATE connections SET status = 'needs_reauth', refresh_due_at = NULL, last_error = $3,
                     error_count = error_count + 1, updated_at = now()
                  WHERE provider = $1 AND connection_id = $2",
-                &[&c.provider, &c.connection_id, &reason],
             )
             .await?;
+        self.client().execute(&stmt, &[&c.provider, &c.connection_id, &reason]).await?;
         self.finish("COMMIT").await
     }
 
@@ -415,14 +422,15 @@ impl RefreshGuard {
     ) -> Result<(), StoreError> {
         let c = self.connection();
         let due = retry.as_ref().map(|(at, _)| *at);
-        self.client()
-            .execute(
+        let stmt = self
+            .client()
+            .prepare_cached(
                 "UPDATE connections SET last_error = $3, error_count = error_count + 1,
                     refresh_due_at = COALESCE($4, refresh_due_at), updated_at = now()
                  WHERE provider = $1 AND connection_id = $2",
-                &[&c.provider, &c.connection_id, &reason, &due],
             )
             .await?;
+        self.client().execute(&stmt, &[&c.provider, &c.connection_id, &reason, &due]).await?;
         if let Some((_, m)) = &retry {
             insert_outbox(self.client(), m).await?;
         }

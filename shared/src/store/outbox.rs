@@ -20,7 +20,8 @@ pub struct OutboxRow {
 }
 
 pub(super) async fn insert_outbox<C: GenericClient>(client: &C, m: &OutboxMessage) -> Result<(), StoreError> {
-    client.execute("INSERT INTO outbox (topic, payload) VALUES ($1, $2)", &[&m.topic, &m.payload]).await?;
+    let stmt = client.prepare_cached("INSERT INTO outbox (topic, payload) VALUES ($1, $2)").await?;
+    client.execute(&stmt, &[&m.topic, &m.payload]).await?;
     Ok(())
 }
 
@@ -46,9 +47,10 @@ impl Store {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let rows = tx
-            .query("SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", &[&limit])
+        let stmt = tx
+            .prepare_cached("SELECT id, topic, payload FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
             .await?;
+        let rows = tx.query(&stmt, &[&limit]).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -58,7 +60,8 @@ impl Store {
             .collect();
         let done = publish(batch).await;
         if !done.is_empty() {
-            tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&done]).await?;
+            let stmt = tx.prepare_cached("DELETE FROM outbox WHERE id = ANY($1)").await?;
+            tx.execute(&stmt, &[&done]).await?;
         }
         tx.commit().await?;
         Ok(done.len())

@@ -186,10 +186,9 @@ impl Store {
         let sealed = self.seal_credentials(provider, connection_id, &tokens.credentials);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO connections (provider, connection_id, status, scopes, key_id, credentials,
+        let stmt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO connections (provider, connection_id, status, scopes, key_id, credentials,
                         expires_at, refresh_due_at, last_refresh_at)
                      VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, now())
                      ON CONFLICT (provider, connection_id) DO UPDATE SET
@@ -199,7 +198,11 @@ impl Store {
                         token_version = connections.token_version + 1,
                         last_error = NULL, error_count = 0, updated_at = now()
                      RETURNING {COLUMNS}"
-                ),
+            ))
+            .await?;
+        let row = tx
+            .query_one(
+                &stmt,
                 &[
                     &provider,
                     &connection_id,

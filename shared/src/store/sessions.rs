@@ -58,15 +58,17 @@ fn verifier_aad(state_hash: &[u8]) -> Vec<u8> {
 impl Store {
     pub async fn create_session(&self, s: &NewSession) -> Result<(), StoreError> {
         let client = self.client().await?;
-        client
-            .execute(
+        let insert = client
+            .prepare_cached(
                 "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at)
                  VALUES ($1, $2, $3, $4, $5)",
-                &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at],
             )
             .await?;
+        client.execute(&insert, &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at]).await?;
         // Housekeeping: sessions are worthless a day after they expire.
-        client.execute("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'", &[]).await?;
+        let purge =
+            client.prepare_cached("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'").await?;
+        client.execute(&purge, &[]).await?;
         Ok(())
     }
 
@@ -82,12 +84,17 @@ impl Store {
         let sealed = verifier.map(|v| self.keyring.seal(v.as_bytes(), &verifier_aad(state_hash)));
         let client = self.client().await?;
         let ttl_secs = flow_ttl.as_secs_f64();
-        let row = client
-            .query_opt(
+        let stmt = client
+            .prepare_cached(
                 "UPDATE connect_sessions SET started_at = now(), state_hash = $2, verifier_key_id = $3,
                     verifier = $4, expires_at = now() + make_interval(secs => $5)
                  WHERE token_hash = $1 AND started_at IS NULL AND expires_at > now()
                  RETURNING provider, connection_id, return_url",
+            )
+            .await?;
+        let row = client
+            .query_opt(
+                &stmt,
                 &[
                     &token_hash,
                     &state_hash,
@@ -116,14 +123,14 @@ impl Store {
     /// Consumes the session bound to a state, once.
     pub async fn consume_state(&self, state_hash: &[u8]) -> Result<Result<ConsumedSession, SessionLookup>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
+        let stmt = client
+            .prepare_cached(
                 "UPDATE connect_sessions SET consumed_at = now()
                  WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
                  RETURNING provider, connection_id, return_url, verifier_key_id, verifier",
-                &[&state_hash],
             )
             .await?;
+        let row = client.query_opt(&stmt, &[&state_hash]).await?;
         if let Some(r) = row {
             let key_id: Option<String> = r.get(3);
             let blob: Option<Vec<u8>> = r.get(4);

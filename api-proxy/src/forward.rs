@@ -305,14 +305,20 @@ struct RelayBody {
     lease: Option<Lease>,
 }
 
+impl RelayBody {
+    fn give_back(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
 impl Drop for RelayBody {
     fn drop(&mut self) {
         // An answer with no body (HEAD, 204, 304) may never be polled; one cut short is not
         // reusable (its connection is closed by dropping the lease).
         if self.body.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
+            self.give_back();
         }
     }
 }
@@ -334,9 +340,7 @@ impl MessageBody for RelayBody {
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
                 Poll::Ready(None) => {
-                    if let Some(lease) = this.lease.take() {
-                        lease.release();
-                    }
+                    this.give_back();
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {

@@ -35,6 +35,8 @@ pub enum SendError {
     Reused(hyper::Error),
     #[error("CONNECT is not forwarded")]
     MethodConnect,
+    #[error("{0}")]
+    BadUri(&'static str),
 }
 
 /// A provider host: its scheme and authority, and the connections kept open to it.
@@ -150,13 +152,13 @@ impl Pool {
 
     fn host_index(&self, uri: &http::Uri) -> Result<usize, SendError> {
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let authority = uri.authority().ok_or_else(|| SendError::Connect("the URI has no host".into()))?;
+        let authority = uri.authority().ok_or_else(|| SendError::BadUri("the URI has no host"))?;
         let mut inner = self.inner.borrow_mut();
         if let Some(i) = inner.hosts.iter().position(|h| h.https == https && &h.authority == authority) {
             return Ok(i);
         }
         let host_header = http::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| SendError::Connect("the URI's host is not a valid header value".into()))?;
+            .map_err(|_| SendError::BadUri("the URI's host is not a valid header value"))?;
         inner.hosts.push(Host { https, authority: authority.clone(), host_header, idle: Vec::new(), h2: None });
         Ok(inner.hosts.len() - 1)
     }
@@ -165,8 +167,10 @@ impl Pool {
     fn take(&self, host: usize) -> Option<Sender> {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
+        // An HTTP/2 connection is shared while it is open; if it cannot take the request after
+        // all, the request comes back unsent and goes out on a new connection.
         if let Some(tx) = &h.h2 {
-            if tx.is_ready() {
+            if !tx.is_closed() {
                 return Some(Sender::H2(tx.clone()));
             }
             h.h2 = None;

@@ -108,7 +108,7 @@ impl Registry {
             let memo = m.borrow();
             let found = memo.iter().find(|e| {
                 e.registry == self.id
-                    && std::ptr::eq(e.name, name)
+                    && e.name == name
                     && e.key.2 == key.2
                     && &*e.key.0 == key.0
                     && &*e.key.1 == key.1
@@ -152,18 +152,7 @@ impl Registry {
 
     /// Adds `by` to the counter `name{labels}`; `labels` is `key="value",…` or empty.
     pub fn add(&self, name: &'static str, labels: &str, by: u64) {
-        if let Some(c) = self.series.read().unwrap().get(name).and_then(|m| m.get(labels)) {
-            c.fetch_add(by, Ordering::Relaxed);
-            return;
-        }
-        self.series
-            .write()
-            .unwrap()
-            .entry(name)
-            .or_default()
-            .entry(labels.to_owned())
-            .or_default()
-            .fetch_add(by, Ordering::Relaxed);
+        self.counter(name, labels).fetch_add(by, Ordering::Relaxed);
     }
 
     /// Declares a histogram (seconds).

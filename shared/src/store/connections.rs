@@ -100,8 +100,14 @@ pub struct NewTokens {
     pub refresh_due_at: Option<DateTime<Utc>>,
 }
 
-const COLUMNS: &str = "provider, connection_id, status, scopes, key_id, credentials, expires_at, \
-    refresh_due_at, token_version, last_refresh_at, last_error, error_count, created_at, updated_at";
+/// The columns `from_row` reads, as a literal, so queries are whole `&'static str`s built at
+/// compile time (no formatting per call; they are also the keys of the prepared-statement cache).
+macro_rules! columns {
+    () => {
+        "provider, connection_id, status, scopes, key_id, credentials, expires_at, \
+         refresh_due_at, token_version, last_refresh_at, last_error, error_count, created_at, updated_at"
+    };
+}
 
 fn aad(provider: &str, connection_id: &str) -> Vec<u8> {
     format!("connection:{provider}/{connection_id}").into_bytes()
@@ -143,7 +149,11 @@ impl Store {
     pub async fn get_connection(&self, provider: &str, connection_id: &str) -> Result<Option<Connection>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2"))
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM connections WHERE provider = $1 AND connection_id = $2"
+            ))
             .await?;
         client.query_opt(&stmt, &[&provider, &connection_id]).await?.as_ref().map(from_row).transpose()
     }
@@ -160,8 +170,10 @@ impl Store {
         let (ap, ac) = after.unwrap_or(("", ""));
         let rows = client
             .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM connections
+                concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM connections
                      WHERE ($1::text IS NULL OR provider = $1)
                        AND ($2::text IS NULL OR status = $2)
                        AND (provider, connection_id) > ($3, $4)
@@ -187,7 +199,7 @@ impl Store {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let stmt = tx
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "INSERT INTO connections (provider, connection_id, status, scopes, key_id, credentials,
                         expires_at, refresh_due_at, last_refresh_at)
                      VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, now())
@@ -197,7 +209,8 @@ impl Store {
                         refresh_due_at = EXCLUDED.refresh_due_at, last_refresh_at = now(),
                         token_version = connections.token_version + 1,
                         last_error = NULL, error_count = 0, updated_at = now()
-                     RETURNING {COLUMNS}"
+                     RETURNING ",
+                columns!()
             ))
             .await?;
         let row = tx
@@ -266,7 +279,7 @@ impl Store {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                &format!("DELETE FROM connections WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"),
+                concat!("DELETE FROM connections WHERE provider = $1 AND connection_id = $2 RETURNING ", columns!()),
                 &[&provider, &connection_id],
             )
             .await?;
@@ -278,8 +291,10 @@ impl Store {
         let client = self.client().await?;
         let rows = client
             .query(
-                &format!(
-                    "SELECT {COLUMNS} FROM connections
+                concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM connections
                      WHERE status = 'active' AND refresh_due_at IS NOT NULL AND refresh_due_at < $1
                      ORDER BY refresh_due_at LIMIT $2"
                 ),
@@ -307,8 +322,10 @@ impl Store {
         // unprepared one costs a round trip to prepare it and type lookups, on every call).
         let stmt = guard
             .client()
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM connections WHERE provider = $1 AND connection_id = $2 FOR UPDATE"
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM connections WHERE provider = $1 AND connection_id = $2 FOR UPDATE"
             ))
             .await?;
         let row = guard.client().query_opt(&stmt, &[&provider, &connection_id]).await?;
@@ -371,11 +388,12 @@ impl RefreshGuard {
         let sealed = self.store.seal_credentials(&c.provider, &c.connection_id, &tokens.credentials);
         let stmt = self
             .client()
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
                     refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = clock_timestamp(),
                     last_error = NULL, error_count = 0, status = 'active', updated_at = now()
-                 WHERE provider = $1 AND connection_id = $2 RETURNING {COLUMNS}"
+                 WHERE provider = $1 AND connection_id = $2 RETURNING ",
+                columns!()
             ))
             .await?;
         let row = self
@@ -462,7 +480,7 @@ impl Store {
         let tx = client.transaction().await?;
         let rows = tx
             .query(
-                &format!("SELECT {COLUMNS} FROM connections WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED"),
+                concat!("SELECT ", columns!(), " FROM connections WHERE key_id <> $1 LIMIT $2 FOR UPDATE SKIP LOCKED"),
                 &[&primary, &limit],
             )
             .await?;

@@ -5,16 +5,14 @@
 
 use crate::cache::Token;
 use crate::pool::{Lease, SendError};
+use crate::server::Worker;
 use crate::ProxyState;
-use actix_web::body::{BodySize, MessageBody};
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body_util::Full;
-use hyper::body::{Body, Incoming};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::connect::HttpConnector;
-use shared::auth::{scope, Authorized};
+use shared::auth::Scope;
 use shared::catalog::valid_connection_id;
 use shared::http::{ApiError, ErrorCode};
 use shared::tokens::{Outcome, Trigger};
@@ -41,8 +39,7 @@ fn strip(name: &str, connection_listed: &[String]) -> bool {
     HOP_BY_HOP.contains(&name) || name.starts_with("x-authbridge-") || connection_listed.iter().any(|c| c == name)
 }
 
-/// Header names the `Connection` header values list: hop-by-hop as well. Takes the raw values,
-/// so requests (actix's header types) and responses (hyper's) share it.
+/// Header names the `Connection` header values list: hop-by-hop as well.
 fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
     values
         .filter_map(|v| std::str::from_utf8(v).ok())
@@ -147,22 +144,44 @@ pub enum Outbound {
     Streamed(Option<Streamed>),
 }
 
-/// The caller's body, chunk by chunk, from the task that reads it.
-pub struct Streamed(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+/// The caller's body, frame by frame as it arrives, cut off past the size limit. Backpressure
+/// reaches the caller: nothing is read from it faster than the provider takes it.
+pub struct Streamed {
+    body: Incoming,
+    sent: u64,
+    max: u64,
+}
 
 impl Body for Streamed {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(hyper::body::Frame::data)))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if this.sent > this.max {
+                    return Poll::Ready(Some(Err(std::io::Error::other("the request body exceeds the limit"))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
-pub type UpstreamBody = http_body_util::Either<Full<Bytes>, Streamed>;
+pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
 
 impl Outbound {
     /// Whether the body can still be sent (again): a held one always, a streamed one once.
@@ -173,102 +192,104 @@ impl Outbound {
     /// The body for one attempt; a streamed body can be sent only once.
     fn attempt(&mut self) -> Option<UpstreamBody> {
         match self {
-            Outbound::Held(b) => Some(http_body_util::Either::Left(Full::new(b.clone()))),
-            Outbound::Streamed(s) => s.take().map(http_body_util::Either::Right),
+            Outbound::Held(b) => Some(Either::Left(Full::new(b.clone()))),
+            Outbound::Streamed(s) => s.take().map(Either::Right),
         }
     }
 }
 
-/// Reads the caller's body: held in memory when it is declared small enough to replay, else
-/// streamed through a bounded channel (backpressure reaches the caller) by a task on this worker.
-async fn outbound(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    settings: &crate::Settings,
-) -> Result<Outbound, ApiError> {
-    let too_large = || {
-        proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {} bytes", settings.max_body))
-    };
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    if declared.is_some_and(|n| n > settings.max_body as u64) {
-        return Err(too_large());
+/// Reads the caller's body: held in memory when its length is known and small enough to replay,
+/// else streamed to the provider as it arrives.
+async fn outbound(mut body: Incoming, settings: &crate::Settings) -> Result<Outbound, ApiError> {
+    if body.is_end_stream() {
+        return Ok(Outbound::Held(Bytes::new()));
     }
-    if !chunked && declared.is_none_or(|n| n <= settings.retry_body as u64) {
-        return read_body(&mut payload, settings.max_body).await.map(Outbound::Held);
+    let max = settings.max_body as u64;
+    let too_large = || proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes"));
+    match body.size_hint().exact() {
+        Some(n) if n > max => Err(too_large()),
+        Some(n) if n <= settings.retry_body as u64 => read_body(&mut body, max).await.map(Outbound::Held),
+        _ => Ok(Outbound::Streamed(Some(Streamed { body, sent: 0, max }))),
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let max = settings.max_body;
-    actix_web::rt::spawn(async move {
-        let mut sent = 0usize;
-        while let Some(chunk) = payload.next().await {
-            let item = match chunk {
-                Ok(c) if sent + c.len() > max => Err(std::io::Error::other("the request body exceeds the limit")),
-                Ok(c) => {
-                    sent += c.len();
-                    Ok(c)
-                }
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            };
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
-                return; // the upstream call ended, or the body is cut short on purpose
+}
+
+/// A held body, read to its end (one chunk is kept as it came, without a copy).
+async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, ApiError> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len() as u64;
+        if len > max {
+            return Err(proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes")));
+        }
+        match first.take() {
+            None if rest.is_empty() => first = Some(data),
+            Some(f) => {
+                rest.extend_from_slice(&f);
+                rest.extend_from_slice(&data);
             }
+            None => rest.extend_from_slice(&data),
         }
-    });
-    Ok(Outbound::Streamed(Some(Streamed(rx))))
+    }
+    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
-/// The upstream request: the caller's method, end-to-end headers and body, our bearer token.
-fn upstream_request(
-    req: &HttpRequest,
-    uri: &http::Uri,
-    body: UpstreamBody,
-    token: &Token,
-) -> Result<http::Request<UpstreamBody>, ApiError> {
-    let method = http::Method::from_bytes(req.method().as_str().as_bytes())
-        .map_err(|_| proxy_error(ErrorCode::InvalidRequest, "unsupported method"))?;
-    let listed = connection_listed(req.headers().get_all(header::CONNECTION).map(|v| v.as_bytes()));
-    let held = matches!(body, http_body_util::Either::Left(_));
-    let mut out = http::Request::new(body);
-    *out.method_mut() = method;
-    *out.uri_mut() = uri.clone();
-    let headers = out.headers_mut();
-    headers.reserve(req.headers().len() + 2);
-    for (name, value) in req.headers() {
+/// The headers of the upstream request: the caller's end-to-end headers, our bearer token.
+fn upstream_headers(caller: &HeaderMap, held: bool, token: &Token) -> HeaderMap {
+    let listed = connection_listed(caller.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()));
+    let mut out = HeaderMap::with_capacity(caller.len() + 2);
+    for (name, value) in caller {
         let n = name.as_str();
         // Content-Length is set by the client from the body (held), or the body streams with the
         // caller's declared length kept, so the provider sees what the caller sent.
         if n == "host" || n == "authorization" || (n == "content-length" && held) || strip(n, &listed) {
             continue;
         }
-        if let (Ok(k), Ok(v)) =
-            (http::HeaderName::from_bytes(n.as_bytes()), http::HeaderValue::from_bytes(value.as_bytes()))
-        {
-            headers.append(k, v);
-        }
+        out.append(name.clone(), value.clone());
     }
-    headers.insert(http::header::AUTHORIZATION, token.bearer.clone());
+    out.insert(header::AUTHORIZATION, token.bearer.clone());
     // The upstream call is a child of this proxied call's span (W3C trace context).
-    if let Some(tp) = shared::telemetry::current_traceparent().and_then(|t| http::HeaderValue::try_from(t).ok()) {
-        headers.insert("traceparent", tp);
+    if let Some(tp) = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok()) {
+        out.insert("traceparent", tp);
     }
-    Ok(out)
+    out
 }
 
-#[tracing::instrument(name = "upstream", skip_all, fields(method = %req.method()))]
+/// Removes hop-by-hop and authbridge's own headers from a provider's answer, in place; most
+/// answers have none, and are left untouched after one look at their names.
+fn strip_response_headers(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()));
+    if !headers.keys().any(|k| strip(k.as_str(), &listed)) {
+        return;
+    }
+    let doomed: Vec<header::HeaderName> = headers.keys().filter(|k| strip(k.as_str(), &listed)).cloned().collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+#[tracing::instrument(name = "upstream", skip_all, fields(method = %method))]
 async fn send(
     upstream: &Upstream,
-    req: &HttpRequest,
+    method: &Method,
     uri: &http::Uri,
+    caller: &HeaderMap,
     body: &mut Outbound,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
-) -> Result<(http::Response<Incoming>, Option<Lease>), ApiError> {
+) -> Result<(Response<Incoming>, Option<Lease>), ApiError> {
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let request = upstream_request(req, uri, attempt, token)?;
+        let held = matches!(attempt, Either::Left(_));
+        let mut request = Request::new(attempt);
+        *request.method_mut() = method.clone();
+        *request.uri_mut() = uri.clone();
+        *request.headers_mut() = upstream_headers(caller, held, token);
         let result = tokio::select! {
             biased;
             r = upstream.send(request, fresh_only) => r,
@@ -281,7 +302,7 @@ async fn send(
             // A kept-alive connection the provider closed as the request went out: an idempotent
             // request whose body is still at hand is sent once more, on a new connection
             // (RFC 9110 §9.2.2), as reverse proxies do.
-            Err(SendError::Reused(error)) if !fresh_only && req.method().is_idempotent() && body.replayable() => {
+            Err(SendError::Reused(error)) if !fresh_only && method.is_idempotent() && body.replayable() => {
                 tracing::debug!(%error, "kept-alive upstream connection failed; sending again on a new one");
                 fresh_only = true;
             }
@@ -296,11 +317,11 @@ async fn send(
     }
 }
 
-/// The provider's response body, streamed to the caller as it arrives, within the call's deadline.
-/// Once it has been read to its end, the connection it came on goes back to the pool.
-struct RelayBody {
+/// The provider's response body, passed to the caller frame by frame as it arrives, within the
+/// call's deadline. Once it has been read to its end, the connection it came on goes back to
+/// the pool.
+pub struct RelayBody {
     body: Incoming,
-    size: BodySize,
     deadline: Pin<Box<tokio::time::Sleep>>,
     lease: Option<Lease>,
 }
@@ -315,101 +336,76 @@ impl RelayBody {
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        // An answer with no body (HEAD, 204, 304) may never be polled; one cut short is not
-        // reusable (its connection is closed by dropping the lease).
+        // An answer with no body (HEAD, 204, 304) may never be polled, nor one whose last frame
+        // ended it; one cut short is not reusable (its connection is closed by dropping the lease).
         if self.body.is_end_stream() {
             self.give_back();
         }
     }
 }
 
-impl MessageBody for RelayBody {
+impl Body for RelayBody {
+    type Data = Bytes;
     type Error = std::io::Error;
 
-    fn size(&self) -> BodySize {
-        self.size
-    }
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        loop {
-            match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(data))),
-                    _ => continue, // empty data, or trailers (not relayed)
-                },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
-                Poll::Ready(None) => {
-                    this.give_back();
-                    return Poll::Ready(None);
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            Poll::Ready(None) => {
+                this.give_back();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the provider's API did not finish its answer in time",
+                    ))));
                 }
-                Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the provider's API did not finish its answer in time",
-                        ))));
-                    }
-                    return Poll::Pending;
-                }
+                Poll::Pending
             }
         }
     }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
+/// What the proxy's server answers with: its own (JSON) answers, or a provider's, relayed.
+pub type ResponseBody = Either<Full<Bytes>, RelayBody>;
+
+/// The provider's answer as the caller gets it: status, end-to-end headers (`Content-Length`
+/// included: for a HEAD or 304 answer it describes the representation, RFC 9110 §8.6) and body.
 fn relay(
-    (resp, lease): (http::Response<Incoming>, Option<Lease>),
-    head: bool,
+    (resp, lease): (Response<Incoming>, Option<Lease>),
     deadline: Pin<Box<tokio::time::Sleep>>,
-) -> HttpResponse {
-    let (parts, body) = resp.into_parts();
-    // The length of a HEAD or 304 answer describes the representation, not this (empty) body:
-    // relay it as the provider sent it (RFC 9110 §8.6).
-    let declared =
-        || parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-    let not_modified = parts.status == http::StatusCode::NOT_MODIFIED;
-    let status = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut out = HttpResponse::build(status);
-    let listed = connection_listed(parts.headers.get_all(http::header::CONNECTION).iter().map(|v| v.as_bytes()));
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if (n == "content-length" && !not_modified) || strip(n, &listed) {
-            continue;
-        }
-        if let Ok(v) = header::HeaderValue::from_bytes(value.as_bytes()) {
-            out.append_header((n, v));
-        }
-    }
-    let size = match (head, body.size_hint().exact()) {
-        (true, _) => declared().map_or(BodySize::None, BodySize::Sized),
-        (false, Some(n)) => BodySize::Sized(n),
-        (false, None) => BodySize::Stream,
-    };
-    out.body(RelayBody { body, size, deadline, lease })
+) -> Response<ResponseBody> {
+    let (mut parts, body) = resp.into_parts();
+    // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
+    parts.version = http::Version::default();
+    strip_response_headers(&mut parts.headers);
+    Response::from_parts(parts, Either::Right(RelayBody { body, deadline, lease }))
 }
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
 #[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
-pub async fn proxy(
-    caller: Authorized<scope::Proxy>,
-    upstream: web::Data<Upstream>,
-    req: HttpRequest,
-    payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    // Shared app data is borrowed from the request rather than extracted: extracting clones it,
-    // and its reference count would bounce between the workers' cores on every call.
-    let (Some(state), Some(metrics)) =
-        (req.app_data::<web::Data<ProxyState>>(), req.app_data::<web::Data<shared::metrics::Registry>>())
-    else {
-        return Err(ApiError::internal("the proxy's state is not configured"));
-    };
-    let limits = req.app_data::<web::Data<shared::limits::RateLimits>>();
-    // `/proxy/{provider}/{connection_id}/{path…}`, split by hand on the raw (still
-    // percent-encoded) path: a routing pattern with a catch-all segment would cost a regex
-    // match on every call.
-    let raw_path = req.uri().path();
-    let mut parts = raw_path.strip_prefix("/proxy/").unwrap_or("").splitn(3, '/');
-    let (provider_id, connection_id, raw_tail) = match (parts.next(), parts.next(), parts.next()) {
+pub async fn proxy(worker: &Worker, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let presented =
+        parts.headers.get(header::AUTHORIZATION).and_then(|v| shared::http::bearer_credential(v.as_bytes()));
+    let caller = worker.auth.authorize(presented, Scope::Proxy, Some(&worker.limits)).await?;
+    let state = &*worker.state;
+    // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
+    let raw_path = parts.uri.path();
+    let mut segments = raw_path.strip_prefix("/proxy/").unwrap_or("").splitn(3, '/');
+    let (provider_id, connection_id, raw_tail) = match (segments.next(), segments.next(), segments.next()) {
         (Some(p), Some(c), Some(tail)) if !p.is_empty() && !c.is_empty() => (p, c, tail),
         _ => return Err(proxy_error(ErrorCode::NotFound, "proxy paths are /proxy/{provider}/{connection_id}/{path}")),
     };
@@ -420,7 +416,7 @@ pub async fn proxy(
         span.record("connection_id", connection_id);
     }
     caller.require_provider(provider_id)?;
-    if let Some(l) = limits.and_then(|l| l.per_connection.as_ref()) {
+    if let Some(l) = worker.limits.per_connection.as_ref() {
         l.check(&format!("{provider_id}/{connection_id}"))?;
     }
     let provider = state.core.tokens.catalog.get(provider_id).ok_or_else(|| {
@@ -432,26 +428,26 @@ pub async fn proxy(
     if !valid_connection_id(connection_id) {
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
-    let uri =
-        upstream_url(base, raw_tail, req.query_string()).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+    let uri = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
+        .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
-    let mut body = outbound(&req, payload, &state.settings).await?;
+    let mut body = outbound(body, &state.settings).await?;
     let mut deadline = Box::pin(tokio::time::sleep(state.settings.upstream_timeout));
-    let head = req.method() == actix_web::http::Method::HEAD;
 
     let (version, token) = token_for(state, provider_id, connection_id).await?;
-    let resp = send(&upstream, &req, &uri, &mut body, &token, &mut deadline).await?;
+    let upstream = &worker.upstream;
+    let resp = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &token, &mut deadline).await?;
     let status = resp.0.status();
     let count = |status: u16| {
-        metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
+        worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
             format!("provider=\"{provider_id}\",upstream_status=\"{status}\"")
         })
     };
     count(status.as_u16());
     if status != http::StatusCode::UNAUTHORIZED {
         span.record("upstream_status", status.as_u16());
-        return Ok(relay(resp, head, deadline));
+        return Ok(relay(resp, deadline));
     }
     // 401: the token may have been revoked or expired early. Refresh once (single-flight; if
     // someone already refreshed past this version we simply get the newer token) and retry once.
@@ -462,18 +458,15 @@ pub async fn proxy(
             if !body.replayable() {
                 // The body streamed and is gone: the caller retries, with the fresh token now in place.
                 span.record("upstream_status", 401u16);
-                let mut out = relay(resp, head, deadline);
-                out.headers_mut().insert(
-                    header::HeaderName::from_static("x-authbridge-retry"),
-                    header::HeaderValue::from_static("token-refreshed"),
-                );
+                let mut out = relay(resp, deadline);
+                out.headers_mut().insert("x-authbridge-retry", HeaderValue::from_static("token-refreshed"));
                 return Ok(out);
             }
             let fresh = Token::new(fresh)?;
-            let retried = send(&upstream, &req, &uri, &mut body, &fresh, &mut deadline).await?;
+            let retried = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &fresh, &mut deadline).await?;
             count(retried.0.status().as_u16());
             span.record("upstream_status", retried.0.status().as_u16());
-            Ok(relay(retried, head, deadline))
+            Ok(relay(retried, deadline))
         }
         Outcome::NeedsReauth { reason } => Err(proxy_error(
             ErrorCode::NeedsReauth,
@@ -482,22 +475,9 @@ pub async fn proxy(
         Outcome::NotFound => Err(proxy_error(ErrorCode::ConnectionNotFound, "the connection was deleted")),
         _ => {
             span.record("upstream_status", 401u16);
-            Ok(relay(resp, head, deadline))
+            Ok(relay(resp, deadline))
         }
     }
-}
-
-async fn read_body(payload: &mut web::Payload, max: usize) -> Result<Bytes, ApiError> {
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
 }
 
 /// The client for providers' APIs: kept-alive connections per provider host, one pool per

@@ -5,11 +5,11 @@
 pub mod cache;
 pub mod forward;
 pub mod pool;
+pub mod server;
 pub mod settings;
 
 pub use settings::Settings;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
 use shared::core::Core;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub struct ProxyState {
 
 pub struct Application {
     pub addr: SocketAddr,
-    server: shared::http::ServerTask,
+    server: server::Server,
     state: Arc<ProxyState>,
 }
 
@@ -30,6 +30,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "api-proxy").await?;
         forward::upstream_client(&settings).map_err(anyhow::Error::msg)?; // fail now, not in a worker
+        let tls = match &settings.tls {
+            Some(files) => {
+                let mut config = files.server_config().map_err(anyhow::Error::msg)?;
+                // Callers may speak HTTP/2 (one connection, many concurrent calls) or HTTP/1.1.
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(Arc::new(config))
+            }
+            None => None,
+        };
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
         let registry = shared::http::http_metrics();
         registry.describe(
@@ -53,41 +62,21 @@ impl Application {
                 }
             }
         });
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            // One upstream client (and connection pool) per worker: each actix worker is its own
-            // single-threaded runtime, and a pooled connection is driven by the runtime that
-            // opened it; sharing one pool across workers makes every request hop threads.
-            let http = web::Data::new(forward::upstream_client(&data.settings).expect("checked at start-up"));
-            App::new()
-                .app_data(http)
-                .wrap(actix_web::middleware::from_fn(shared::http::track_requests))
-                .app_data(registry.clone())
-                .app_data(data.clone())
-                .app_data(auth.clone())
-                .app_data(limits.clone())
-                .app_data(shared::http::path_config())
-                .app_data(shared::http::PrefixRoute {
-                    prefix: "/proxy/",
-                    label: "/proxy/{provider}/{connection_id}/{path}",
-                })
-                .route("/healthz", web::get().to(shared::http::healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics))
-                .service(web::scope("/proxy").default_service(web::to(forward::proxy)))
-                .default_service(web::to(shared::http::not_found))
-        })
-        .workers(state.settings.workers)
-        .shutdown_timeout(state.settings.common.shutdown_grace.as_secs().max(1))
-        .disable_signals();
-        let server = match &state.settings.tls {
-            Some(tls) => {
-                server.bind_rustls_0_23(&state.settings.bind, tls.server_config().map_err(anyhow::Error::msg)?)?
-            }
-            None => server.bind(&state.settings.bind)?,
+        let listener = server::listen(&state.settings.bind)?;
+        let shared = server::Shared {
+            state: state.clone(),
+            metrics: registry.into_inner(),
+            auth: auth.into_inner(),
+            limits: limits.into_inner(),
         };
-        let addr = server.addrs()[0];
-        let server = shared::http::ServerTask::spawn(server.run(), addr);
+        let server = server::Server::start(
+            shared,
+            listener,
+            tls,
+            state.settings.workers,
+            state.settings.common.shutdown_grace.max(std::time::Duration::from_secs(1)),
+        )?;
+        let addr = server.addr;
         tracing::info!(%addr, "api-proxy listening");
         Ok(Self { addr, server, state })
     }
@@ -109,31 +98,4 @@ impl Application {
         tracing::info!("shutting down");
         self.stop().await;
     }
-}
-
-async fn readyz(state: web::Data<ProxyState>) -> HttpResponse {
-    shared::http::readiness(vec![
-        ("postgres", shared::http::probe(state.core.store.ping()).await),
-        ("rabbitmq", shared::http::probe(state.core.broker.ping()).await),
-    ])
-}
-
-async fn metrics(state: web::Data<ProxyState>, registry: web::Data<shared::metrics::Registry>) -> HttpResponse {
-    use std::sync::atomic::Ordering;
-    let mut out = registry.render();
-    let c = &state.cache;
-    shared::metrics::gauge(
-        &mut out,
-        "authbridge_token_cache_hits",
-        "Proxied calls served a token from memory.",
-        c.hits.load(Ordering::Relaxed) as f64,
-    );
-    shared::metrics::gauge(
-        &mut out,
-        "authbridge_token_cache_misses",
-        "Proxied calls that read the token from the database.",
-        c.misses.load(Ordering::Relaxed) as f64,
-    );
-    shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
-    shared::http::metrics_response(out)
 }

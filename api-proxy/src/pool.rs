@@ -1,6 +1,6 @@
 //! Kept-alive connections to providers' APIs, one pool per HTTP worker.
 //!
-//! Each actix worker is a single-threaded runtime, so its pool needs no lock: connections are
+//! Each HTTP worker is a single-threaded runtime, so its pool needs no lock: connections are
 //! taken and given back on the worker's own thread. HTTP/1.1 connections carry one call at a
 //! time and go back to the pool the moment the provider's answer has been read to its end (by
 //! the body relayed to the caller, which holds a [`Lease`]); an HTTP/2 connection (negotiated by

@@ -161,6 +161,24 @@ impl Authenticator {
         }
     }
 
+    /// The caller presenting `presented`, if it holds `scope` and is within its rate limit:
+    /// 401 without a valid key, 429 past the key's limit, 403 without the scope. For server
+    /// stacks other than actix's extractor ([`Authorized`]), which makes the same checks.
+    pub async fn authorize(
+        &self,
+        presented: Option<&str>,
+        scope: Scope,
+        limits: Option<&crate::limits::RateLimits>,
+    ) -> Result<Caller, ApiError> {
+        let caller = match self.authenticate_now(presented) {
+            Ok(done) => done,
+            // Boxed: the database lookup is the cold path, and its state would otherwise be part
+            // of every caller's future.
+            Err(digest) => Box::pin(self.look_up(digest)).await,
+        };
+        permit(caller, scope, limits)
+    }
+
     /// Decides without I/O when it can (a bootstrap key, a malformed one, or a cached lookup);
     /// otherwise returns the digest to look up.
     fn authenticate_now(&self, presented: Option<&str>) -> Result<Result<Caller, ApiError>, [u8; 32]> {
@@ -297,18 +315,24 @@ impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
 
 impl<S: scope::Required + 'static> Authorized<S> {
     fn finish(caller: Result<Caller, ApiError>, limits: Option<&crate::limits::RateLimits>) -> Result<Self, ApiError> {
-        let caller = caller?;
-        if let Some(l) = limits.and_then(|l| l.per_key.as_ref()) {
-            l.check(&caller.key_id)?;
-        }
-        if !caller.has(S::SCOPE) {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                format!("this API key lacks the `{}` scope", S::SCOPE.as_str()),
-            ));
-        }
-        Ok(Self { caller, _scope: PhantomData })
+        Ok(Self { caller: permit(caller, S::SCOPE, limits)?, _scope: PhantomData })
     }
+}
+
+/// An authenticated caller, checked against its key's rate limit and for `scope`.
+fn permit(
+    caller: Result<Caller, ApiError>,
+    scope: Scope,
+    limits: Option<&crate::limits::RateLimits>,
+) -> Result<Caller, ApiError> {
+    let caller = caller?;
+    if let Some(l) = limits.and_then(|l| l.per_key.as_ref()) {
+        l.check(&caller.key_id)?;
+    }
+    if !caller.has(scope) {
+        return Err(ApiError::new(ErrorCode::Forbidden, format!("this API key lacks the `{}` scope", scope.as_str())));
+    }
+    Ok(caller)
 }
 
 #[cfg(test)]

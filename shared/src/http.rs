@@ -122,15 +122,29 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut r = HttpResponse::build(self.code.status());
-        r.insert_header((ERROR_HEADER, self.code.as_str()));
-        r.insert_header((header::CACHE_CONTROL, "no-store"));
+        for (name, value) in self.headers() {
+            r.insert_header((name, value));
+        }
+        r.content_type("application/json").body(self.body())
+    }
+}
+
+impl ApiError {
+    /// The JSON body of the answer: `{"error": <code>, "message": <text>}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({"error": self.code.as_str(), "message": self.message}).to_string()
+    }
+
+    /// The headers of the answer besides `Content-Type`; every server stack sends these.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut h = vec![(ERROR_HEADER, self.code.as_str().to_owned()), ("cache-control", "no-store".to_owned())];
         if self.code == ErrorCode::Unauthorized {
-            r.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"authbridge\""));
+            h.push(("www-authenticate", "Bearer realm=\"authbridge\"".to_owned()));
         }
         if let Some(d) = self.retry_after {
-            r.insert_header((header::RETRY_AFTER, d.as_secs().max(1).to_string()));
+            h.push(("retry-after", d.as_secs().max(1).to_string()));
         }
-        r.json(serde_json::json!({"error": self.code.as_str(), "message": self.message}))
+        h
     }
 }
 
@@ -211,7 +225,13 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 
 /// The bearer credential of a request, if it has one.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_credential(req.headers().get(header::AUTHORIZATION)?.as_bytes())
+}
+
+/// The credential in an `Authorization: Bearer <credential>` value (the scheme is
+/// case-insensitive, RFC 9110 §11.1), for any server stack.
+pub fn bearer_credential(value: &[u8]) -> Option<&str> {
+    let v = std::str::from_utf8(value).ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
@@ -227,14 +247,6 @@ pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
     web::Data::new(r)
 }
 
-/// The route label for paths a service routes by hand under a prefix (actix has no pattern to
-/// report for them): register it with `App::app_data`.
-#[derive(Debug, Clone, Copy)]
-pub struct PrefixRoute {
-    pub prefix: &'static str,
-    pub label: &'static str,
-}
-
 /// Middleware (`from_fn`) around every request: the request's root span (continuing the
 /// caller's trace when it sends a W3C `traceparent`), its count and latency by route pattern and
 /// status, and the access log line (`GET /connect/{token} 302 3.1ms`, target
@@ -246,35 +258,61 @@ pub async fn track_requests(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     use tracing::Instrument;
-    let quiet = matches!(req.path(), "/healthz" | "/readyz" | "/metrics");
-    let span = if quiet {
-        tracing::Span::none()
-    } else {
-        tracing::info_span!("http_request", method = %req.method(), route = tracing::field::Empty, status = tracing::field::Empty)
-    };
-    if !span.is_disabled() {
-        crate::telemetry::set_remote_parent(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
-    }
+    let quiet = is_quiet(req.path());
+    let span = request_span(req.method().as_str(), quiet, req.headers().get("traceparent").map(|v| v.as_bytes()));
     let start = std::time::Instant::now();
     let res = next.call(req).instrument(span.clone()).await?;
     let elapsed = start.elapsed();
     let pattern = res.request().match_pattern();
-    let route = pattern
-        .as_deref()
-        .or_else(|| {
-            let by_hand = res.request().app_data::<PrefixRoute>()?;
-            res.request().path().starts_with(by_hand.prefix).then_some(by_hand.label)
-        })
-        .unwrap_or("<unmatched>");
-    let method = res.request().method();
-    let status = res.status().as_u16();
+    let route = pattern.as_deref().unwrap_or(UNMATCHED);
     // Looked up after the call, by reference: cloning shared app data per request would bounce
     // its reference count between the workers' cores.
-    if let Some(r) = res.request().app_data::<web::Data<crate::metrics::Registry>>() {
+    let registry = res.request().app_data::<web::Data<crate::metrics::Registry>>().map(|r| &***r);
+    record_request(registry, &span, res.request().method().as_str(), route, res.status().as_u16(), elapsed, quiet);
+    Ok(res)
+}
+
+/// The route label of requests no route matched.
+pub const UNMATCHED: &str = "<unmatched>";
+
+/// Whether requests to `path` are left out of the access log (they are still counted).
+pub fn is_quiet(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// The root span of a request: continues the caller's trace when it sends a W3C `traceparent`;
+/// none for quiet paths.
+pub fn request_span(method: &str, quiet: bool, traceparent: Option<&[u8]>) -> tracing::Span {
+    if quiet {
+        return tracing::Span::none();
+    }
+    let span =
+        tracing::info_span!("http_request", method, route = tracing::field::Empty, status = tracing::field::Empty);
+    if !span.is_disabled() {
+        crate::telemetry::set_remote_parent(&span, traceparent.and_then(|v| std::str::from_utf8(v).ok()));
+    }
+    span
+}
+
+/// What every server stack records once a request's response head is ready: its count and
+/// latency by method, route pattern and status, the span's route and status, and the access log
+/// line (`GET /connect/{token} 302 3.1ms`, target `authbridge::access`), written inside the span
+/// so JSON logs give it the trace id. Lines name the route pattern, never the path or query as
+/// sent: those carry session tokens, codes and states.
+pub fn record_request(
+    registry: Option<&crate::metrics::Registry>,
+    span: &tracing::Span,
+    method: &str,
+    route: &str,
+    status: u16,
+    elapsed: Duration,
+    quiet: bool,
+) {
+    if let Some(r) = registry {
         r.count_keyed(
             "authbridge_http_requests_total",
             Some(("authbridge_http_request_duration_seconds", elapsed.as_secs_f64())),
-            (method.as_str(), route, status),
+            (method, route, status),
             || format!("method=\"{method}\",route=\"{route}\",status=\"{status}\""),
         );
     }
@@ -285,10 +323,9 @@ pub async fn track_requests(
     if !quiet && tracing::enabled!(target: "authbridge::access", tracing::Level::INFO) {
         let ms = elapsed.as_secs_f64() * 1000.0;
         span.in_scope(|| {
-            tracing::info!(target: "authbridge::access", %method, route, status, duration_ms = ms, "{method} {route} {status} {ms:.1}ms")
+            tracing::info!(target: "authbridge::access", method, route, status, duration_ms = ms, "{method} {route} {status} {ms:.1}ms")
         });
     }
-    Ok(res)
 }
 
 /// A `/metrics` answer in the Prometheus text format.
@@ -303,14 +340,20 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness from named checks: 200 when all pass, 503 with each check's state otherwise.
 pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> HttpResponse {
+    let (ready, body) = readiness_report(checks);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(status).json(body)
+}
+
+/// Whether every check passed, and the readiness body: `{"status": "ready" | "not_ready",
+/// "checks": {<name>: "ok" | <error>}}`.
+pub fn readiness_report(checks: Vec<(&'static str, Result<(), String>)>) -> (bool, serde_json::Value) {
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
         .map(|(name, r)| (name.to_owned(), serde_json::Value::String(r.err().unwrap_or_else(|| "ok".into()))))
         .collect();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    HttpResponse::build(status)
-        .json(serde_json::json!({"status": if ready {"ready"} else {"not_ready"}, "checks": body}))
+    (ready, serde_json::json!({"status": if ready {"ready"} else {"not_ready"}, "checks": body}))
 }
 
 /// Runs a readiness probe with a bound, so a hung dependency reads as "not ready".

@@ -285,3 +285,56 @@ async fn a_streamed_body_is_not_replayed_after_a_401_but_the_token_is_refreshed_
     assert_eq!(r.status(), StatusCode::OK, "the caller's retry carries the refreshed token");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_may_speak_http2_and_the_proxys_other_routes_answer_in_json() {
+    let app = TestApp::start().await;
+    app.connect("mock", "h2").await;
+    // HTTP/2 by prior knowledge (plain text), as gRPC-style internal clients connect.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let calls = (0..8).map(|i| {
+        h2.post(app.px(&format!("/proxy/mock/h2/echo/{i}")))
+            .header("Authorization", format!("Bearer {}", app.stack.api_key))
+            .body(format!("call {i}"))
+            .send()
+    });
+    for (i, r) in futures_util::future::join_all(calls).await.into_iter().enumerate() {
+        let r = r.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), StatusCode::OK);
+        let echo: Value = r.json().await.unwrap();
+        assert_eq!(echo["body"], format!("call {i}"));
+        assert!(echo["headers"]["authorization"].as_str().unwrap().starts_with("Bearer at_"));
+    }
+    // Health, readiness and metrics answer GET (and HEAD); other methods get a 405 naming them.
+    let r = app.http.post(app.px("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    assert_eq!(r.headers()["x-authbridge-error"], "method_not_allowed");
+    assert_eq!(app.http.head(app.px("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    let r = app.http.get(app.px("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "not_found");
+    // Every request is counted by route pattern, never by path as sent.
+    let text = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"route="/proxy/{provider}/{connection_id}/{path}",status="200""#), "{text}");
+    assert!(text.contains(r#"route="<unmatched>",status="404""#));
+    assert!(!text.contains("/proxy/mock/h2"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_proxy_lets_calls_in_flight_finish_then_refuses_connections() {
+    let app = TestApp::start().await;
+    app.connect("mock", "drain").await;
+    app.mock_control(mock_provider::Control { api_delay_ms: 1500, ..Default::default() });
+    let in_flight = tokio::spawn(app.proxy(reqwest::Method::GET, "mock/drain/slow").send());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await; // it has reached the provider
+    let addr = app.stack.proxy.addr;
+    let stopped = tokio::spawn(app.stop());
+    let r = in_flight.await.unwrap().expect("the call in flight is answered, not cut");
+    assert_eq!(r.status(), StatusCode::OK);
+    stopped.await.unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "a stopped proxy accepts no connections");
+}

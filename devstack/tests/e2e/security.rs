@@ -295,6 +295,9 @@ async fn the_gateway_and_the_proxy_can_serve_https_themselves() {
         assert!(base.starts_with("https://"), "{base}");
         let r = https.get(format!("{base}/healthz")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{base}");
+        // The proxy offers HTTP/2 by ALPN (one connection carries a caller's concurrent calls).
+        let expected = if base == app.stack.proxy.url() { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 };
+        assert_eq!(r.version(), expected, "{base}");
         let plain = base.replacen("https://", "http://", 1);
         assert!(app
             .http

@@ -1,0 +1,354 @@
+//! The proxy's HTTP server: hyper's, on worker threads that each run a single-threaded runtime.
+//!
+//! The proxy sits on its callers' hot path, so its server is built from parts that do only what
+//! a proxied call needs. Requests arrive and leave in the same `http` types the upstream client
+//! uses, so headers are never converted between two representations, and bodies pass through
+//! as hyper's frames. (The gateway, with its many routes, forms and pages, stays on actix-web.)
+//!
+//! Each worker owns a runtime, an upstream connection pool and a share of the listening socket:
+//! a connection is accepted by whichever worker is free, and stays on that worker's thread,
+//! with its upstream connections, for its whole life. HTTP/1.1 and HTTP/2 are served, over
+//! plain TCP (HTTP/2 by prior knowledge) or TLS (chosen by ALPN).
+//!
+//! Routes: `/proxy/…` (see [`crate::forward`]), `/healthz`, `/readyz`, `/metrics`; anything
+//! else is a JSON 404. Errors, metrics, traces and the access log are the same as every other
+//! service's (`shared::http`).
+
+use crate::forward::{self, ResponseBody, Upstream};
+use crate::ProxyState;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use shared::auth::Authenticator;
+use shared::http::{ApiError, ErrorCode};
+use shared::limits::RateLimits;
+use shared::metrics::Registry;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
+
+/// The route label of proxied calls.
+pub const PROXY_ROUTE: &str = "/proxy/{provider}/{connection_id}/{path}";
+
+/// How long a caller has to send a request's head, counted from when the connection starts
+/// waiting for it (so it is also how long an idle kept-alive connection stays open).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a caller has to complete a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every worker shares.
+#[derive(Clone)]
+pub struct Shared {
+    pub state: Arc<ProxyState>,
+    pub metrics: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
+    pub limits: Arc<RateLimits>,
+}
+
+/// One worker: the shared parts and its own upstream connection pool.
+pub struct Worker {
+    pub state: Arc<ProxyState>,
+    pub metrics: Arc<Registry>,
+    pub auth: Arc<Authenticator>,
+    pub limits: Arc<RateLimits>,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Stop accepting; let open connections finish what they are serving (bounded by the grace).
+    Graceful,
+    /// Stop accepting and close every connection now.
+    Now,
+}
+
+/// The running server: its workers and how to stop them.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: watch::Sender<Stop>,
+    done: Vec<oneshot::Receiver<()>>,
+}
+
+/// Runs tasks on the worker's own thread: a worker's connections, and the HTTP/2 streams they
+/// carry, hold its (unshared, unlocked) upstream pool.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// A listening socket for `bind` (`host:port`; port 0 picks a free one).
+pub fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = bind
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{bind}` names no address")))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(1024)?.into_std()?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+impl Server {
+    /// Starts `workers` worker threads serving `listener`, over TLS when `tls` is given.
+    pub fn start(
+        shared: Shared,
+        listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        workers: usize,
+        grace: Duration,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(Stop::Running);
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let mut done = Vec::with_capacity(workers);
+        for i in 0..workers.max(1) {
+            let listener = listener.try_clone()?;
+            let (shared, tls, stopped) = (shared.clone(), tls.clone(), stopped.clone());
+            let (finished, on_finish) = oneshot::channel();
+            std::thread::Builder::new().name(format!("api-proxy-http-{i}")).spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start an HTTP worker");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, serve_worker(listener, shared, tls, stopped, grace));
+                // Whatever outlived the grace period ends here, with the worker's upstream pool;
+                // only then is the worker done (and the state it held released).
+                drop(local);
+                drop(rt);
+                let _ = finished.send(());
+            })?;
+            done.push(on_finish);
+        }
+        Ok(Self { addr, stop, done })
+    }
+
+    /// Stops accepting. With `graceful`, requests in flight finish (within the grace period
+    /// given at start) and kept-alive connections are closed once idle; otherwise every
+    /// connection is closed now. Returns when every worker has ended.
+    pub async fn stop(mut self, graceful: bool) {
+        let _ = self.stop.send(if graceful { Stop::Graceful } else { Stop::Now });
+        for done in self.done.drain(..) {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A server dropped without `stop` does not leave its threads serving.
+        if *self.stop.borrow() == Stop::Running {
+            let _ = self.stop.send(Stop::Now);
+        }
+    }
+}
+
+async fn serve_worker(
+    listener: std::net::TcpListener,
+    shared: Shared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stopped: watch::Receiver<Stop>,
+    grace: Duration,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "an HTTP worker cannot listen");
+            return;
+        }
+    };
+    let upstream = match forward::upstream_client(&shared.state.settings) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "an HTTP worker cannot build its upstream client");
+            return;
+        }
+    };
+    let worker = Rc::new(Worker {
+        state: shared.state,
+        metrics: shared.metrics,
+        auth: shared.auth,
+        limits: shared.limits,
+        upstream,
+    });
+    let mut builder = auto::Builder::new(LocalExec);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Rc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::task::spawn_local(serve_connection(
+                    stream,
+                    worker.clone(),
+                    builder.clone(),
+                    tls.clone(),
+                    graceful.watcher(),
+                ));
+            }
+            // Out of file descriptors or memory: wait a little rather than spin.
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) => {
+                tracing::warn!(error = %e, "cannot accept a connection; pausing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "accepting a connection failed"),
+        }
+    }
+    drop(listener);
+    let graceful_stop = *stopped.borrow() == Stop::Graceful;
+    if graceful_stop && tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period are closed");
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    worker: Rc<Worker>,
+    builder: Rc<auto::Builder<LocalExec>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    watcher: Watcher,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let worker = worker.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&worker, req).await) }
+    });
+    let served = match tls {
+        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+        },
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// One request: routed, answered, and recorded as every service records requests.
+async fn handle(worker: &Worker, req: Request<Incoming>) -> Response<ResponseBody> {
+    let start = Instant::now();
+    let path = req.uri().path();
+    let route = match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p if p == "/proxy" || p.starts_with("/proxy/") => PROXY_ROUTE,
+        _ => shared::http::UNMATCHED,
+    };
+    let quiet = shared::http::is_quiet(path);
+    let method = req.method().clone();
+    let span =
+        shared::http::request_span(method.as_str(), quiet, req.headers().get("traceparent").map(|v| v.as_bytes()));
+    let resp = async {
+        let readable = method == Method::GET || method == Method::HEAD;
+        match route {
+            PROXY_ROUTE => forward::proxy(worker, req).await.unwrap_or_else(|e| error_response(&e)),
+            shared::http::UNMATCHED => error_response(&ApiError::new(
+                ErrorCode::NotFound,
+                format!("no route for {method} {}", req.uri().path()),
+            )),
+            _ if !readable => {
+                let mut r = error_response(&ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{route} answers GET and HEAD, not {method}"),
+                ));
+                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                r
+            }
+            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            "/readyz" => readyz(worker).await,
+            _ => metrics(worker),
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    shared::http::record_request(
+        Some(&worker.metrics),
+        &span,
+        method.as_str(),
+        route,
+        resp.status().as_u16(),
+        start.elapsed(),
+        quiet,
+    );
+    resp
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResponseBody> {
+    let mut r = Response::new(Either::Left(Full::new(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
+    full(status, "application/json", body.into())
+}
+
+/// The answer for an error the proxy makes itself (`shared::http::ApiError`: JSON, a stable
+/// code, and the `x-authbridge-error` marker).
+pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(e.code.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = json(status, e.body());
+    for (name, value) in e.headers() {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            r.headers_mut().insert(header::HeaderName::from_static(name), v);
+        }
+    }
+    r
+}
+
+async fn readyz(worker: &Worker) -> Response<ResponseBody> {
+    let core = &worker.state.core;
+    let (ready, body) = shared::http::readiness_report(vec![
+        ("postgres", shared::http::probe(core.store.ping()).await),
+        ("rabbitmq", shared::http::probe(core.broker.ping()).await),
+    ]);
+    json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body.to_string())
+}
+
+fn metrics(worker: &Worker) -> Response<ResponseBody> {
+    use std::sync::atomic::Ordering;
+    let mut out = worker.metrics.render();
+    let c = &worker.state.cache;
+    shared::metrics::gauge(
+        &mut out,
+        "authbridge_token_cache_hits",
+        "Proxied calls served a token from memory.",
+        c.hits.load(Ordering::Relaxed) as f64,
+    );
+    shared::metrics::gauge(
+        &mut out,
+        "authbridge_token_cache_misses",
+        "Proxied calls that read the token from the database.",
+        c.misses.load(Ordering::Relaxed) as f64,
+    );
+    shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
+    full(StatusCode::OK, "text/plain; version=0.0.4", out.into())
+}

@@ -35,17 +35,22 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip(name: &str, connection_listed: &[String]) -> bool {
+fn strip(name: &str, connection_listed: &[header::HeaderName]) -> bool {
     HOP_BY_HOP.contains(&name) || name.starts_with("x-authbridge-") || connection_listed.iter().any(|c| c == name)
 }
 
-/// Header names the `Connection` header values list: hop-by-hop as well.
-fn connection_listed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .filter_map(|v| std::str::from_utf8(v).ok())
+/// Header names the `Connection` header lists: hop-by-hop as well. Most messages have no
+/// `Connection` header, or list only `keep-alive` or `close` (which name no header of their
+/// own to strip, or one stripped anyway): those allocate nothing.
+fn connection_listed(headers: &HeaderMap) -> Vec<header::HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| header::HeaderName::from_bytes(t.as_bytes()).ok())
         .collect()
 }
 
@@ -94,10 +99,12 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<http::Uri
         push_escaped(&mut out, query, true);
     }
     let uri = http::Uri::try_from(out).map_err(|_| "the path is not a valid URI path")?;
+    // By construction the tail cannot change the scheme or the authority; checked all the same,
+    // as strings (the base's authority as the catalog normalised it).
+    let authority = &base[url::Position::BeforeUsername..url::Position::AfterPort];
     let same_origin = uri.scheme_str() == Some(base.scheme())
-        && uri.host() == base.host_str()
-        && uri.port_u16() == base.port()
-        && uri.authority().is_some_and(|a| !a.as_str().contains('@'));
+        && uri.authority().is_some_and(|a| a.as_str() == authority)
+        && !authority.contains('@');
     if !same_origin || !uri.path().starts_with(base.path()) {
         return Err("the path leaves the provider's API");
     }
@@ -240,7 +247,7 @@ async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, ApiError> {
 
 /// The headers of the upstream request: the caller's end-to-end headers, our bearer token.
 fn upstream_headers(caller: &HeaderMap, held: bool, token: &Token) -> HeaderMap {
-    let listed = connection_listed(caller.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()));
+    let listed = connection_listed(caller);
     let mut out = HeaderMap::with_capacity(caller.len() + 2);
     for (name, value) in caller {
         let n = name.as_str();
@@ -262,12 +269,10 @@ fn upstream_headers(caller: &HeaderMap, held: bool, token: &Token) -> HeaderMap 
 /// Removes hop-by-hop and authbridge's own headers from a provider's answer, in place; most
 /// answers have none, and are left untouched after one look at their names.
 fn strip_response_headers(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes()));
-    if !headers.keys().any(|k| strip(k.as_str(), &listed)) {
-        return;
-    }
-    let doomed: Vec<header::HeaderName> = headers.keys().filter(|k| strip(k.as_str(), &listed)).cloned().collect();
-    for name in doomed {
+    let listed = connection_listed(headers);
+    // One name at a time: a message holds one or two such headers, if any (a clone of a header
+    // name shares its bytes; nothing is allocated).
+    while let Some(name) = headers.keys().find(|k| strip(k.as_str(), &listed)).cloned() {
         headers.remove(name);
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -78,6 +78,17 @@ impl Lease {
         if !self.tx.is_closed() {
             self.pool.put(self.host, self.tx);
         }
+    }
+}
+
+/// Runs tasks on the worker's own thread, in its `LocalSet`, beside the calls they serve: the
+/// worker's caller connections and its upstream connections are scheduled by one queue.
+#[derive(Clone, Copy)]
+pub struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
     }
 }
 
@@ -207,12 +218,12 @@ impl Pool {
     async fn connect(&self, host: usize, uri: &http::Uri) -> Result<Sender, SendError> {
         let io = self.connector.clone().call(uri.clone()).await.map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            let (tx, conn) = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
                 .handshake(io)
                 .await
                 .map_err(SendError::Handshake)?;
-            tokio::spawn(async move {
+            tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
@@ -221,7 +232,7 @@ impl Pool {
             Ok(Sender::H2(tx))
         } else {
             let (tx, conn) = http1::handshake(io).await.map_err(SendError::Handshake)?;
-            tokio::spawn(async move {
+            tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }

@@ -15,6 +15,7 @@
 //! service's (`shared::http`).
 
 use crate::forward::{self, ResponseBody, Upstream};
+use crate::pool::LocalExec;
 use crate::ProxyState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -75,17 +76,6 @@ pub struct Server {
     pub addr: SocketAddr,
     stop: watch::Sender<Stop>,
     done: Vec<oneshot::Receiver<()>>,
-}
-
-/// Runs tasks on the worker's own thread: a worker's connections, and the HTTP/2 streams they
-/// carry, hold its (unshared, unlocked) upstream pool.
-#[derive(Clone, Copy)]
-struct LocalExec;
-
-impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 /// A listening socket for `bind` (`host:port`; port 0 picks a free one).

@@ -5,9 +5,9 @@
 //! uses, so headers are never converted between two representations, and bodies pass through
 //! as hyper's frames. (The gateway, with its many routes, forms and pages, stays on actix-web.)
 //!
-//! Each worker owns a runtime, an upstream connection pool and a share of the listening socket:
-//! a connection is accepted by whichever worker is free, and stays on that worker's thread,
-//! with its upstream connections, for its whole life. HTTP/1.1 and HTTP/2 are served, over
+//! Each worker owns a runtime and an upstream connection pool. An acceptor hands each new
+//! connection to the worker serving the fewest; it stays on that worker's thread, with its
+//! upstream connections, for its whole life. HTTP/1.1 and HTTP/2 are served, over
 //! plain TCP (HTTP/2 by prior knowledge) or TLS (chosen by ALPN).
 //!
 //! Routes: `/proxy/…` (see [`crate::forward`]), `/healthz`, `/readyz`, `/metrics`; anything
@@ -30,9 +30,10 @@ use shared::limits::RateLimits;
 use shared::metrics::Registry;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 /// The route label of proxied calls.
@@ -94,7 +95,8 @@ pub fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Starts `workers` worker threads serving `listener`, over TLS when `tls` is given.
+    /// Starts `workers` worker threads serving `listener`, over TLS when `tls` is given. Must be
+    /// called within a tokio runtime: the acceptor runs on it.
     pub fn start(
         shared: Shared,
         listener: std::net::TcpListener,
@@ -103,12 +105,17 @@ impl Server {
         grace: Duration,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop, stopped) = watch::channel(Stop::Running);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-        let mut done = Vec::with_capacity(workers);
-        for i in 0..workers.max(1) {
-            let listener = listener.try_clone()?;
-            let (shared, tls, stopped) = (shared.clone(), tls.clone(), stopped.clone());
+        let workers = workers.max(1);
+        let load: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+        let mut done = Vec::with_capacity(workers + 1);
+        let mut queues = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (queue, incoming) = mpsc::unbounded_channel();
+            queues.push(queue);
+            let (shared, tls, stopped, load) = (shared.clone(), tls.clone(), stopped.clone(), load.clone());
             let (finished, on_finish) = oneshot::channel();
             std::thread::Builder::new().name(format!("api-proxy-http-{i}")).spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -119,7 +126,7 @@ impl Server {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, serve_worker(listener, shared, tls, stopped, grace));
+                local.block_on(&rt, serve_worker(incoming, shared, tls, stopped, grace, Load { all: load, mine: i }));
                 // Whatever outlived the grace period ends here, with the worker's upstream pool;
                 // only then is the worker done (and the state it held released).
                 drop(local);
@@ -128,6 +135,12 @@ impl Server {
             })?;
             done.push(on_finish);
         }
+        let (finished, on_finish) = oneshot::channel();
+        tokio::spawn(async move {
+            accept(listener, queues, load, stopped).await;
+            let _ = finished.send(());
+        });
+        done.push(on_finish);
         Ok(Self { addr, stop, done })
     }
 
@@ -151,20 +164,82 @@ impl Drop for Server {
     }
 }
 
+/// How many connections each worker is serving, and which worker this is.
+struct Load {
+    all: Arc<[AtomicUsize]>,
+    mine: usize,
+}
+
+/// Counts one connection against its worker while it is open.
+struct Serving(Rc<Load>);
+
+impl Serving {
+    fn new(load: &Rc<Load>) -> Self {
+        load.all[load.mine].fetch_add(1, Ordering::Relaxed);
+        Self(load.clone())
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.all[self.0.mine].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections and gives each to the worker serving the fewest (the next in turn among
+/// equals). Callers keep connections open for many calls, so how they are spread decides how
+/// the load is spread: left to whichever worker wakes first, a burst of new connections can
+/// land two to one on one worker, whose calls then queue while the other idles.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    load: Arc<[AtomicUsize]>,
+    mut stopped: watch::Receiver<Stop>,
+) {
+    let mut next = 0;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let Ok(stream) = stream.into_std() else { continue };
+                let pick = least_loaded(&load, next);
+                next = (pick + 1) % load.len();
+                // A worker counts a connection when it takes it: count it now, so a burst of
+                // connections is spread before the workers have seen any of it.
+                load[pick].fetch_add(1, Ordering::Relaxed);
+                if queues[pick].send(stream).is_err() {
+                    load[pick].fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            // Out of file descriptors or memory: wait a little rather than spin.
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) => {
+                tracing::warn!(error = %e, "cannot accept a connection; pausing");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "accepting a connection failed"),
+        }
+    }
+}
+
+/// The worker serving the fewest connections; among equals, the first from `next` on.
+fn least_loaded(load: &[AtomicUsize], next: usize) -> usize {
+    let n = load.len();
+    (0..n).map(|k| (next + k) % n).min_by_key(|&w| load[w].load(Ordering::Relaxed)).unwrap_or(0)
+}
+
 async fn serve_worker(
-    listener: std::net::TcpListener,
+    mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     shared: Shared,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stopped: watch::Receiver<Stop>,
     grace: Duration,
+    load: Load,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "an HTTP worker cannot listen");
-            return;
-        }
-    };
     let upstream = match forward::upstream_client(&shared.state.settings) {
         Ok(u) => u,
         Err(e) => {
@@ -179,37 +254,38 @@ async fn serve_worker(
         limits: shared.limits,
         upstream,
     });
+    let load = Rc::new(load);
     let mut builder = auto::Builder::new(LocalExec);
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let builder = Rc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
-        let accepted = tokio::select! {
+        let stream = tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            accepted = listener.accept() => accepted,
+            stream = incoming.recv() => match stream {
+                Some(s) => s,
+                None => break,
+            },
         };
-        match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
+        // The acceptor counted it already; from here the connection's own guard does.
+        load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
+        let serving = Serving::new(&load);
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => {
                 tokio::task::spawn_local(serve_connection(
                     stream,
                     worker.clone(),
                     builder.clone(),
                     tls.clone(),
                     graceful.watcher(),
+                    serving,
                 ));
             }
-            // Out of file descriptors or memory: wait a little rather than spin.
-            Err(e) if matches!(e.raw_os_error(), Some(23 | 24 | 12 | 105)) => {
-                tracing::warn!(error = %e, "cannot accept a connection; pausing");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => tracing::debug!(error = %e, "accepting a connection failed"),
+            Err(e) => tracing::warn!(error = %e, "cannot take over an accepted connection"),
         }
     }
-    drop(listener);
     let graceful_stop = *stopped.borrow() == Stop::Graceful;
     if graceful_stop && tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the shutdown grace period are closed");
@@ -222,6 +298,7 @@ async fn serve_connection(
     builder: Rc<auto::Builder<LocalExec>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     watcher: Watcher,
+    _serving: Serving,
 ) {
     let service = hyper::service::service_fn(move |req| {
         let worker = worker.clone();
@@ -341,4 +418,28 @@ fn metrics(worker: &Worker) -> Response<ResponseBody> {
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
     full(StatusCode::OK, "text/plain; version=0.0.4", out.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_connections_go_to_the_least_loaded_worker_and_in_turn_among_equals() {
+        let load: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let mut next = 0;
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let w = least_loaded(&load, next);
+            load[w].fetch_add(1, Ordering::Relaxed);
+            next = (w + 1) % load.len();
+            order.push(w);
+        }
+        assert_eq!(order, [0, 1, 2, 0, 1, 2]);
+        // Worker 1's connections close: the next two go to it.
+        load[1].store(0, Ordering::Relaxed);
+        assert_eq!(least_loaded(&load, next), 1);
+        load[1].fetch_add(1, Ordering::Relaxed);
+        assert_eq!(least_loaded(&load, 2), 1);
+    }
 }

@@ -47,14 +47,14 @@ def cpu_per_request(name):
     return (after - before) / tck / ok * 1e6 if ok else None
 
 
+SERVER = "HTTP server (hyper): request parsing, response encoding, connection I/O"
+CLIENT = "upstream client (hyper): request encoding, response parsing, pool"
 PARTS = [  # (part, frame prefixes): a sample belongs to the innermost frame that names a part
-    ("upstream client (hyper): request encoding, response parsing, pool", ("hyper::", "hyper_util::", "h2::")),
-    ("authbridge: metrics and access log", ("shared::metrics", "shared::http::track_requests")),
+    ("hyper", ("hyper::", "<hyper::", "hyper_util::", "<hyper_util::", "h2::", "<h2::")),
+    ("authbridge: metrics and access log",
+     ("shared::metrics", "shared::http::track_requests", "shared::http::record_request", "shared::http::request_span")),
     ("authbridge: key check, token cache, URL and header rewriting",
      ("api_proxy::", "<api_proxy::", "shared::auth", "<shared::auth", "shared::limits", "shared::telemetry")),
-    ("server (actix-web): request parsing, routing, response encoding",
-     ("actix_http::", "<actix_http::", "actix_web::", "<actix_web::", "actix_router::", "actix_server::",
-      "<actix_server::", "actix_service::", "<actix_service::")),
 ]
 
 
@@ -75,6 +75,12 @@ def classify(path):
             c = "other (runtime, allocator outside the parts above, unattributed stacks)"
             for f in reversed(frames):
                 hit = next((name for name, prefixes in PARTS if f.lstrip().startswith(prefixes)), None)
+                if hit == "hyper":
+                    # The same hyper code serves callers and calls providers: the task it runs in
+                    # tells which (the pool's connection tasks and sends are the client's).
+                    upstream = ("api_proxy::pool::Pool::", "api_proxy::forward::send")
+                    c = CLIENT if any(g.lstrip().startswith(upstream) for g in frames) else SERVER
+                    break
                 if hit:
                     c = hit
                     break

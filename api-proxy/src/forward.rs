@@ -4,7 +4,7 @@
 //! call, and every layer above hyper re-parsed the URL and copied the request once more.
 
 use crate::cache::Token;
-use crate::pool::{Lease, SendError};
+use crate::pool::{SendError, UpBody};
 use crate::server::Worker;
 use crate::ProxyState;
 use bytes::Bytes;
@@ -286,7 +286,7 @@ async fn send(
     body: &mut Outbound,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
-) -> Result<(Response<Incoming>, Option<Lease>), ApiError> {
+) -> Result<Response<UpBody>, ApiError> {
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
@@ -323,54 +323,29 @@ async fn send(
 }
 
 /// The provider's response body, passed to the caller frame by frame as it arrives, within the
-/// call's deadline. Once it has been read to its end, the connection it came on goes back to
-/// the pool.
+/// call's deadline. (Its connection goes back to the pool when it has been read to its end.)
 pub struct RelayBody {
-    body: Incoming,
+    body: UpBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    lease: Option<Lease>,
-}
-
-impl RelayBody {
-    fn give_back(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
-        }
-    }
-}
-
-impl Drop for RelayBody {
-    fn drop(&mut self) {
-        // An answer with no body (HEAD, 204, 304) may never be polled, nor one whose last frame
-        // ended it; one cut short is not reusable (its connection is closed by dropping the lease).
-        if self.body.is_end_stream() {
-            self.give_back();
-        }
-    }
 }
 
 impl Body for RelayBody {
     type Data = Bytes;
-    type Error = std::io::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
-            Poll::Ready(None) => {
-                this.give_back();
-                Poll::Ready(None)
-            }
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(std::io::Error::new(
+                    return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the provider's API did not finish its answer in time",
-                    ))));
+                    )))));
                 }
                 Poll::Pending
             }
+            ready => ready,
         }
     }
 
@@ -388,15 +363,12 @@ pub type ResponseBody = Either<Full<Bytes>, RelayBody>;
 
 /// The provider's answer as the caller gets it: status, end-to-end headers (`Content-Length`
 /// included: for a HEAD or 304 answer it describes the representation, RFC 9110 §8.6) and body.
-fn relay(
-    (resp, lease): (Response<Incoming>, Option<Lease>),
-    deadline: Pin<Box<tokio::time::Sleep>>,
-) -> Response<ResponseBody> {
+fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
     parts.version = http::Version::default();
     strip_response_headers(&mut parts.headers);
-    Response::from_parts(parts, Either::Right(RelayBody { body, deadline, lease }))
+    Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
 }
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
@@ -443,7 +415,7 @@ pub async fn proxy(worker: &Worker, req: Request<Incoming>) -> Result<Response<R
     let (version, token) = token_for(state, provider_id, connection_id).await?;
     let upstream = &worker.upstream;
     let resp = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &token, &mut deadline).await?;
-    let status = resp.0.status();
+    let status = resp.status();
     let count = |status: u16| {
         worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
             format!("provider=\"{provider_id}\",upstream_status=\"{status}\"")
@@ -469,8 +441,8 @@ pub async fn proxy(worker: &Worker, req: Request<Incoming>) -> Result<Response<R
             }
             let fresh = Token::new(fresh)?;
             let retried = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &fresh, &mut deadline).await?;
-            count(retried.0.status().as_u16());
-            span.record("upstream_status", retried.0.status().as_u16());
+            count(retried.status().as_u16());
+            span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried, deadline))
         }
         Outcome::NeedsReauth { reason } => Err(proxy_error(
@@ -498,6 +470,11 @@ pub fn upstream_client(settings: &crate::Settings) -> Result<Upstream, String> {
 pub fn upstream_client_with(timeout: std::time::Duration) -> Result<Upstream, String> {
     use rustls_platform_verifier::ConfigVerifierExt;
     let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| format!("TLS roots: {e}"))?;
+    Ok(upstream_client_tls(timeout, tls))
+}
+
+/// The client with the given TLS configuration (tests trust their own CA with it).
+pub fn upstream_client_tls(timeout: std::time::Duration, tls: rustls::ClientConfig) -> Upstream {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -508,7 +485,7 @@ pub fn upstream_client_with(timeout: std::time::Duration) -> Result<Upstream, St
         .enable_http1()
         .enable_http2()
         .wrap_connector(tcp);
-    Ok(crate::pool::Pool::new(connector, 256, std::time::Duration::from_secs(90)))
+    crate::pool::Pool::new(connector, 256, std::time::Duration::from_secs(90))
 }
 
 #[cfg(test)]

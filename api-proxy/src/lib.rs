@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod forward;
+pub mod h1;
 pub mod pool;
 pub mod server;
 pub mod settings;

@@ -2,20 +2,24 @@
 //!
 //! Each HTTP worker is a single-threaded runtime, so its pool needs no lock: connections are
 //! taken and given back on the worker's own thread. HTTP/1.1 connections carry one call at a
-//! time and go back to the pool the moment the provider's answer has been read to its end (by
-//! the body relayed to the caller, which holds a [`Lease`]); an HTTP/2 connection (negotiated by
-//! ALPN over TLS) is shared by all calls to its host. A connection that the provider closed while
-//! idle is noticed when it is taken, or, if it closes as the request is handed over, the
-//! request (not yet written) is sent on a fresh connection.
+//! time, spoken by our own client ([`crate::h1`]) in the call's task, and go back to the pool
+//! the moment the provider's answer has been read to its end; an HTTP/2 connection (negotiated
+//! by ALPN over TLS) is shared by all calls to its host (hyper). A connection that the provider
+//! closed while idle is noticed when it is taken. A call whose body streams from the caller
+//! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
 use crate::forward::UpstreamBody;
-use hyper::body::Incoming;
+use crate::h1::{CallError, Conn, RawBody};
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::cell::RefCell;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
@@ -27,12 +31,12 @@ pub enum SendError {
     #[error("HTTP handshake: {0}")]
     Handshake(hyper::Error),
     #[error("the call failed: {0}")]
-    Call(hyper::Error),
+    Call(Box<dyn std::error::Error + Send + Sync>),
     /// A kept-alive connection failed after the request was handed to it and before an answer
     /// arrived: most often the provider closed it while idle, just as the request went out. The
     /// request may have reached the provider; only an idempotent one may be sent again.
     #[error("a kept-alive connection failed: {0}")]
-    Reused(hyper::Error),
+    Reused(Box<dyn std::error::Error + Send + Sync>),
     #[error("CONNECT is not forwarded")]
     MethodConnect,
     #[error("{0}")]
@@ -46,7 +50,7 @@ struct Host {
     /// The `Host` header for HTTP/1.1 calls (the authority; default ports are never in it,
     /// because base URLs are normalised by the catalog).
     host_header: http::HeaderValue,
-    idle: Vec<(http1::SendRequest<UpstreamBody>, Instant)>,
+    idle: Vec<(Conn, Instant)>,
     h2: Option<http2::SendRequest<UpstreamBody>>,
 }
 
@@ -63,24 +67,6 @@ pub struct Pool {
     idle_timeout: Duration,
 }
 
-/// An HTTP/1.1 connection lent to one call; [`Lease::release`] gives it back.
-pub struct Lease {
-    pool: Pool,
-    host: usize,
-    tx: http1::SendRequest<UpstreamBody>,
-}
-
-impl Lease {
-    /// Gives the connection back once the answer has been read to its end. hyper may not have
-    /// turned it around for the next request yet (the body can end before the connection's task
-    /// has seen the end of the message); [`Pool::take`] only hands out connections that are ready.
-    pub fn release(self) {
-        if !self.tx.is_closed() {
-            self.pool.put(self.host, self.tx);
-        }
-    }
-}
-
 /// Runs tasks on the worker's own thread, in its `LocalSet`, beside the calls they serve: the
 /// worker's caller connections and its upstream connections are scheduled by one queue.
 #[derive(Clone, Copy)]
@@ -93,8 +79,43 @@ impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
 }
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    /// A kept-alive HTTP/1.1 connection, ours.
+    H1(Conn),
+    /// An HTTP/1.1 connection through hyper, for one call whose body streams.
+    H1Once(http1::SendRequest<UpstreamBody>),
     H2(http2::SendRequest<UpstreamBody>),
+}
+
+/// A provider's answer body, from whichever client carried the call.
+pub enum UpBody {
+    Hyper(Incoming),
+    Raw(RawBody),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::Raw(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::Raw(b) => b.size_hint(),
+        }
+    }
 }
 
 impl Pool {
@@ -103,45 +124,45 @@ impl Pool {
     }
 
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
-    /// Returns the answer's head and, for HTTP/1.1, the lease to give back when its body is read.
-    /// With `fresh_only`, a new connection is opened whatever the pool holds.
+    /// An HTTP/1.1 connection goes back to the pool when the answer's body has been read to its
+    /// end. With `fresh_only`, a new connection is opened whatever the pool holds.
     pub async fn send(
         &self,
         mut req: http::Request<UpstreamBody>,
         fresh_only: bool,
-    ) -> Result<(http::Response<Incoming>, Option<Lease>), SendError> {
+    ) -> Result<http::Response<UpBody>, SendError> {
         if req.method() == http::Method::CONNECT {
             return Err(SendError::MethodConnect);
         }
         let host = self.host_index(req.uri())?;
+        let streamed = matches!(req.body(), http_body_util::Either::Right(_));
         let mut fresh_only = fresh_only;
         loop {
-            let (sender, reused) = match (!fresh_only).then(|| self.take(host)).flatten() {
+            let (sender, reused) = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
                 Some(s) => (s, true),
                 // Boxed: connecting (TCP, TLS, handshake) is the cold path, and its state would
                 // otherwise be part of, and copied with, every call's future.
-                None => (Box::pin(self.connect(host, req.uri())).await?, false),
+                None => (Box::pin(self.connect(host, req.uri(), streamed)).await?, false),
             };
             let (error, back) = match sender {
-                Sender::H1(mut tx) => {
-                    let host_header = self.inner.borrow().hosts[host].host_header.clone();
-                    let origin = origin_form(req.uri());
-                    let absolute = std::mem::replace(req.uri_mut(), origin);
-                    req.headers_mut().insert(http::header::HOST, host_header);
-                    match tx.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, Some(Lease { pool: self.clone(), host, tx }))),
-                        Err(mut e) => {
-                            let back = e.take_message().map(|mut back| {
-                                *back.uri_mut() = absolute;
-                                back.headers_mut().remove(http::header::HOST);
-                                back
-                            });
-                            (e.into_error(), back)
-                        }
-                    }
+                Sender::H1(conn) => {
+                    self.to_origin_form(host, &mut req);
+                    let pool = self.clone();
+                    return match conn.call(req, move |conn| pool.put(host, conn)).await {
+                        Ok(resp) => Ok(resp.map(UpBody::Raw)),
+                        Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
+                        Err(e) => Err(SendError::Call(e.into())),
+                    };
+                }
+                Sender::H1Once(mut tx) => {
+                    self.to_origin_form(host, &mut req);
+                    return match tx.try_send_request(req).await {
+                        Ok(resp) => Ok(resp.map(UpBody::Hyper)),
+                        Err(e) => Err(SendError::Call(e.into_error().into())),
+                    };
                 }
                 Sender::H2(mut tx) => match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, None)),
+                    Ok(resp) => return Ok(resp.map(UpBody::Hyper)),
                     Err(mut e) => {
                         let back = e.take_message();
                         (e.into_error(), back)
@@ -149,16 +170,23 @@ impl Pool {
                 },
             };
             match back {
-                // Never written: the connection had closed while idle. Safe to send again, once,
-                // on a connection of our own making.
+                // Never sent: the shared connection had closed. Safe to send again, once, on a
+                // connection of our own making.
                 Some(back) if reused => {
                     req = back;
                     fresh_only = true;
                 }
-                None if reused => return Err(SendError::Reused(error)),
-                _ => return Err(SendError::Call(error)),
+                None if reused => return Err(SendError::Reused(error.into())),
+                _ => return Err(SendError::Call(error.into())),
             }
         }
+    }
+
+    /// `scheme://authority/path?query` becomes `/path?query` with a `Host` header.
+    fn to_origin_form(&self, host: usize, req: &mut http::Request<UpstreamBody>) {
+        let host_header = self.inner.borrow().hosts[host].host_header.clone();
+        *req.uri_mut() = origin_form(req.uri());
+        req.headers_mut().insert(http::header::HOST, host_header);
     }
 
     fn host_index(&self, uri: &http::Uri) -> Result<usize, SendError> {
@@ -174,8 +202,9 @@ impl Pool {
         Ok(inner.hosts.len() - 1)
     }
 
-    /// A kept-alive connection to the host, if one is open and free.
-    fn take(&self, host: usize) -> Option<Sender> {
+    /// A kept-alive connection to the host, if one is open and free (never for a streamed body
+    /// over HTTP/1.1, which gets a connection of its own).
+    fn take(&self, host: usize, streamed: bool) -> Option<Sender> {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
         // An HTTP/2 connection is shared while it is open; if it cannot take the request after
@@ -186,36 +215,34 @@ impl Pool {
             }
             h.h2 = None;
         }
-        // Most recently used first: it is the one least likely to have been closed. A connection
-        // still finishing its previous answer stays for the next call; closed or long-idle ones
-        // are dropped (which closes them).
+        if streamed {
+            return None;
+        }
+        // Most recently used first: it is the one least likely to have been closed. Closed or
+        // long-idle ones are dropped (which closes them).
         let now = Instant::now();
-        let mut i = h.idle.len();
-        while i > 0 {
-            i -= 1;
-            let (tx, since) = &h.idle[i];
-            if tx.is_closed() || now.duration_since(*since) >= self.idle_timeout {
-                h.idle.remove(i);
-            } else if tx.is_ready() {
-                return Some(Sender::H1(h.idle.remove(i).0));
+        while let Some((mut conn, since)) = h.idle.pop() {
+            if now.duration_since(since) < self.idle_timeout && !conn.is_closed() {
+                return Some(Sender::H1(conn));
             }
         }
         None
     }
 
-    fn put(&self, host: usize, tx: http1::SendRequest<UpstreamBody>) {
+    fn put(&self, host: usize, conn: Conn) {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
         if h.idle.len() >= self.max_idle_per_host {
-            // Drop the longest idle one; dropping its sender closes it.
+            // Drop the longest idle one; dropping it closes it.
             h.idle.remove(0);
         }
-        h.idle.push((tx, Instant::now()));
+        h.idle.push((conn, Instant::now()));
     }
 
-    /// Opens a connection (TCP, TLS where the scheme says so) and shakes hands in the protocol
-    /// the provider chose by ALPN. The connection is driven by a task on this worker.
-    async fn connect(&self, host: usize, uri: &http::Uri) -> Result<Sender, SendError> {
+    /// Opens a connection (TCP, TLS where the scheme says so) and, for HTTP/2 (chosen by the
+    /// provider by ALPN) or a streamed body, shakes hands with hyper; hyper's connections are
+    /// driven by tasks on this worker.
+    async fn connect(&self, host: usize, uri: &http::Uri, streamed: bool) -> Result<Sender, SendError> {
         let io = self.connector.clone().call(uri.clone()).await.map_err(SendError::Connect)?;
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = http2::Builder::new(LocalExec)
@@ -230,14 +257,16 @@ impl Pool {
             });
             self.inner.borrow_mut().hosts[host].h2 = Some(tx.clone());
             Ok(Sender::H2(tx))
-        } else {
+        } else if streamed {
             let (tx, conn) = http1::handshake(io).await.map_err(SendError::Handshake)?;
             tokio::task::spawn_local(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
-            Ok(Sender::H1(tx))
+            Ok(Sender::H1Once(tx))
+        } else {
+            Ok(Sender::H1(Conn::new(TokioIo::new(io))))
         }
     }
 }
@@ -321,15 +350,12 @@ mod tests {
     /// One GET, sent again on a fresh connection if a kept-alive one failed under it, as the
     /// proxy does for idempotent requests.
     async fn call(pool: &Pool, addr: std::net::SocketAddr) -> String {
-        let (resp, lease) = match pool.send(get(addr), false).await {
+        let resp = match pool.send(get(addr), false).await {
             Err(SendError::Reused(_)) => pool.send(get(addr), true).await,
             other => other,
         }
         .expect("the call succeeds");
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        if let Some(lease) = lease {
-            lease.release();
-        }
         String::from_utf8(bytes.to_vec()).unwrap()
     }
 
@@ -390,7 +416,7 @@ mod tests {
             // The request was written, so the pool cannot know whether the provider acted on
             // it: it says so, and the caller decides (the proxy resends idempotent requests).
             assert!(matches!(pool.send(get(addr), false).await, Err(SendError::Reused(_))));
-            let (resp, _) = pool.send(get(addr), true).await.expect("a fresh connection answers");
+            let resp = pool.send(get(addr), true).await.expect("a fresh connection answers");
             assert_eq!(resp.status(), http::StatusCode::OK);
             assert_eq!(accepted.load(Ordering::SeqCst), 2);
         });
@@ -404,6 +430,110 @@ mod tests {
             let req =
                 http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
             assert!(matches!(pool.send(req, false).await, Err(SendError::MethodConnect)));
+        });
+    }
+
+    /// A throw-away CA and a certificate for 127.0.0.1 signed by it (openssl, as the end-to-end
+    /// TLS test makes them): (CA PEM, certificate PEM, key PEM).
+    fn test_certificates() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("authbridge-pool-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out =
+                std::process::Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "1", "-subj", "/CN=pool CA", "-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "req.pem"]].concat());
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+            .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "req.pem",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "cert.pem",
+        ]);
+        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+        let out = (read("ca.pem"), read("cert.pem"), read("key.pem"));
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    }
+
+    #[test]
+    fn calls_to_an_https_provider_reuse_one_tls_connection() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        run(async {
+            let (ca, cert, key) = test_certificates();
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&cert).collect::<Result<_, _>>().unwrap();
+            let key = PrivateKeyDer::from_pem_slice(&key).unwrap();
+            let mut server =
+                rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
+            server.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let count = accepted.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (sock, _) = listener.accept().await.unwrap();
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let mut tls = acceptor.accept(sock).await.unwrap();
+                    tokio::spawn(async move {
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 1024];
+                        loop {
+                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match tls.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            buf.clear();
+                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure").await.unwrap();
+                        }
+                    });
+                }
+            });
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(&ca) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            let pool = crate::forward::upstream_client_tls(Duration::from_secs(5), tls);
+            let get = || {
+                let uri: http::Uri = format!("https://127.0.0.1:{}/v1/x?q=1", addr.port()).parse().unwrap();
+                let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+                http::Request::builder().uri(uri).body(body).unwrap()
+            };
+            for _ in 0..3 {
+                let resp = pool.send(get(), false).await.expect("the call succeeds");
+                assert_eq!(resp.status(), http::StatusCode::OK);
+                assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "secure");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "one TLS connection, kept alive");
         });
     }
 }

@@ -1,0 +1,770 @@
+//! A lean HTTP/1.1 client for one call at a time on a kept-alive connection.
+//!
+//! hyper's client drives each connection from a task of its own and hands requests and answers
+//! to it through channels; on the proxy's hot path that machinery cost more than nginx spends
+//! on a whole request. Here the call writes its request and reads the answer itself, on the
+//! worker's thread, and the answer's body is read from the connection as the caller's side
+//! asks for it.
+//!
+//! Framing is strict (RFC 9112 §6.3), because a pooled connection must never carry a byte of
+//! one answer into the next call: a connection goes back to the pool only when its answer was
+//! framed by `Content-Length` or chunked coding, read exactly to its end with nothing after it,
+//! over HTTP/1.1 without `Connection: close`. Anything else (close-delimited bodies, both
+//! `Transfer-Encoding` and `Content-Length`, HTTP/1.0) is read and the connection is closed.
+//! Malformed heads, lengths or chunks fail the call.
+//!
+//! Used for calls whose body is held in memory (the proxy's common case); bodies streamed from
+//! the caller go through hyper, on a connection of their own.
+
+use crate::forward::UpstreamBody;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// The largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// Bodies up to this size are written in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+/// How much to read at a time.
+const READ_SIZE: usize = 16 * 1024;
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Io for T {}
+
+/// One HTTP/1.1 connection and what has been read from it but not used yet.
+pub struct Conn {
+    io: Box<dyn Io>,
+    buf: BytesMut,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing of an answer arrived: the connection closed or failed after (or while) the request
+    /// was written. On a kept-alive connection this is most often the provider closing it while
+    /// idle just as the request went out.
+    #[error("the connection closed before an answer arrived: {0}")]
+    NoAnswer(std::io::Error),
+    #[error("reading the answer: {0}")]
+    Io(std::io::Error),
+    #[error("malformed answer: {0}")]
+    Malformed(&'static str),
+}
+
+impl Conn {
+    pub fn new(io: impl Io) -> Self {
+        Self { io: Box::new(io), buf: BytesMut::new() }
+    }
+
+    /// Whether the connection can no longer be used: the provider closed it, or sent bytes no
+    /// request asked for. Looks without waiting (a read that would block means "still open").
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        !matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and reads the answer's head. The body is read
+    /// by the returned answer's [`RawBody`], which gives the connection to `done` once the body
+    /// has been read to its end, if the connection can carry another call.
+    pub async fn call(
+        mut self,
+        req: Request<UpstreamBody>,
+        done: impl FnOnce(Conn) + 'static,
+    ) -> Result<Response<RawBody>, CallError> {
+        let head_request = req.method() == Method::HEAD;
+        let (parts, body) = req.into_parts();
+        let body = match body {
+            http_body_util::Either::Left(full) => held_bytes(full),
+            http_body_util::Either::Right(_) => {
+                return Err(CallError::Malformed("a streamed body cannot be sent on this connection"))
+            }
+        };
+        let mut out = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
+        encode_head(&mut out, &parts.method, &parts.uri, &parts.headers, body.len());
+        let inline = body.len() <= INLINE_BODY;
+        if inline {
+            out.extend_from_slice(&body);
+        }
+        let written = async {
+            self.io.write_all(&out).await?;
+            if !inline {
+                self.io.write_all(&body).await?;
+            }
+            self.io.flush().await
+        }
+        .await;
+        if let Err(e) = written {
+            return Err(CallError::NoAnswer(e));
+        }
+        let (head, framing, reusable) = self.read_head(head_request).await?;
+        let mut resp = Response::new(RawBody { conn: None, framing, reusable, done: None });
+        *resp.status_mut() = head.0;
+        *resp.version_mut() = head.1;
+        *resp.headers_mut() = head.2;
+        let body = resp.body_mut();
+        body.conn = Some(self);
+        body.done = Some(Box::new(done));
+        body.finish_if_ended();
+        Ok(resp)
+    }
+
+    async fn read_more(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// The answer's head (interim 1xx answers skipped), its framing, and whether the
+    /// connection may be reused after it.
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+    ) -> Result<((StatusCode, Version, HeaderMap), Framing, bool), CallError> {
+        let mut received = false;
+        loop {
+            if !self.buf.is_empty() {
+                received = true;
+                if let Some((status, version, headers)) = parse_head(&mut self.buf)? {
+                    if status.is_informational() {
+                        if status == StatusCode::SWITCHING_PROTOCOLS {
+                            return Err(CallError::Malformed("101 Switching Protocols was not asked for"));
+                        }
+                        continue; // 100 Continue, 103 Early Hints: the final answer follows
+                    }
+                    let (framing, framed) = framing(status, &headers, head_request)?;
+                    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
+                    return Ok(((status, version, headers), framing, framed && keep_alive));
+                }
+                if self.buf.len() > MAX_HEAD {
+                    return Err(CallError::Malformed("the answer's head is too large"));
+                }
+            }
+            match self.read_more().await {
+                Ok(0) if !received => {
+                    return Err(CallError::NoAnswer(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                Ok(0) => return Err(CallError::Malformed("the connection closed inside the answer's head")),
+                Ok(_) => {}
+                Err(e) if !received => return Err(CallError::NoAnswer(e)),
+                Err(e) => return Err(CallError::Io(e)),
+            }
+        }
+    }
+}
+
+fn held_bytes(full: http_body_util::Full<Bytes>) -> Bytes {
+    // A `Full` yields its one frame at once; polled here without a runtime.
+    let mut full = std::pin::pin!(full);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match full.as_mut().poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// `METHOD /path?query HTTP/1.1`, the headers, and the body's length.
+fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &HeaderMap, body_len: usize) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue; // the framing is ours to state
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body, or a method that defines one (RFC 9110 §8.6: a user agent sends Content-Length
+    // for POST, PUT and PATCH even when the body is empty).
+    if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        use std::fmt::Write;
+        let _ = write!(out, "content-length: {body_len}\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Parses a complete response head off the front of `buf`, if it holds one.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, CallError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(CallError::Malformed("too many header fields")),
+        Err(_) => return Err(CallError::Malformed("the answer's head does not parse")),
+    };
+    let status = resp.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(CallError::Malformed("bad status code"))?;
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(CallError::Malformed("unsupported HTTP version")),
+    };
+    // Header values share the head's bytes instead of being copied: note where each one is,
+    // then split the head off the buffer.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let n = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(n);
+    for &(ns, ne, vs, ve) in &spans[..n] {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| CallError::Malformed("bad header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| CallError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some((status, version, headers)))
+}
+
+/// Whether a header's comma-separated values include `token` (case-insensitive).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// How the answer's body is delimited (RFC 9112 §6.3), and whether that framing lets the
+/// connection carry another call.
+fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Result<(Framing, bool), CallError> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), true));
+    }
+    let lengths = headers.get_all(header::CONTENT_LENGTH);
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim)
+            .unwrap_or("");
+        let framed = !lengths.iter().any(|_| true); // both: read by the coding, then close
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            (Framing::Chunked(Chunk::Size { value: 0, digits: 0, ext: false, cr: false }), framed)
+        } else {
+            (Framing::Close, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in lengths {
+        for part in v.to_str().map_err(|_| CallError::Malformed("bad Content-Length"))?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(CallError::Malformed("bad Content-Length"));
+            }
+            let n: u64 = part.parse().map_err(|_| CallError::Malformed("bad Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(CallError::Malformed("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+#[derive(Debug)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the provider closes the connection.
+    Close,
+    Ended,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    /// Reading a chunk-size line (hex digits, then optional extensions, then CRLF); `cr`: the
+    /// line's CR has been read.
+    Size { value: u64, digits: u8, ext: bool, cr: bool },
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    /// The CRLF after a chunk's data; `cr`: its CR has been read.
+    DataEnd { cr: bool },
+    /// Trailer lines after the last chunk, until an empty line; `line` bytes into the current one.
+    Trailers { line: usize },
+}
+
+/// The body of an answer read by [`Conn::call`], read from the connection as it is polled.
+pub struct RawBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    reusable: bool,
+    done: Option<Box<dyn FnOnce(Conn)>>,
+}
+
+impl RawBody {
+    /// Once the body has ended: gives the connection back if it can carry another call (nothing
+    /// read past the answer), else closes it.
+    fn finish_if_ended(&mut self) {
+        if matches!(self.framing, Framing::Length(0)) {
+            self.framing = Framing::Ended;
+        }
+        if !matches!(self.framing, Framing::Ended) {
+            return;
+        }
+        if let (Some(conn), Some(done)) = (self.conn.take(), self.done.take()) {
+            if self.reusable && conn.buf.is_empty() {
+                done(conn);
+            }
+        }
+    }
+
+    /// The next piece of body already in the buffer, decoding chunked framing; `None` when more
+    /// bytes must be read first (or the body has ended).
+    fn decode(&mut self) -> Result<Option<Bytes>, CallError> {
+        let Some(conn) = self.conn.as_mut() else { return Ok(None) };
+        let buf = &mut conn.buf;
+        loop {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            match &mut self.framing {
+                Framing::Ended => return Ok(None),
+                Framing::Length(left) => {
+                    let n = (*left).min(buf.len() as u64) as usize;
+                    *left -= n as u64;
+                    return Ok(Some(buf.split_to(n).freeze()));
+                }
+                Framing::Close => return Ok(Some(buf.split().freeze())),
+                Framing::Chunked(chunk) => match chunk {
+                    Chunk::Size { value, digits, ext, cr } => {
+                        let b = buf[0];
+                        buf.advance(1);
+                        match b {
+                            b'\n' => {
+                                if *digits == 0 {
+                                    return Err(CallError::Malformed("a chunk without a size"));
+                                }
+                                *chunk = if *value == 0 { Chunk::Trailers { line: 0 } } else { Chunk::Data(*value) };
+                            }
+                            _ if *cr => return Err(CallError::Malformed("a CR not followed by LF")),
+                            b'\r' => *cr = true,
+                            _ if *ext => {} // chunk extensions are ignored
+                            b';' | b' ' | b'\t' if *digits > 0 => *ext = true,
+                            _ => {
+                                let d = (b as char).to_digit(16).ok_or(CallError::Malformed("bad chunk size"))?;
+                                if *digits >= 15 {
+                                    return Err(CallError::Malformed("chunk size too large"));
+                                }
+                                *value = *value * 16 + u64::from(d);
+                                *digits += 1;
+                            }
+                        }
+                    }
+                    Chunk::Data(left) => {
+                        let n = (*left).min(buf.len() as u64) as usize;
+                        *left -= n as u64;
+                        if *left == 0 {
+                            *chunk = Chunk::DataEnd { cr: false };
+                        }
+                        return Ok(Some(buf.split_to(n).freeze()));
+                    }
+                    Chunk::DataEnd { cr } => {
+                        let b = buf[0];
+                        buf.advance(1);
+                        match b {
+                            b'\r' if !*cr => *cr = true,
+                            b'\n' => *chunk = Chunk::Size { value: 0, digits: 0, ext: false, cr: false },
+                            _ => return Err(CallError::Malformed("chunk data longer than its size")),
+                        }
+                    }
+                    Chunk::Trailers { line } => {
+                        let b = buf[0];
+                        buf.advance(1);
+                        match b {
+                            b'\n' if *line == 0 => self.framing = Framing::Ended,
+                            b'\n' => *line = 0,
+                            b'\r' => {}
+                            _ => *line += 1,
+                        }
+                        if matches!(self.framing, Framing::Ended) {
+                            return Ok(None);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl Drop for RawBody {
+    fn drop(&mut self) {
+        // Dropped before its end (the caller went away): the connection is closed with it.
+        self.finish_if_ended();
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.decode() {
+                Ok(Some(data)) => {
+                    this.finish_if_ended();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e))));
+                }
+            }
+            this.finish_if_ended();
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            match conn.poll_read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if matches!(this.framing, Framing::Close) {
+                        this.framing = Framing::Ended;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the provider closed the connection inside the answer's body",
+                    ))));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Ended | Framing::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            Framing::Ended => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+
+    /// What the test provider does for each request on its one connection.
+    enum Step {
+        /// Writes this answer.
+        Answer(&'static [u8]),
+        /// Writes this answer a byte at a time, yielding between bytes.
+        Trickle(&'static [u8]),
+        /// Writes this answer, then closes the connection.
+        AnswerThenClose(&'static [u8]),
+        /// Closes the connection without answering.
+        Close,
+    }
+
+    /// A provider on one connection that reads each request (head and `Content-Length` body)
+    /// and acts out the next step; the requests it read, as bytes.
+    async fn provider(steps: Vec<Step>) -> (std::net::SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            for step in steps {
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                while buf.len() < head_end + len {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                log.lock().unwrap().push(buf.drain(..head_end + len).collect());
+                match step {
+                    Step::Answer(a) => sock.write_all(a).await.unwrap(),
+                    Step::Trickle(a) => {
+                        for b in a {
+                            sock.write_all(&[*b]).await.unwrap();
+                            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                        }
+                    }
+                    Step::AnswerThenClose(a) => {
+                        sock.write_all(a).await.unwrap();
+                        return;
+                    }
+                    Step::Close => return,
+                }
+            }
+            // Keep the connection open until the client is done with it.
+            let _ = sock.read(&mut [0u8; 1]).await;
+        });
+        (addr, seen)
+    }
+
+    fn request(method: Method, body: &'static str) -> Request<UpstreamBody> {
+        let mut req = Request::new(http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(body))));
+        *req.method_mut() = method;
+        *req.uri_mut() = "/v1/x?q=1".parse().unwrap();
+        req.headers_mut().insert(header::HOST, HeaderValue::from_static("api.test"));
+        req
+    }
+
+    /// A connection to `addr` and the slot the pool would keep it in once it is given back.
+    async fn connect(addr: std::net::SocketAddr) -> (Conn, Rc<RefCell<Option<Conn>>>) {
+        (Conn::new(tokio::net::TcpStream::connect(addr).await.unwrap()), Rc::new(RefCell::new(None)))
+    }
+
+    async fn call(
+        conn: Conn,
+        slot: &Rc<RefCell<Option<Conn>>>,
+        req: Request<UpstreamBody>,
+    ) -> (Response<()>, Result<Bytes, String>) {
+        let slot = slot.clone();
+        let resp = conn.call(req, move |c| *slot.borrow_mut() = Some(c)).await.expect("an answer");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string());
+        (Response::from_parts(parts, ()), body)
+    }
+
+    fn run(f: impl std::future::Future<Output = ()>) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    #[test]
+    fn a_length_framed_answer_is_read_exactly_and_the_connection_carries_the_next_call() {
+        run(async {
+            let (addr, seen) = provider(vec![
+                Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello"),
+                Step::Trickle(b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nabc"),
+            ])
+            .await;
+            let (conn, slot) = connect(addr).await;
+            let (resp, body) = call(conn, &slot, request(Method::GET, "")).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(resp.headers()["x-a"], "1");
+            assert_eq!(body.unwrap(), "hello");
+            let mut conn = slot.borrow_mut().take().expect("given back");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(!conn.is_closed(), "an idle connection the provider keeps open is open");
+            let (resp, body) = call(conn, &slot, request(Method::POST, "abc")).await;
+            assert_eq!(resp.status(), StatusCode::CREATED);
+            assert_eq!(body.unwrap(), "abc");
+            assert!(slot.borrow().is_some());
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen[0], b"GET /v1/x?q=1 HTTP/1.1\r\nhost: api.test\r\n\r\n");
+            assert_eq!(seen[1], b"POST /v1/x?q=1 HTTP/1.1\r\nhost: api.test\r\ncontent-length: 3\r\n\r\nabc");
+        });
+    }
+
+    #[test]
+    fn the_body_length_is_ours_to_state_and_empty_posts_say_zero() {
+        run(async {
+            let (addr, seen) = provider(vec![Step::Answer(b"HTTP/1.1 204 No Content\r\n\r\n")]).await;
+            let (conn, slot) = connect(addr).await;
+            let mut req = request(Method::POST, "");
+            req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+            req.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            let (resp, body) = call(conn, &slot, req).await;
+            assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+            assert!(body.unwrap().is_empty());
+            assert!(slot.borrow().is_some());
+            assert_eq!(
+                seen.lock().unwrap()[0],
+                b"POST /v1/x?q=1 HTTP/1.1\r\nhost: api.test\r\ncontent-length: 0\r\n\r\n"
+            );
+        });
+    }
+
+    #[test]
+    fn chunked_answers_are_decoded_with_extensions_and_trailers_even_a_byte_at_a_time() {
+        run(async {
+            let answer: &[u8] =
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+            let (addr, _) = provider(vec![Step::Answer(answer), Step::Trickle(answer)]).await;
+            let (conn, slot) = connect(addr).await;
+            let (_, body) = call(conn, &slot, request(Method::GET, "")).await;
+            assert_eq!(body.unwrap(), "hello world");
+            let conn = slot.borrow_mut().take().expect("given back");
+            let (_, body) = call(conn, &slot, request(Method::GET, "")).await;
+            assert_eq!(body.unwrap(), "hello world");
+            assert!(slot.borrow().is_some());
+        });
+    }
+
+    #[test]
+    fn answers_to_head_and_not_modified_have_no_body_whatever_their_length_says() {
+        run(async {
+            let (addr, _) = provider(vec![
+                Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"),
+                Step::Answer(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n"),
+                Step::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            ])
+            .await;
+            let (conn, slot) = connect(addr).await;
+            let (resp, body) = call(conn, &slot, request(Method::HEAD, "")).await;
+            assert_eq!(resp.headers()["content-length"], "10", "kept: it describes the representation");
+            assert!(body.unwrap().is_empty());
+            let conn = slot.borrow_mut().take().expect("given back at once");
+            let (resp, body) = call(conn, &slot, request(Method::GET, "")).await;
+            assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+            assert!(body.unwrap().is_empty());
+            let conn = slot.borrow_mut().take().expect("given back at once");
+            assert_eq!(call(conn, &slot, request(Method::GET, "")).await.1.unwrap(), "ok");
+        });
+    }
+
+    #[test]
+    fn interim_answers_are_skipped() {
+        run(async {
+            let (addr, _) = provider(vec![Step::Answer(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )])
+            .await;
+            let (conn, slot) = connect(addr).await;
+            let (resp, body) = call(conn, &slot, request(Method::POST, "x")).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            assert_eq!(body.unwrap(), "ok");
+            assert!(slot.borrow().is_some());
+        });
+    }
+
+    #[test]
+    fn connections_whose_framing_cannot_be_trusted_to_end_are_not_reused() {
+        for answer in [
+            // Delimited by the close.
+            &b"HTTP/1.1 200 OK\r\n\r\nuntil close"[..],
+            // Both framings: read by the chunked coding, then closed (RFC 9112 §6.3).
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            // The provider says it will close.
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 3\r\n\r\nabc",
+            // HTTP/1.0.
+            b"HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\nabc",
+            // Bytes after the answer that no request asked for.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n",
+        ] {
+            run(async move {
+                let (addr, _) = provider(vec![Step::AnswerThenClose(answer)]).await;
+                let (conn, slot) = connect(addr).await;
+                let (resp, body) = call(conn, &slot, request(Method::GET, "")).await;
+                assert_eq!(resp.status(), StatusCode::OK);
+                let body = body.unwrap();
+                assert!(body == "abc" || body == "until close", "{body:?}");
+                assert!(slot.borrow().is_none(), "{}", String::from_utf8_lossy(answer));
+            });
+        }
+    }
+
+    #[test]
+    fn malformed_answers_fail_the_call() {
+        for (answer, in_body) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 3, 4\r\n\r\nabc"[..], false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: +3\r\n\r\nabc", false),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabc", false),
+            (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", false),
+            (b"NOT HTTP\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\rabc\r\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffff\r\n", true),
+            // Cut short.
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
+            (b"HTTP/1.1 200 OK\r\ncontent-le", false),
+        ] {
+            run(async move {
+                let (addr, _) = provider(vec![Step::AnswerThenClose(answer)]).await;
+                let (conn, slot) = connect(addr).await;
+                let label = String::from_utf8_lossy(answer).into_owned();
+                match conn.call(request(Method::GET, ""), |_| panic!("a malformed answer's connection is reused")).await
+                {
+                    Err(e) => assert!(!in_body, "{label}: failed at the head: {e}"),
+                    Ok(resp) => {
+                        assert!(in_body, "{label}: the head was accepted");
+                        assert!(resp.into_body().collect().await.is_err(), "{label}: the body was accepted");
+                    }
+                }
+                assert!(slot.borrow().is_none());
+            });
+        }
+    }
+
+    #[test]
+    fn a_connection_closed_before_any_answer_says_so() {
+        run(async {
+            let (addr, _) = provider(vec![Step::Close]).await;
+            let (conn, _) = connect(addr).await;
+            let r = conn.call(request(Method::GET, ""), |_| ()).await;
+            assert!(matches!(r, Err(CallError::NoAnswer(_))), "{:?}", r.err());
+        });
+    }
+
+    #[test]
+    fn an_idle_connection_the_provider_closed_is_seen_as_closed() {
+        run(async {
+            let (addr, _) =
+                provider(vec![Step::AnswerThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")]).await;
+            let (conn, slot) = connect(addr).await;
+            let (_, body) = call(conn, &slot, request(Method::GET, "")).await;
+            assert_eq!(body.unwrap(), "ok");
+            let mut conn = slot.borrow_mut().take().expect("given back: the answer was framed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert!(conn.is_closed());
+        });
+    }
+}

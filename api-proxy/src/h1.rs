@@ -202,9 +202,11 @@ fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &H
 
 /// Parses a complete response head off the front of `buf`, if it holds one.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, CallError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    // Left uninitialised: zeroing room for every possible field on every answer costs more than
+    // parsing the few an answer has.
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(CallError::Malformed("too many header fields")),
@@ -219,16 +221,18 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
     // Header values share the head's bytes instead of being copied: note where each one is,
     // then split the head off the buffer.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let n = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    let spans: Vec<(usize, usize, usize, usize)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        })
+        .collect();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
-    for &(ns, ne, vs, ve) in &spans[..n] {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &(ns, ne, vs, ve) in &spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| CallError::Malformed("bad header name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| CallError::Malformed("bad header value"))?;

@@ -48,9 +48,12 @@ def cpu_per_request(name):
 
 
 SERVER = "HTTP server (hyper): request parsing, response encoding, connection I/O"
-CLIENT = "upstream client (hyper): request encoding, response parsing, pool"
+CLIENT = "upstream client (hyper: HTTP/2, streamed bodies)"
+OURS = "upstream client (ours, HTTP/1.1): request writing, answer parsing, pool"
 PARTS = [  # (part, frame prefixes): a sample belongs to the innermost frame that names a part
     ("hyper", ("hyper::", "<hyper::", "hyper_util::", "<hyper_util::", "h2::", "<h2::")),
+    (OURS,
+     ("api_proxy::h1::", "<api_proxy::h1::", "api_proxy::pool::", "<api_proxy::pool::")),
     ("authbridge: metrics and access log",
      ("shared::metrics", "shared::http::track_requests", "shared::http::record_request", "shared::http::request_span")),
     ("authbridge: key check, token cache, URL and header rewriting",
@@ -78,8 +81,14 @@ def classify(path):
                 if hit == "hyper":
                     # The same hyper code serves callers and calls providers: the task it runs in
                     # tells which (the pool's connection tasks and sends are the client's).
-                    upstream = ("api_proxy::pool::Pool::", "api_proxy::forward::send")
-                    c = CLIENT if any(g.lstrip().startswith(upstream) for g in frames) else SERVER
+                    hyper_client = ("hyper::client::", "dispatch::Client", "h2::client")
+                    ours = ("api_proxy::h1::", "<api_proxy::h1::", "api_proxy::pool::", "api_proxy::forward::send")
+                    if any(h in g for g in frames for h in hyper_client):
+                        c = CLIENT
+                    elif any(g.lstrip().startswith(ours) for g in frames):
+                        c = OURS  # hyper's I/O adapters and connector under our own client
+                    else:
+                        c = SERVER
                     break
                 if hit:
                     c = hit

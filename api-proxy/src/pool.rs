@@ -305,15 +305,31 @@ mod tests {
 
     /// A provider that answers requests with `ok`, counting the connections it accepts.
     async fn provider(mode: Mode) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        provider_over(mode, None).await
+    }
+
+    trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+    /// The same, over TLS when given an acceptor.
+    async fn provider_over(
+        mode: Mode,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
             loop {
-                let (mut sock, _) = listener.accept().await.unwrap();
+                let (tcp, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let mut sock: Box<dyn Stream> = match tls {
+                        Some(acceptor) => Box::new(acceptor.accept(tcp).await.unwrap()),
+                        None => Box::new(tcp),
+                    };
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 1024];
                     for n in 1.. {
@@ -491,31 +507,7 @@ mod tests {
                 rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key).unwrap();
             server.alpn_protocols = vec![b"http/1.1".to_vec()];
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let accepted = Arc::new(AtomicUsize::new(0));
-            let count = accepted.clone();
-            tokio::spawn(async move {
-                loop {
-                    let (sock, _) = listener.accept().await.unwrap();
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let mut tls = acceptor.accept(sock).await.unwrap();
-                    tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 1024];
-                        loop {
-                            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                                match tls.read(&mut chunk).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                                }
-                            }
-                            buf.clear();
-                            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure").await.unwrap();
-                        }
-                    });
-                }
-            });
+            let (addr, accepted) = provider_over(Mode::KeepAlive, Some(acceptor)).await;
             let mut roots = rustls::RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(&ca) {
                 roots.add(c.unwrap()).unwrap();
@@ -523,14 +515,14 @@ mod tests {
             let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
             let pool = crate::forward::upstream_client_tls(Duration::from_secs(5), tls);
             let get = || {
-                let uri: http::Uri = format!("https://127.0.0.1:{}/v1/x?q=1", addr.port()).parse().unwrap();
+                let uri: http::Uri = format!("https://{addr}/v1/x?q=1").parse().unwrap();
                 let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
                 http::Request::builder().uri(uri).body(body).unwrap()
             };
             for _ in 0..3 {
                 let resp = pool.send(get(), false).await.expect("the call succeeds");
                 assert_eq!(resp.status(), http::StatusCode::OK);
-                assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "secure");
+                assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
                 tokio::task::yield_now().await;
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 1, "one TLS connection, kept alive");

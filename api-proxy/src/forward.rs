@@ -188,7 +188,38 @@ impl Body for Streamed {
     }
 }
 
-pub type UpstreamBody = Either<Full<Bytes>, Streamed>;
+/// The body of one upstream attempt: held bytes, sent whole (and handed as they are to our
+/// HTTP/1.1 client), or the caller's body as it streams.
+pub enum UpstreamBody {
+    Held(Option<Bytes>),
+    Streamed(Streamed),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Held(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            UpstreamBody::Streamed(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Held(b) => b.as_ref().is_none_or(Bytes::is_empty),
+            UpstreamBody::Streamed(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Held(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpstreamBody::Streamed(s) => s.size_hint(),
+        }
+    }
+}
 
 impl Outbound {
     /// Whether the body can still be sent (again): a held one always, a streamed one once.
@@ -199,15 +230,15 @@ impl Outbound {
     /// The body for one attempt; a streamed body can be sent only once.
     fn attempt(&mut self) -> Option<UpstreamBody> {
         match self {
-            Outbound::Held(b) => Some(Either::Left(Full::new(b.clone()))),
-            Outbound::Streamed(s) => s.take().map(Either::Right),
+            Outbound::Held(b) => Some(UpstreamBody::Held(Some(b.clone()))),
+            Outbound::Streamed(s) => s.take().map(UpstreamBody::Streamed),
         }
     }
 }
 
 /// Reads the caller's body: held in memory when its length is known and small enough to replay,
 /// else streamed to the provider as it arrives.
-async fn outbound(mut body: Incoming, settings: &crate::Settings) -> Result<Outbound, ApiError> {
+async fn outbound(body: Incoming, settings: &crate::Settings) -> Result<Outbound, ApiError> {
     if body.is_end_stream() {
         return Ok(Outbound::Held(Bytes::new()));
     }
@@ -215,34 +246,21 @@ async fn outbound(mut body: Incoming, settings: &crate::Settings) -> Result<Outb
     let too_large = || proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes"));
     match body.size_hint().exact() {
         Some(n) if n > max => Err(too_large()),
-        Some(n) if n <= settings.retry_body as u64 => read_body(&mut body, max).await.map(Outbound::Held),
+        Some(n) if n <= settings.retry_body as u64 => read_body(body, max).await.map(Outbound::Held),
         _ => Ok(Outbound::Streamed(Some(Streamed { body, sent: 0, max }))),
     }
 }
 
-/// A held body, read to its end (one chunk is kept as it came, without a copy).
-async fn read_body(body: &mut Incoming, max: u64) -> Result<Bytes, ApiError> {
-    let mut first: Option<Bytes> = None;
-    let mut rest = bytes::BytesMut::new();
-    let mut len = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame
-            .map_err(|e| proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
-        len += data.len() as u64;
-        if len > max {
-            return Err(proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes")));
+/// A held body, read to its end within `max` bytes (a body that came in one chunk is kept
+/// without a copy).
+async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, max as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes")))
         }
-        match first.take() {
-            None if rest.is_empty() => first = Some(data),
-            Some(f) => {
-                rest.extend_from_slice(&f);
-                rest.extend_from_slice(&data);
-            }
-            None => rest.extend_from_slice(&data),
-        }
+        Err(e) => Err(proxy_error(ErrorCode::InvalidRequest, format!("could not read the request body: {e}"))),
     }
-    Ok(first.unwrap_or_else(|| rest.freeze()))
 }
 
 /// The headers of the upstream request: the caller's end-to-end headers, our bearer token.
@@ -290,7 +308,7 @@ async fn send(
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let held = matches!(attempt, Either::Left(_));
+        let held = matches!(attempt, UpstreamBody::Held(_));
         let mut request = Request::new(attempt);
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();

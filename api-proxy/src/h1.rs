@@ -87,8 +87,8 @@ impl Conn {
         let head_request = req.method() == Method::HEAD;
         let (parts, body) = req.into_parts();
         let body = match body {
-            http_body_util::Either::Left(full) => held_bytes(full),
-            http_body_util::Either::Right(_) => {
+            UpstreamBody::Held(bytes) => bytes.unwrap_or_default(),
+            UpstreamBody::Streamed(_) => {
                 return Err(CallError::Malformed("a streamed body cannot be sent on this connection"))
             }
         };
@@ -165,16 +165,6 @@ impl Conn {
                 Err(e) => return Err(CallError::Io(e)),
             }
         }
-    }
-}
-
-fn held_bytes(full: http_body_util::Full<Bytes>) -> Bytes {
-    // A `Full` yields its one frame at once; polled here without a runtime.
-    let mut full = std::pin::pin!(full);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    match full.as_mut().poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
-        _ => Bytes::new(),
     }
 }
 
@@ -494,6 +484,7 @@ impl Body for RawBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::run;
     use http_body_util::BodyExt;
     use std::cell::RefCell;
     use std::rc::Rc;
@@ -567,7 +558,7 @@ mod tests {
     }
 
     fn request(method: Method, body: &'static str) -> Request<UpstreamBody> {
-        let mut req = Request::new(http_body_util::Either::Left(http_body_util::Full::new(Bytes::from(body))));
+        let mut req = Request::new(UpstreamBody::Held(Some(Bytes::from(body))));
         *req.method_mut() = method;
         *req.uri_mut() = "/v1/x?q=1".parse().unwrap();
         req.headers_mut().insert(header::HOST, HeaderValue::from_static("api.test"));
@@ -589,11 +580,6 @@ mod tests {
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string());
         (Response::from_parts(parts, ()), body)
-    }
-
-    fn run(f: impl std::future::Future<Output = ()>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, f);
     }
 
     #[test]

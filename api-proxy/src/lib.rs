@@ -9,6 +9,9 @@ pub mod pool;
 pub mod server;
 pub mod settings;
 
+#[cfg(test)]
+mod testing;
+
 pub use settings::Settings;
 
 use shared::core::Core;

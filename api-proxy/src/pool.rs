@@ -135,7 +135,7 @@ impl Pool {
             return Err(SendError::MethodConnect);
         }
         let host = self.host_index(req.uri())?;
-        let streamed = matches!(req.body(), http_body_util::Either::Right(_));
+        let streamed = matches!(req.body(), UpstreamBody::Streamed(_));
         let mut fresh_only = fresh_only;
         loop {
             let (sender, reused) = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
@@ -250,25 +250,26 @@ impl Pool {
                 .handshake(io)
                 .await
                 .map_err(SendError::Handshake)?;
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+            drive(conn, "HTTP/2");
             self.inner.borrow_mut().hosts[host].h2 = Some(tx.clone());
             Ok(Sender::H2(tx))
         } else if streamed {
             let (tx, conn) = http1::handshake(io).await.map_err(SendError::Handshake)?;
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
+            drive(conn, "HTTP/1.1");
             Ok(Sender::H1Once(tx))
         } else {
             Ok(Sender::H1(Conn::new(TokioIo::new(io))))
         }
     }
+}
+
+/// Drives one of hyper's connections on this worker until it ends.
+fn drive(conn: impl std::future::Future<Output = Result<(), hyper::Error>> + 'static, protocol: &'static str) {
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, protocol, "upstream connection ended");
+        }
+    });
 }
 
 /// `scheme://authority/path?query` as HTTP/1.1 sends it: `/path?query`.
@@ -286,6 +287,7 @@ fn origin_form(uri: &http::Uri) -> http::Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::run;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -359,7 +361,7 @@ mod tests {
 
     fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {
         let uri: http::Uri = format!("http://{addr}/v1/x?q=1").parse().unwrap();
-        let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+        let body = UpstreamBody::Held(None);
         http::Request::builder().uri(uri).body(body).unwrap()
     }
 
@@ -373,11 +375,6 @@ mod tests {
         .expect("the call succeeds");
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    fn run(f: impl std::future::Future<Output = ()>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        tokio::task::LocalSet::new().block_on(&rt, f);
     }
 
     #[test]
@@ -442,7 +439,7 @@ mod tests {
     fn connect_is_refused_before_any_connection_is_made() {
         run(async {
             let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
-            let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+            let body = UpstreamBody::Held(None);
             let req =
                 http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
             assert!(matches!(pool.send(req, false).await, Err(SendError::MethodConnect)));
@@ -516,7 +513,7 @@ mod tests {
             let pool = crate::forward::upstream_client_tls(Duration::from_secs(5), tls);
             let get = || {
                 let uri: http::Uri = format!("https://{addr}/v1/x?q=1").parse().unwrap();
-                let body = http_body_util::Either::Left(http_body_util::Full::new(bytes::Bytes::new()));
+                let body = UpstreamBody::Held(None);
                 http::Request::builder().uri(uri).body(body).unwrap()
             };
             for _ in 0..3 {

@@ -4,6 +4,7 @@
 //! call, and every layer above hyper re-parsed the URL and copied the request once more.
 
 use crate::cache::Token;
+use crate::h1_server::CallerBody;
 use crate::pool::{SendError, UpBody};
 use crate::server::Worker;
 use crate::ProxyState;
@@ -238,12 +239,17 @@ impl Outbound {
 
 /// Reads the caller's body: held in memory when its length is known and small enough to replay,
 /// else streamed to the provider as it arrives.
-async fn outbound(body: Incoming, settings: &crate::Settings) -> Result<Outbound, ApiError> {
+async fn outbound(body: CallerBody, settings: &crate::Settings) -> Result<Outbound, ApiError> {
+    let max = settings.max_body as u64;
+    let too_large = || proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes"));
+    let body = match body {
+        CallerBody::Held(b) if b.len() as u64 > max => return Err(too_large()),
+        CallerBody::Held(b) => return Ok(Outbound::Held(b)),
+        CallerBody::Streaming(b) => b,
+    };
     if body.is_end_stream() {
         return Ok(Outbound::Held(Bytes::new()));
     }
-    let max = settings.max_body as u64;
-    let too_large = || proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes"));
     match body.size_hint().exact() {
         Some(n) if n > max => Err(too_large()),
         Some(n) if n <= settings.retry_body as u64 => read_body(body, max).await.map(Outbound::Held),
@@ -391,7 +397,7 @@ fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>) -> Resp
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`
 #[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
-pub async fn proxy(worker: &Worker, req: Request<Incoming>) -> Result<Response<ResponseBody>, ApiError> {
+pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, body) = req.into_parts();
     let presented =
         parts.headers.get(header::AUTHORIZATION).and_then(|v| shared::http::bearer_credential(v.as_bytes()));

@@ -210,31 +210,62 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
         Some(0) => Version::HTTP_10,
         _ => return Err(CallError::Malformed("unsupported HTTP version")),
     };
-    // Header values share the head's bytes instead of being copied: note where each one is,
-    // then split the head off the buffer.
+    let spans = field_spans(buf, resp.headers);
+    let head = buf.split_to(len).freeze();
+    let headers = header_map(&head, &spans).map_err(CallError::Malformed)?;
+    Ok(Some((status, version, headers)))
+}
+
+/// Where a parsed head's fields are in `buf` (name start and end, value start and end).
+pub(crate) type Spans = Vec<(usize, usize, usize, usize)>;
+
+/// Header values share the head's bytes instead of being copied: the parser's fields are noted
+/// as offsets into `buf`, so the head can be split off the buffer and sliced.
+pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
     let base = buf.as_ptr() as usize;
-    let spans: Vec<(usize, usize, usize, usize)> = resp
-        .headers
+    fields
         .iter()
         .map(|h| {
             let name = h.name.as_ptr() as usize - base;
             let value = h.value.as_ptr() as usize - base;
             (name, name + h.name.len(), value, value + h.value.len())
         })
-        .collect();
-    let head = buf.split_to(len).freeze();
+        .collect()
+}
+
+/// The header map of a head split off the buffer, its values sharing the head's bytes.
+pub(crate) fn header_map(head: &Bytes, spans: &Spans) -> Result<HeaderMap, &'static str> {
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for &(ns, ne, vs, ve) in &spans {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| CallError::Malformed("bad header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| CallError::Malformed("bad header value"))?;
+    for &(ns, ne, vs, ve) in spans {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
         headers.append(name, value);
     }
-    Ok(Some((status, version, headers)))
+    Ok(headers)
+}
+
+/// The message's `Content-Length`, if it has one: every value (a list, or repeated fields) must
+/// be the same plain decimal number (RFC 9112 §6.3), else the message is refused.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().map_err(|_| "bad Content-Length")?.split(',') {
+            let part = part.trim();
+            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("bad Content-Length");
+            }
+            let n: u64 = part.parse().map_err(|_| "bad Content-Length")?;
+            if length.is_some_and(|l| l != n) {
+                return Err("conflicting Content-Length values");
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
 }
 
 /// Whether a header's comma-separated values include `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
@@ -266,21 +297,7 @@ fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Resul
             (Framing::Close, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for v in lengths {
-        for part in v.to_str().map_err(|_| CallError::Malformed("bad Content-Length"))?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(CallError::Malformed("bad Content-Length"));
-            }
-            let n: u64 = part.parse().map_err(|_| CallError::Malformed("bad Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(CallError::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match content_length(headers).map_err(CallError::Malformed)? {
         Some(n) => (Framing::Length(n), true),
         None => (Framing::Close, false),
     })

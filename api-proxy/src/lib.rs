@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod forward;
 pub mod h1;
+pub mod h1_server;
 pub mod pool;
 pub mod server;
 pub mod settings;

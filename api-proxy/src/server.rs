@@ -1,9 +1,11 @@
-//! The proxy's HTTP server: hyper's, on worker threads that each run a single-threaded runtime.
+//! The proxy's HTTP server, on worker threads that each run a single-threaded runtime.
 //!
 //! The proxy sits on its callers' hot path, so its server is built from parts that do only what
-//! a proxied call needs. Requests arrive and leave in the same `http` types the upstream client
-//! uses, so headers are never converted between two representations, and bodies pass through
-//! as hyper's frames. (The gateway, with its many routes, forms and pages, stays on actix-web.)
+//! a proxied call needs. HTTP/1.1 requests with small or no bodies, the common case, are served
+//! by our own connection code ([`crate::h1_server`]); streamed bodies, `Expect` and HTTP/2 by
+//! hyper. Requests arrive and leave in the same `http` types the upstream client uses, so
+//! headers are never converted between two representations. (The gateway, with its many
+//! routes, forms and pages, stays on actix-web.)
 //!
 //! Each worker owns a runtime and an upstream connection pool. An acceptor hands each new
 //! connection to the worker serving the fewest; it stays on that worker's thread, with its
@@ -15,15 +17,11 @@
 //! service's (`shared::http`).
 
 use crate::forward::{self, ResponseBody, Upstream};
-use crate::pool::LocalExec;
+use crate::h1_server::{self, CallerBody, Stopping};
 use crate::ProxyState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use shared::auth::Authenticator;
 use shared::http::{ApiError, ErrorCode};
 use shared::limits::RateLimits;
@@ -170,19 +168,23 @@ struct Load {
     mine: usize,
 }
 
-/// Counts one connection against its worker while it is open.
-struct Serving(Rc<Load>);
+/// Counts one connection against its worker while it is open; the worker's graceful stop waits
+/// until every `alive` sender is gone.
+struct Serving {
+    load: Rc<Load>,
+    _alive: mpsc::Sender<()>,
+}
 
 impl Serving {
-    fn new(load: &Rc<Load>) -> Self {
+    fn new(load: &Rc<Load>, alive: &mpsc::Sender<()>) -> Self {
         load.all[load.mine].fetch_add(1, Ordering::Relaxed);
-        Self(load.clone())
+        Self { load: load.clone(), _alive: alive.clone() }
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.0.all[self.0.mine].fetch_sub(1, Ordering::Relaxed);
+        self.load.all[self.load.mine].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -255,11 +257,10 @@ async fn serve_worker(
         upstream,
     });
     let load = Rc::new(load);
-    let mut builder = auto::Builder::new(LocalExec);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Rc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let options =
+        Rc::new(h1_server::Options { head_timeout: HEAD_TIMEOUT, held_body: worker.state.settings.retry_body });
+    let stopping = Rc::new(Stopping::default());
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         let stream = tokio::select! {
             biased;
@@ -271,54 +272,57 @@ async fn serve_worker(
         };
         // The acceptor counted it already; from here the connection's own guard does.
         load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
-        let serving = Serving::new(&load);
+        let serving = Serving::new(&load, &alive);
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
                 tokio::task::spawn_local(serve_connection(
                     stream,
                     worker.clone(),
-                    builder.clone(),
+                    options.clone(),
                     tls.clone(),
-                    graceful.watcher(),
+                    stopping.clone(),
                     serving,
                 ));
             }
             Err(e) => tracing::warn!(error = %e, "cannot take over an accepted connection"),
         }
     }
-    let graceful_stop = *stopped.borrow() == Stop::Graceful;
-    if graceful_stop && tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period are closed");
+    if *stopped.borrow() == Stop::Graceful {
+        stopping.stop();
+        drop(alive);
+        if tokio::time::timeout(grace, all_closed.recv()).await.is_err() {
+            tracing::warn!("connections still open after the shutdown grace period are closed");
+        }
     }
 }
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     worker: Rc<Worker>,
-    builder: Rc<auto::Builder<LocalExec>>,
+    options: Rc<h1_server::Options>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    watcher: Watcher,
+    stopping: Rc<Stopping>,
     _serving: Serving,
 ) {
-    let service = hyper::service::service_fn(move |req| {
+    let handler = move |req| {
         let worker = worker.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&worker, req).await) }
-    });
-    let served = match tls {
-        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-            Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-            Err(_) => return tracing::debug!("TLS handshake timed out"),
-        },
+        async move { handle(&worker, req).await }
     };
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "connection ended with an error");
+    match tls {
+        None => h1_server::serve(stream, false, handler, options, stopping).await,
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                h1_server::serve(stream, h2, handler, options, stopping).await
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        },
     }
 }
 
 /// One request: routed, answered, and recorded as every service records requests.
-async fn handle(worker: &Worker, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseBody> {
     let start = Instant::now();
     let path = req.uri().path();
     let route = match path {

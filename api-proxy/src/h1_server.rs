@@ -1,0 +1,1155 @@
+//! The proxy's HTTP/1.1 server connection, for the calls it serves most.
+//!
+//! hyper's server connection cost about a third of the proxy's own CPU per call: a state
+//! machine general enough for every kind of request, timers registered per request, and
+//! encoding through several layers. This one serves the common case directly: requests whose
+//! body is empty or of a known, small length (read whole before the call, as the proxy holds
+//! such bodies anyway to retry them), answered in one write when the answer is at hand.
+//!
+//! Everything else is handed to hyper, which serves the connection from that request on, with
+//! the bytes already read given back to it: bodies in chunked coding or too large to hold,
+//! `Expect` (100-continue), and HTTP/2 (the client's preface, or ALPN `h2` over TLS, decided by
+//! the caller of [`serve`]).
+//!
+//! Parsing is strict, as a front end's must be against request smuggling (RFC 9112 §6.3, §11.2):
+//! a request with both `Transfer-Encoding` and `Content-Length`, with `Transfer-Encoding` in
+//! HTTP/1.0, with differing or malformed lengths, or (in HTTP/1.1) without exactly one `Host`
+//! is answered 400 and the connection closed, as is any head that does not parse. A connection
+//! is kept alive only when both sides can tell where every message ends.
+
+use crate::h1::{content_length, field_spans, has_token, header_map, Io};
+use crate::pool::LocalExec;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// The largest request head accepted (431 past it).
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a request head (431 past it).
+const MAX_HEADERS: usize = 100;
+/// Room made for a read of a request head; most are far smaller.
+const READ_SIZE: usize = 4 * 1024;
+/// Answer bodies up to this size are copied in with the head (or the chunks before them) and
+/// written in one call; larger ones are written on their own.
+const INLINE_BODY: usize = 16 * 1024;
+/// What HTTP/2's client preface starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How connections are served.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How long a caller has to send a request's head and a held body, counted from when the
+    /// connection starts waiting for it (so also how long an idle kept-alive connection stays).
+    pub head_timeout: Duration,
+    /// Bodies of a known length up to this size are read before the call; larger ones stream
+    /// (through hyper).
+    pub held_body: usize,
+}
+
+/// A request's body as the handler gets it.
+pub enum CallerBody {
+    /// Read whole (perhaps empty).
+    Held(Bytes),
+    /// Streaming from the caller, through hyper.
+    Streaming(Incoming),
+}
+
+/// Tells a worker's connections to finish: idle ones close, busy ones close after the answer
+/// they are writing.
+#[derive(Default)]
+pub struct Stopping {
+    flag: Cell<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stopping {
+    pub fn stop(&self) {
+        self.flag.set(true);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.flag.get()
+    }
+
+    /// Completes once [`Stopping::stop`] has been called. (Only ever awaited on the worker's
+    /// thread, which also calls `stop`: no notification can slip in between check and wait.)
+    async fn stopped(&self) {
+        if !self.flag.get() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Serves one caller's connection: HTTP/1.1 here, handing it to hyper's HTTP/1.1 server for
+/// requests this one does not serve itself, or to hyper's HTTP/2 server when the caller opens
+/// with HTTP/2's preface (or `h2` is true: ALPN chose it).
+pub async fn serve<T, F, Fut, B>(io: T, h2: bool, handler: F, options: Rc<Options>, stopping: Rc<Stopping>)
+where
+    T: Io,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
+        return serve_h2(Rewind::new(io, Bytes::new()), handler, &stopping).await;
+    }
+    let mut conn = Conn {
+        io,
+        buf: BytesMut::new(),
+        out: BytesMut::new(),
+        deadline: Instant::now() + options.head_timeout,
+        timer: Box::pin(tokio::time::sleep(options.head_timeout)),
+    };
+    let mut first = true;
+    loop {
+        let next = conn.next_request(first, &options, &stopping).await;
+        first = false;
+        let (req, keep_alive) = match next {
+            Next::Request(req, keep_alive) => (req, keep_alive),
+            Next::Closed => return,
+            Next::Refuse(status, message) => return conn.refuse(status, message).await,
+            Next::ToHyper(prefix) => return serve_h1_hyper(conn.rewind(prefix), handler, &options, &stopping).await,
+            Next::ToH2 => return serve_h2(conn.rewind(Bytes::new()), handler, &stopping).await,
+        };
+        let head_request = req.method() == Method::HEAD;
+        let v11 = req.version() == Version::HTTP_11;
+        let connect = req.method() == Method::CONNECT;
+        let resp = handler(req).await;
+        // A caller's `CONNECT` would be followed by a tunnel's bytes, not a request.
+        let keep_alive = keep_alive && !connect && !stopping.is_stopping();
+        match conn.write_response(resp, head_request, v11, keep_alive).await {
+            Ok(true) => conn.deadline = Instant::now() + options.head_timeout,
+            Ok(false) => return conn.close().await,
+            Err(e) => return tracing::debug!(error = %e, "writing an answer failed; connection closed"),
+        }
+    }
+}
+
+/// Serves the rest of a connection with hyper's HTTP/1.1 server.
+async fn serve_h1_hyper<T, F, Fut, B>(io: Rewind<T>, handler: F, options: &Options, stopping: &Stopping)
+where
+    T: Io,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(options.head_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), hyper_service(handler));
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping.stopped() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves a connection with hyper's HTTP/2 server.
+async fn serve_h2<T, F, Fut, B>(io: Rewind<T>, handler: F, stopping: &Stopping)
+where
+    T: Io,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(io), hyper_service(handler));
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopping.stopped() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+fn hyper_service<F, Fut, B>(
+    handler: F,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<B>, std::convert::Infallible>>,
+>
+where
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let call = handler(req.map(CallerBody::Streaming));
+        async move { Ok::<_, std::convert::Infallible>(call.await) }
+    })
+}
+
+/// What the connection does next. (Returned once per request and taken apart at once: boxing
+/// the request to shrink it would cost an allocation per request.)
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    /// Serve this request; keep the connection alive after it if `true`.
+    Request(Request<CallerBody>, bool),
+    /// The caller closed the connection, or let it idle past the head timeout.
+    Closed,
+    /// Answer with this status and message, then close.
+    Refuse(StatusCode, &'static str),
+    /// Let hyper's HTTP/1.1 server serve the connection from this request on (these bytes,
+    /// then whatever is buffered).
+    ToHyper(Bytes),
+    /// The caller speaks HTTP/2.
+    ToH2,
+}
+
+/// What happened while waiting for bytes from the caller.
+enum Read {
+    Some,
+    Eof,
+    TimedOut,
+    Stopping,
+}
+
+struct Conn<T> {
+    io: T,
+    /// Read from the caller, not yet used.
+    buf: BytesMut,
+    /// An answer being put together for one write.
+    out: BytesMut,
+    /// When the head (and held body) being waited for is due.
+    deadline: Instant,
+    /// Fires at or before `deadline`: moved only when it fires early (a deadline set per
+    /// request would register a timer per request).
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T: Io> Conn<T> {
+    /// Reads more from the caller: at least `room` bytes of space. While `idle` (nothing of a
+    /// request read yet), a stopping server ends the wait.
+    async fn read(&mut self, room: usize, idle: Option<&Stopping>) -> std::io::Result<Read> {
+        self.buf.reserve(room);
+        let mut stopped = std::pin::pin!(async {
+            match idle {
+                Some(s) => s.stopped().await,
+                None => std::future::pending().await,
+            }
+        });
+        std::future::poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Read::Eof)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(Read::Some)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(Read::Stopping));
+            }
+            while self.timer.as_mut().poll(cx).is_ready() {
+                if Instant::now() >= self.deadline {
+                    return Poll::Ready(Ok(Read::TimedOut));
+                }
+                let at = self.deadline.into();
+                self.timer.as_mut().reset(at);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits for the next request's head (and its held body) and decides how it is served.
+    async fn next_request(&mut self, first: bool, options: &Options, stopping: &Stopping) -> Next {
+        loop {
+            if !self.buf.is_empty() {
+                if first && self.buf.starts_with(H2_PREFACE) {
+                    return Next::ToH2;
+                }
+                if first && self.buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.buf) {
+                    // Perhaps HTTP/2's preface: wait for the rest of it.
+                } else {
+                    match parse_request(&mut self.buf) {
+                        Parsed::Head(head, req) => return self.admit(head, req, options).await,
+                        Parsed::Partial if self.buf.len() > MAX_HEAD => {
+                            return Next::Refuse(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "the request head is too large",
+                            )
+                        }
+                        Parsed::Partial => {}
+                        Parsed::Bad(status, message) => return Next::Refuse(status, message),
+                    }
+                }
+            }
+            let idle = self.buf.is_empty().then_some(stopping);
+            if idle.is_some() && stopping.is_stopping() {
+                return Next::Closed;
+            }
+            match self.read(READ_SIZE, idle).await {
+                Ok(Read::Some) => {}
+                Ok(Read::TimedOut) if !self.buf.is_empty() => {
+                    return Next::Refuse(StatusCode::REQUEST_TIMEOUT, "the request head did not arrive in time")
+                }
+                Ok(_) | Err(_) => return Next::Closed,
+            }
+        }
+    }
+
+    /// Checks a parsed request's framing and reads its held body; or hands it on.
+    async fn admit(&mut self, head: Bytes, req: Request<()>, options: &Options) -> Next {
+        let headers = req.headers();
+        let v11 = req.version() == Version::HTTP_11;
+        let hosts = headers.get_all(header::HOST).iter().count();
+        if hosts > 1 || (v11 && hosts == 0) {
+            return Next::Refuse(StatusCode::BAD_REQUEST, "a request needs exactly one Host header");
+        }
+        let length = match content_length(headers) {
+            Ok(l) => l,
+            Err(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
+        };
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            if !v11 {
+                return Next::Refuse(StatusCode::BAD_REQUEST, "Transfer-Encoding is not allowed in HTTP/1.0");
+            }
+            if length.is_some() {
+                return Next::Refuse(
+                    StatusCode::BAD_REQUEST,
+                    "a request may not have both Transfer-Encoding and Content-Length",
+                );
+            }
+            return Next::ToHyper(head);
+        }
+        if headers.contains_key(header::EXPECT) || length.is_some_and(|n| n > options.held_body as u64) {
+            return Next::ToHyper(head);
+        }
+        let close = has_token(headers, header::CONNECTION, "close");
+        let keep_alive = !close && (v11 || has_token(headers, header::CONNECTION, "keep-alive"));
+        let length = length.unwrap_or(0) as usize;
+        while self.buf.len() < length {
+            match self.read(length - self.buf.len(), None).await {
+                Ok(Read::Some) => {}
+                Ok(Read::TimedOut) => {
+                    return Next::Refuse(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
+                }
+                Ok(_) | Err(_) => return Next::Closed,
+            }
+        }
+        let body = if length == 0 { Bytes::new() } else { self.buf.split_to(length).freeze() };
+        drop(head);
+        let (parts, ()) = req.into_parts();
+        Next::Request(Request::from_parts(parts, CallerBody::Held(body)), keep_alive)
+    }
+
+    /// The connection, with `prefix` and what is buffered to be read again, for hyper.
+    fn rewind(self, prefix: Bytes) -> Rewind<T> {
+        let pending = if prefix.is_empty() {
+            self.buf.freeze()
+        } else {
+            let mut all = BytesMut::with_capacity(prefix.len() + self.buf.len());
+            all.extend_from_slice(&prefix);
+            all.extend_from_slice(&self.buf);
+            all.freeze()
+        };
+        Rewind::new(self.io, pending)
+    }
+
+    /// Writes an answer; whether the connection stays open after it.
+    async fn write_response<B>(
+        &mut self,
+        resp: Response<B>,
+        head_request: bool,
+        v11: bool,
+        mut keep_alive: bool,
+    ) -> std::io::Result<bool>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = resp.into_parts();
+        let status = parts.status;
+        let bodiless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if bodiless {
+            Framing::None
+        } else if let Some(n) = body.size_hint().exact() {
+            Framing::Length(n)
+        } else if v11 {
+            Framing::Chunked
+        } else {
+            // An HTTP/1.0 caller knows no chunked coding: the body ends when the connection does.
+            keep_alive = false;
+            Framing::Close
+        };
+        let out = &mut self.out;
+        out.clear();
+        encode_head(out, status, &parts.headers, framing, keep_alive, v11);
+        if head_request && !parts.headers.contains_key(header::CONTENT_LENGTH) && status != StatusCode::NO_CONTENT {
+            // A HEAD answer made here (not relayed) states the length a GET would have.
+            if let Some(n) = body.size_hint().exact() {
+                put_header_number(out, b"content-length: ", n);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodiless {
+            drop(body);
+            self.flush_out().await?;
+            return Ok(keep_alive);
+        }
+        let mut body = std::pin::pin!(body);
+        let mut sent: u64 = 0;
+        loop {
+            // Whatever the body has ready is added to the same write; the write goes out when
+            // the body must be waited for, or has ended.
+            let frame = match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush_out().await?;
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue }; // trailers are not relayed
+                    if data.is_empty() {
+                        continue;
+                    }
+                    sent += data.len() as u64;
+                    if let Framing::Length(n) = framing {
+                        if sent > n {
+                            return Err(std::io::Error::other("the answer's body is longer than its length"));
+                        }
+                    }
+                    if framing == Framing::Chunked {
+                        put_chunk_size(&mut self.out, data.len());
+                    }
+                    if data.len() <= INLINE_BODY {
+                        self.out.extend_from_slice(&data);
+                    } else {
+                        self.flush_out_unflushed().await?;
+                        self.io.write_all(&data).await?;
+                    }
+                    if framing == Framing::Chunked {
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    if self.out.len() >= 4 * INLINE_BODY {
+                        self.flush_out_unflushed().await?;
+                    }
+                }
+                Some(Err(e)) => {
+                    // The caller learns of it by the connection closing before the body's end.
+                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    let _ = self.flush_out().await;
+                    return Err(std::io::Error::other(e));
+                }
+                None => {
+                    match framing {
+                        Framing::Length(n) if sent != n => {
+                            let _ = self.flush_out().await;
+                            return Err(std::io::Error::other("the answer's body is shorter than its length"));
+                        }
+                        Framing::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                        _ => {}
+                    }
+                    self.flush_out().await?;
+                    return Ok(keep_alive);
+                }
+            }
+        }
+    }
+
+    /// Writes what `out` holds, without flushing the stream.
+    async fn flush_out_unflushed(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what `out` holds and flushes the stream (TLS holds written bytes until then).
+    async fn flush_out(&mut self) -> std::io::Result<()> {
+        self.flush_out_unflushed().await?;
+        self.io.flush().await
+    }
+
+    /// Answers a request that cannot be served with a JSON error (`invalid_request`, with the
+    /// status that says why), then closes.
+    async fn refuse(mut self, status: StatusCode, message: &'static str) {
+        let e = shared::http::ApiError::new(shared::http::ErrorCode::InvalidRequest, message);
+        let body = e.body();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        for (name, value) in e.headers() {
+            if let Ok(v) = http::HeaderValue::try_from(value) {
+                headers.insert(header::HeaderName::from_static(name), v);
+            }
+        }
+        self.out.clear();
+        encode_head(&mut self.out, status, &headers, Framing::Length(body.len() as u64), false, true);
+        self.out.extend_from_slice(b"\r\n");
+        self.out.extend_from_slice(body.as_bytes());
+        if self.flush_out().await.is_ok() {
+            self.close().await;
+        }
+    }
+
+    /// Closes after a final answer: our side first, then whatever the caller still sends is
+    /// read and dropped for a moment, so that it cannot reset the connection (and lose the
+    /// answer) before the caller has read it (RFC 9112 §9.6).
+    async fn close(mut self) {
+        if self.io.shutdown().await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut scrap = 0usize;
+            while scrap < 256 * 1024 {
+                self.buf.clear();
+                match self.read(READ_SIZE, None).await {
+                    Ok(Read::Some) => scrap += self.buf.len(),
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// The status line and header fields (without the blank line that ends the head).
+fn encode_head(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+    v11: bool,
+) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.extend_from_slice(b" ");
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut dated = false;
+    for (name, value) in headers {
+        match *name {
+            // The framing and the connection's fate are this hop's to state.
+            header::CONNECTION | header::TRANSFER_ENCODING => continue,
+            // A HEAD or 304 answer's length describes the representation (RFC 9110 §8.6); a 204
+            // has none.
+            header::CONTENT_LENGTH if framing != Framing::None || status == StatusCode::NO_CONTENT => continue,
+            header::DATE => dated = true,
+            _ => {}
+        }
+        if name.as_str() == "keep-alive" {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        put_date(out);
+    }
+    match framing {
+        Framing::Length(n) => put_header_number(out, b"content-length: ", n),
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::Close => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if !v11 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+fn put_header_number(out: &mut BytesMut, name: &[u8], n: u64) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_chunk_size(out: &mut BytesMut, n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[v & 15];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `date: …` (RFC 9110 §6.6.1), formatted once a second per thread.
+fn put_date(out: &mut BytesMut) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+                *at = secs;
+            }
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text);
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+#[allow(clippy::large_enum_variant)] // as `Next`
+enum Parsed {
+    /// A complete head (split off the buffer) and the request it describes.
+    Head(Bytes, Request<()>),
+    Partial,
+    Bad(StatusCode, &'static str),
+}
+
+/// Parses a request head off the front of `buf`, if it holds a complete one.
+fn parse_request(buf: &mut BytesMut) -> Parsed {
+    let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Bad(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields")
+        }
+        // A well-formed request line of another version gets 505; anything else 400.
+        Err(httparse::Error::Version) if other_version(buf) => {
+            return Parsed::Bad(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "this HTTP version is not served (HTTP/1.0, 1.1 and 2 are)",
+            )
+        }
+        Err(_) => return Parsed::Bad(StatusCode::BAD_REQUEST, "the request head does not parse"),
+    };
+    let version = if req.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+    let Some(method) = req.method.and_then(|m| Method::from_bytes(m.as_bytes()).ok()) else {
+        return Parsed::Bad(StatusCode::BAD_REQUEST, "bad method");
+    };
+    let base = buf.as_ptr() as usize;
+    let target = req.path.map(|p| (p.as_ptr() as usize - base, p.len()));
+    let spans = field_spans(buf, req.headers);
+    let head = buf.split_to(len).freeze();
+    let Some((at, n)) = target else { return Parsed::Bad(StatusCode::BAD_REQUEST, "no request target") };
+    let Ok(uri) = http::Uri::from_maybe_shared(head.slice(at..at + n)) else {
+        return Parsed::Bad(StatusCode::BAD_REQUEST, "the request target is not a valid URI");
+    };
+    let headers = match header_map(&head, &spans) {
+        Ok(h) => h,
+        Err(message) => return Parsed::Bad(StatusCode::BAD_REQUEST, message),
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Parsed::Head(head, request)
+}
+
+/// Whether the request line is `METHOD TARGET HTTP/d.d` (of a version httparse does not take).
+fn other_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    matches!(parts.as_slice(), [m, t, v] if !m.is_empty() && !t.is_empty()
+        && v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit())
+}
+
+/// A connection whose first bytes have been read already: they are read again first.
+pub struct Rewind<T> {
+    pending: Bytes,
+    io: T,
+}
+
+impl<T> Rewind<T> {
+    fn new(io: T, pending: Bytes) -> Self {
+        Self { pending, io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.pending.is_empty() {
+            let n = self.pending.len().min(buf.remaining());
+            let part = self.pending.split_to(n);
+            buf.put_slice(&part);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::run;
+    use http_body_util::BodyExt;
+    use hyper::body::{Frame, SizeHint};
+    use std::collections::VecDeque;
+    use tokio::io::AsyncReadExt;
+
+    /// An answer body for the tests: these frames, of a stated length or not, an error after
+    /// them if `fail`, and a short wait before the first one if `slow`.
+    struct Frames {
+        frames: VecDeque<Bytes>,
+        exact: Option<u64>,
+        fail: bool,
+        slow: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if let Some(s) = self.slow.as_mut() {
+                if s.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.slow = None;
+            }
+            match self.frames.pop_front() {
+                Some(f) => Poll::Ready(Some(Ok(Frame::data(f)))),
+                None if self.fail => Poll::Ready(Some(Err(std::io::Error::other("the provider went away")))),
+                None => Poll::Ready(None),
+            }
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            self.exact.map(SizeHint::with_exact).unwrap_or_default()
+        }
+    }
+
+    fn frames(parts: &[&'static str], exact: bool) -> Frames {
+        let frames: VecDeque<Bytes> = parts.iter().map(|p| Bytes::from_static(p.as_bytes())).collect();
+        let exact = exact.then(|| frames.iter().map(|f| f.len() as u64).sum());
+        Frames { frames, exact, fail: false, slow: None }
+    }
+
+    /// Echoes what it was asked (method, target, version, host, body, and how the body came),
+    /// except for a few targets that answer with particular bodies.
+    async fn echo(req: Request<CallerBody>) -> Response<Frames> {
+        let (parts, body) = req.into_parts();
+        let (how, body) = match body {
+            CallerBody::Held(b) => ("held", b),
+            CallerBody::Streaming(b) => ("streamed", b.collect().await.map(|c| c.to_bytes()).unwrap_or_default()),
+        };
+        let body = match parts.uri.path() {
+            "/chunked" => frames(&["ab", "cd"], false),
+            "/big" => Frames {
+                frames: [Bytes::from(vec![b'x'; 40_000]), Bytes::from_static(b"end")].into(),
+                exact: Some(40_003),
+                fail: false,
+                slow: None,
+            },
+            "/fail" => Frames { fail: true, ..frames(&["partial"], false) },
+            "/slow-body" => Frames {
+                slow: Some(Box::pin(tokio::time::sleep(Duration::from_millis(300)))),
+                ..frames(&["late"], true)
+            },
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                frames(&["late"], true)
+            }
+            _ => {
+                let host = parts.headers.get(header::HOST).map_or("-", |h| h.to_str().unwrap());
+                let text = format!(
+                    "{} {} {:?} host={host} {how}={}",
+                    parts.method,
+                    parts.uri,
+                    parts.version,
+                    String::from_utf8_lossy(&body)
+                );
+                Frames { frames: [Bytes::from(text)].into(), exact: None, fail: false, slow: None }.exact()
+            }
+        };
+        let mut resp = Response::new(body);
+        resp.headers_mut().insert("x-test", http::HeaderValue::from_static("1"));
+        resp
+    }
+
+    impl Frames {
+        fn exact(mut self) -> Self {
+            self.exact = Some(self.frames.iter().map(|f| f.len() as u64).sum());
+            self
+        }
+    }
+
+    /// A server on a free port with `timeout` as its head timeout; its address and its stop.
+    async fn server(timeout: Duration) -> (std::net::SocketAddr, Rc<Stopping>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = Rc::new(Options { head_timeout: timeout, held_body: 1024 });
+        let stopping = Rc::new(Stopping::default());
+        let stop = stopping.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::task::spawn_local(serve(stream, false, echo, options.clone(), stopping.clone()));
+            }
+        });
+        (addr, stop)
+    }
+
+    /// Writes `input` (in pieces of `split` bytes, if given) and reads until the server closes
+    /// the connection; the transcript with `date` fields taken out.
+    async fn exchange(addr: std::net::SocketAddr, input: &[u8], split: Option<usize>) -> String {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.set_nodelay(true).unwrap();
+        match split {
+            None => sock.write_all(input).await.unwrap(),
+            Some(n) => {
+                for piece in input.chunks(n) {
+                    sock.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        undated(&out)
+    }
+
+    fn undated(raw: &[u8]) -> String {
+        String::from_utf8_lossy(raw).split("\r\n").filter(|l| !l.starts_with("date: ")).collect::<Vec<_>>().join("\r\n")
+    }
+
+    fn echoed(line: &str) -> String {
+        format!("HTTP/1.1 200 OK\r\nx-test: 1\r\ncontent-length: {}\r\n\r\n{line}", line.len())
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order_on_one_connection_whatever_the_read_sizes() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let input = b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n\
+                POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+                GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+            let expected = format!(
+                "{}{}{}",
+                echoed("GET /a?x=1 HTTP/1.1 host=h held="),
+                echoed("POST /b HTTP/1.1 host=h held=hello"),
+                echoed("GET /c HTTP/1.1 host=h held=").replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n"),
+            );
+            assert_eq!(exchange(addr, input, None).await, expected);
+            for split in [1, 3, 17] {
+                assert_eq!(exchange(addr, input, Some(split)).await, expected, "written {split} bytes at a time");
+            }
+        });
+    }
+
+    #[test]
+    fn random_requests_split_at_random_points_are_each_read_exactly() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % n
+            };
+            for case in 0..40 {
+                let mut input = Vec::new();
+                let mut expected = String::new();
+                let count = 1 + next(4);
+                for i in 0..count {
+                    let len = next(40) as usize;
+                    let body: String = (0..len).map(|k| char::from(b'a' + ((k as u64 + case) % 26) as u8)).collect();
+                    let last = i + 1 == count;
+                    let method = if len > 0 || next(2) == 0 { "POST" } else { "GET" };
+                    input.extend_from_slice(format!("{method} /r{case}/{i} HTTP/1.1\r\nhost: h{i}\r\n").as_bytes());
+                    if len > 0 || method == "POST" {
+                        input.extend_from_slice(format!("content-length: {len}\r\n").as_bytes());
+                    }
+                    if last {
+                        input.extend_from_slice(b"connection: close\r\n");
+                    }
+                    input.extend_from_slice(b"\r\n");
+                    input.extend_from_slice(body.as_bytes());
+                    let answer = echoed(&format!("{method} /r{case}/{i} HTTP/1.1 host=h{i} held={body}"));
+                    expected.push_str(&if last {
+                        answer.replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n")
+                    } else {
+                        answer
+                    });
+                }
+                let split = 1 + next(input.len() as u64) as usize;
+                assert_eq!(exchange(addr, &input, Some(split)).await, expected, "case {case}, split {split}");
+            }
+        });
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_requests_are_refused_and_nothing_after_them_is_served() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let next = "GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+            for (request, status) in [
+                (
+                    "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+                    "400",
+                ),
+                (
+                    "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                    "400",
+                ),
+                ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+                ("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 2\r\n\r\nab", "400"),
+                ("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc", "400"),
+                ("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +2\r\n\r\nab", "400"),
+                ("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0x2\r\n\r\nab", "400"),
+                ("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999999999999\r\n\r\n", "400"),
+                ("GET / HTTP/1.1\r\n\r\n", "400"),
+                ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400"),
+                ("GET / HTTP/1.1\r\nHost : h\r\n\r\n", "400"),
+                ("GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", "400"),
+                ("GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", "400"),
+                ("GET / HTTP/1.1\nHost: h\r\nX: a\rb\r\n\r\n", "400"),
+                ("GET / HTTP/2.0\r\nHost: h\r\n\r\n", "505"),
+            ] {
+                let transcript = exchange(addr, format!("{request}{next}").as_bytes(), None).await;
+                assert!(transcript.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?} got {transcript}");
+                assert!(transcript.contains("connection: close\r\n"), "{request:?} got {transcript}");
+                assert!(transcript.contains(r#""error":"invalid_request""#), "{request:?} got {transcript}");
+                assert!(!transcript.contains("smuggled"), "{request:?} let the next request through: {transcript}");
+                assert_eq!(transcript.matches("HTTP/1.1 ").count(), 1, "{request:?} got {transcript}");
+            }
+        });
+    }
+
+    #[test]
+    fn heads_too_large_or_with_too_many_fields_are_refused_with_431() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let many: String = (0..MAX_HEADERS + 1).map(|i| format!("x-{i}: 1\r\n")).collect();
+            let transcript = exchange(addr, format!("GET / HTTP/1.1\r\nHost: h\r\n{many}\r\n").as_bytes(), None).await;
+            assert!(transcript.starts_with("HTTP/1.1 431 "), "{transcript}");
+            let long = "a".repeat(MAX_HEAD + 10);
+            let transcript = exchange(addr, format!("GET /{long} HTTP/1.1\r\n").as_bytes(), None).await;
+            assert!(transcript.starts_with("HTTP/1.1 431 "), "{}", &transcript[..40]);
+        });
+    }
+
+    #[test]
+    fn http_1_0_callers_keep_the_connection_only_when_they_ask_and_never_get_chunks() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let t = exchange(addr, b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\n\r\n", None).await;
+            assert_eq!(t, echoed("GET /a HTTP/1.0 host=- held=").replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n"));
+            let t =
+                exchange(addr, b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /chunked HTTP/1.0\r\n\r\n", None)
+                    .await;
+            let first =
+                echoed("GET /a HTTP/1.0 host=- held=").replace("\r\n\r\n", "\r\nconnection: keep-alive\r\n\r\n");
+            assert_eq!(t, format!("{first}HTTP/1.1 200 OK\r\nx-test: 1\r\nconnection: close\r\n\r\nabcd"));
+        });
+    }
+
+    #[test]
+    fn answers_of_unknown_length_are_chunked_large_ones_whole_and_head_answers_bodiless() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let t = exchange(
+                addr,
+                b"GET /chunked HTTP/1.1\r\nHost: h\r\n\r\nHEAD /x HTTP/1.1\r\nHost: h\r\n\r\nGET /big HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                None,
+            )
+            .await;
+            let head_len = "HEAD /x HTTP/1.1 host=h held=".len();
+            let expected = format!(
+                "HTTP/1.1 200 OK\r\nx-test: 1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n\
+                 HTTP/1.1 200 OK\r\nx-test: 1\r\ncontent-length: {head_len}\r\n\r\n\
+                 HTTP/1.1 200 OK\r\nx-test: 1\r\ncontent-length: 40003\r\nconnection: close\r\n\r\n{}end",
+                "x".repeat(40_000)
+            );
+            assert_eq!(t, expected);
+        });
+    }
+
+    #[test]
+    fn an_answer_whose_body_fails_ends_the_connection_without_the_last_chunk() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let t =
+                exchange(addr, b"GET /fail HTTP/1.1\r\nHost: h\r\n\r\nGET /a HTTP/1.1\r\nHost: h\r\n\r\n", None).await;
+            assert_eq!(t, "HTTP/1.1 200 OK\r\nx-test: 1\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n");
+        });
+    }
+
+    #[test]
+    fn chunked_bodies_and_expect_go_to_hyper_which_serves_the_rest_of_the_connection() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let t = exchange(
+                addr,
+                b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+                  GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                None,
+            )
+            .await
+            .to_ascii_lowercase();
+            assert!(t.contains("post /up http/1.1 host=h streamed=abcde"), "{t}");
+            assert!(t.contains("get /next http/1.1 host=h streamed="), "{t}");
+            let t = exchange(
+                addr,
+                b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                None,
+            )
+            .await
+            .to_ascii_lowercase();
+            assert!(t.starts_with("http/1.1 100 continue\r\n\r\nhttp/1.1 200 ok\r\n"), "{t}");
+            assert!(t.contains("post /e http/1.1 host=h streamed=ok"), "{t}");
+            // A body above the held size streams as well.
+            let big = "b".repeat(2000);
+            let t = exchange(
+                addr,
+                format!("PUT /l HTTP/1.1\r\nHost: h\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n{big}")
+                    .as_bytes(),
+                None,
+            )
+            .await;
+            assert!(t.contains(&format!("PUT /l HTTP/1.1 host=h streamed={big}")), "{t}");
+        });
+    }
+
+    #[test]
+    fn idle_connections_close_at_the_head_timeout_and_slow_heads_get_408() {
+        run(async {
+            let (addr, _) = server(Duration::from_millis(200)).await;
+            let started = Instant::now();
+            assert_eq!(exchange(addr, b"", None).await, "");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+            let t = exchange(addr, b"GET / HTTP/1.1\r\nHo", None).await;
+            assert!(t.starts_with("HTTP/1.1 408 "), "{t}");
+            // The timeout counts from when the connection starts waiting for each head: a
+            // connection used now and then stays open.
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(120)).await;
+                sock.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+                let mut buf = vec![0u8; 1024];
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+            }
+        });
+    }
+
+    #[test]
+    fn a_stop_closes_idle_connections_and_lets_a_busy_one_finish_its_answer() {
+        run(async {
+            let (addr, stop) = server(Duration::from_secs(5)).await;
+            let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+            busy.write_all(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            let mut streaming = tokio::net::TcpStream::connect(addr).await.unwrap();
+            streaming.write_all(b"GET /slow-body HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.stop();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), idle.read_to_end(&mut out)).await.unwrap().unwrap();
+            assert!(out.is_empty());
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), busy.read_to_end(&mut out)).await.unwrap().unwrap();
+            assert_eq!(
+                undated(&out),
+                "HTTP/1.1 200 OK\r\nx-test: 1\r\ncontent-length: 4\r\nconnection: close\r\n\r\nlate"
+            );
+            // An answer whose head went out before the stop ends, then the connection closes.
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), streaming.read_to_end(&mut out)).await.unwrap().unwrap();
+            assert_eq!(undated(&out), "HTTP/1.1 200 OK\r\nx-test: 1\r\ncontent-length: 4\r\n\r\nlate");
+        });
+    }
+
+    #[test]
+    fn callers_that_open_with_the_http2_preface_are_served_http2() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut tx, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
+                .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(sock))
+                .await
+                .unwrap();
+            tokio::task::spawn_local(conn);
+            let req = Request::builder().uri("http://h/two").body(http_body_util::Empty::new()).unwrap();
+            let resp = tx.send_request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "GET http://h/two HTTP/2.0 host=- streamed=");
+        });
+    }
+}

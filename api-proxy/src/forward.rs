@@ -434,7 +434,8 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
-    let mut deadline = Box::pin(tokio::time::sleep(state.settings.upstream_timeout));
+    let mut deadline =
+        Box::pin(tokio::time::sleep_until((shared::clock::recent() + state.settings.upstream_timeout).into()));
 
     let (version, token) = token_for(state, provider_id, connection_id).await?;
     let upstream = &worker.upstream;

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The largest request head accepted (431 past it).
@@ -47,7 +47,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How long a caller has to send a request's head and a held body, counted from when the
-    /// connection starts waiting for it (so also how long an idle kept-alive connection stays).
+    /// connection starts waiting for it (so also how long an idle kept-alive connection stays);
+    /// up to twice this in the worst case (see `Conn::timer`).
     pub head_timeout: Duration,
     /// Bodies of a known length up to this size are read before the call; larger ones stream
     /// (through hyper).
@@ -107,7 +108,9 @@ where
         io,
         buf: BytesMut::new(),
         out: BytesMut::new(),
-        deadline: Instant::now() + options.head_timeout,
+        timeout: options.head_timeout,
+        served: 0,
+        armed_at: 0,
         timer: Box::pin(tokio::time::sleep(options.head_timeout)),
     };
     let mut first = true;
@@ -128,7 +131,7 @@ where
         // A caller's `CONNECT` would be followed by a tunnel's bytes, not a request.
         let keep_alive = keep_alive && !connect && !stopping.is_stopping();
         match conn.write_response(resp, head_request, v11, keep_alive).await {
-            Ok(true) => conn.deadline = Instant::now() + options.head_timeout,
+            Ok(true) => conn.served += 1,
             Ok(false) => return conn.close().await,
             Err(e) => return tracing::debug!(error = %e, "writing an answer failed; connection closed"),
         }
@@ -236,10 +239,15 @@ struct Conn<T> {
     buf: BytesMut,
     /// An answer being put together for one write.
     out: BytesMut,
-    /// When the head (and held body) being waited for is due.
-    deadline: Instant,
-    /// Fires at or before `deadline`: moved only when it fires early (a deadline set per
-    /// request would register a timer per request).
+    /// The head timeout.
+    timeout: Duration,
+    /// Answers written so far, and how many had been when `timer` was last set.
+    served: u64,
+    armed_at: u64,
+    /// Fires `timeout` after it was set. A connection that answered a request since then is
+    /// given another `timeout` from that moment; one that did not has waited a whole `timeout`
+    /// for its head. So a head is waited for at least `timeout`, at most twice that, without a
+    /// timer (or a clock read) per request.
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -265,10 +273,11 @@ impl<T: Io> Conn<T> {
                 return Poll::Ready(Ok(Read::Stopping));
             }
             while self.timer.as_mut().poll(cx).is_ready() {
-                if Instant::now() >= self.deadline {
+                if self.served == self.armed_at {
                     return Poll::Ready(Ok(Read::TimedOut));
                 }
-                let at = self.deadline.into();
+                self.armed_at = self.served;
+                let at = tokio::time::Instant::now() + self.timeout;
                 self.timer.as_mut().reset(at);
             }
             Poll::Pending
@@ -754,6 +763,7 @@ mod tests {
     use http_body_util::BodyExt;
     use hyper::body::{Frame, SizeHint};
     use std::collections::VecDeque;
+    use std::time::Instant;
     use tokio::io::AsyncReadExt;
 
     /// An answer body for the tests: these frames, of a stated length or not, an error after

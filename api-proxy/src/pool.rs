@@ -220,7 +220,7 @@ impl Pool {
         }
         // Most recently used first: it is the one least likely to have been closed. Closed or
         // long-idle ones are dropped (which closes them).
-        let now = Instant::now();
+        let now = shared::clock::recent();
         while let Some((mut conn, since)) = h.idle.pop() {
             if now.duration_since(since) < self.idle_timeout && !conn.is_closed() {
                 return Some(Sender::H1(conn));
@@ -236,7 +236,7 @@ impl Pool {
             // Drop the longest idle one; dropping it closes it.
             h.idle.remove(0);
         }
-        h.idle.push((conn, Instant::now()));
+        h.idle.push((conn, shared::clock::recent()));
     }
 
     /// Opens a connection (TCP, TLS where the scheme says so) and, for HTTP/2 (chosen by the

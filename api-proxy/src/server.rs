@@ -324,6 +324,7 @@ async fn serve_connection(
 /// One request: routed, answered, and recorded as every service records requests.
 async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseBody> {
     let start = Instant::now();
+    shared::clock::request_started(start);
     let path = req.uri().path();
     let route = match path {
         "/healthz" => "/healthz",

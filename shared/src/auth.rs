@@ -186,7 +186,7 @@ impl Authenticator {
             return Ok(Err(unauthorized()));
         };
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let now = Instant::now();
+        let now = crate::clock::recent();
         let local = LOCAL.with(|l| {
             let l = l.borrow();
             let (hit, at) = l.get(&(self.id, digest))?;
@@ -224,7 +224,7 @@ impl Authenticator {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(digest, (found.clone(), Instant::now()));
+            cache.insert(digest, (found.clone(), crate::clock::recent()));
         }
         found.ok_or_else(unauthorized)
     }

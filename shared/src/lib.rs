@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod crypto;

@@ -269,26 +269,72 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ApiError> {
     }
 }
 
-/// The headers of the upstream request: the caller's end-to-end headers, our bearer token.
-fn upstream_headers(caller: &HeaderMap, held: bool, token: &Token) -> HeaderMap {
-    let listed = connection_listed(caller);
-    let mut out = HeaderMap::with_capacity(caller.len() + 2);
-    for (name, value) in caller {
-        let n = name.as_str();
-        // Content-Length is set by the client from the body (held), or the body streams with the
-        // caller's declared length kept, so the provider sees what the caller sent.
-        if n == "host" || n == "authorization" || (n == "content-length" && held) || strip(n, &listed) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out.insert(header::AUTHORIZATION, token.bearer.clone());
-    // The upstream call is a child of this proxied call's span (W3C trace context).
-    if let Some(tp) = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok()) {
-        out.insert("traceparent", tp);
-    }
-    out
+/// One upstream attempt: the caller's request as the provider is to get it. Its headers are not
+/// copied into a map of their own: our HTTP/1.1 client writes them straight from the caller's
+/// ([`Outgoing::for_each_header`]); a map is built only for hyper ([`Outgoing::into_request`]).
+pub struct Outgoing<'a> {
+    pub method: &'a Method,
+    /// Absolute: `scheme://authority/path?query`.
+    pub uri: &'a http::Uri,
+    caller: &'a HeaderMap,
+    bearer: &'a HeaderValue,
+    traceparent: Option<HeaderValue>,
+    pub body: UpstreamBody,
 }
+
+impl<'a> Outgoing<'a> {
+    pub fn new(
+        method: &'a Method,
+        uri: &'a http::Uri,
+        caller: &'a HeaderMap,
+        bearer: &'a HeaderValue,
+        body: UpstreamBody,
+    ) -> Self {
+        // The upstream call is a child of this proxied call's span (W3C trace context).
+        let traceparent = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok());
+        Self { method, uri, caller, bearer, traceparent, body }
+    }
+
+    /// The headers the provider gets, besides `Host` and the body's framing: the caller's
+    /// end-to-end headers, our bearer token, and the trace context.
+    pub fn for_each_header(&self, mut f: impl FnMut(&header::HeaderName, &HeaderValue)) {
+        let held = matches!(self.body, UpstreamBody::Held(_));
+        let listed = connection_listed(self.caller);
+        for (name, value) in self.caller {
+            let n = name.as_str();
+            // Content-Length is set by the client from the body (held), or the body streams with
+            // the caller's declared length kept, so the provider sees what the caller sent.
+            if n == "host"
+                || n == "authorization"
+                || (n == "content-length" && held)
+                || (n == "traceparent" && self.traceparent.is_some())
+                || strip(n, &listed)
+            {
+                continue;
+            }
+            f(name, value);
+        }
+        f(&header::AUTHORIZATION, self.bearer);
+        if let Some(tp) = &self.traceparent {
+            f(&TRACEPARENT, tp);
+        }
+    }
+
+    /// The attempt as a request, its headers in a map of their own (for hyper's clients).
+    pub fn into_request(self) -> Request<UpstreamBody> {
+        let mut headers = HeaderMap::with_capacity(self.caller.len() + 2);
+        self.for_each_header(|name, value| {
+            headers.append(name.clone(), value.clone());
+        });
+        let mut request = Request::new(self.body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("traceparent");
 
 /// Removes hop-by-hop and authbridge's own headers from a provider's answer, in place; most
 /// answers have none, and are left untouched after one look at their names.
@@ -314,14 +360,10 @@ async fn send(
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let held = matches!(attempt, UpstreamBody::Held(_));
-        let mut request = Request::new(attempt);
-        *request.method_mut() = method.clone();
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = upstream_headers(caller, held, token);
+        let outgoing = Outgoing::new(method, uri, caller, &token.bearer, attempt);
         let result = tokio::select! {
             biased;
-            r = upstream.send(request, fresh_only) => r,
+            r = upstream.send(outgoing, fresh_only) => r,
             _ = deadline.as_mut() => {
                 return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
             }

@@ -16,7 +16,7 @@
 //! Used for calls whose body is held in memory (the proxy's common case); bodies streamed from
 //! the caller go through hyper, on a connection of their own.
 
-use crate::forward::UpstreamBody;
+use crate::forward::{Outgoing, UpstreamBody};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
@@ -80,7 +80,7 @@ impl Conn {
     /// by the returned answer's [`RawBody`], which gives the connection to `done` once the body
     /// has been read to its end, if the connection can carry another call.
     pub async fn call(
-        mut self,
+        self,
         req: Request<UpstreamBody>,
         done: impl FnOnce(Conn) + 'static,
     ) -> Result<Response<RawBody>, CallError> {
@@ -94,6 +94,44 @@ impl Conn {
         };
         let mut out = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
         encode_head(&mut out, &parts.method, &parts.uri, &parts.headers, body.len());
+        self.exchange(out, body, head_request, done).await
+    }
+
+    /// Sends a proxied call (`out.uri` absolute; `host` the `Host` header for it) with the
+    /// headers written straight from the caller's, and reads the answer's head, as [`Conn::call`].
+    pub async fn call_proxied(
+        self,
+        out: Outgoing<'_>,
+        host: &HeaderValue,
+        done: impl FnOnce(Conn) + 'static,
+    ) -> Result<Response<RawBody>, CallError> {
+        let head_request = *out.method == Method::HEAD;
+        let body = match &out.body {
+            UpstreamBody::Held(bytes) => bytes.clone().unwrap_or_default(),
+            UpstreamBody::Streamed(_) => {
+                return Err(CallError::Malformed("a streamed body cannot be sent on this connection"))
+            }
+        };
+        let mut buf = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
+        encode_request_line(&mut buf, out.method, out.uri);
+        put_field(&mut buf, b"host", host);
+        out.for_each_header(|name, value| {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                put_field(&mut buf, name.as_str().as_bytes(), value);
+            }
+        });
+        put_length(&mut buf, out.method, body.len());
+        self.exchange(buf, body, head_request, done).await
+    }
+
+    /// Writes a request (its head in `out`, then `body`) and reads the answer's head.
+    async fn exchange(
+        mut self,
+        mut out: BytesMut,
+        body: Bytes,
+        head_request: bool,
+        done: impl FnOnce(Conn) + 'static,
+    ) -> Result<Response<RawBody>, CallError> {
         let inline = body.len() <= INLINE_BODY;
         if inline {
             out.extend_from_slice(&body);
@@ -170,24 +208,38 @@ impl Conn {
 
 /// `METHOD /path?query HTTP/1.1`, the headers, and the body's length.
 fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &HeaderMap, body_len: usize) {
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_request_line(out, method, uri);
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue; // the framing is ours to state
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value);
     }
-    // A body, or a method that defines one (RFC 9110 §8.6: a user agent sends Content-Length
-    // for POST, PUT and PATCH even when the body is empty).
+    put_length(out, method, body_len);
+}
+
+/// `METHOD /path?query HTTP/1.1` (origin form, whatever form `uri` is in).
+fn encode_request_line(out: &mut BytesMut, method: &Method, uri: &http::Uri) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
+fn put_field(out: &mut BytesMut, name: &[u8], value: &HeaderValue) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The body's length (for a body, or a method that defines one: RFC 9110 §8.6, a user agent
+/// sends Content-Length for POST, PUT and PATCH even when the body is empty), and the head's end.
+fn put_length(out: &mut BytesMut, method: &Method, body_len: usize) {
     if body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
-        use std::fmt::Write;
-        let _ = write!(out, "content-length: {body_len}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

@@ -8,7 +8,7 @@
 //! closed while idle is noticed when it is taken. A call whose body streams from the caller
 //! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
-use crate::forward::UpstreamBody;
+use crate::forward::{Outgoing, UpstreamBody};
 use crate::h1::{CallError, Conn, RawBody};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -126,20 +126,46 @@ impl Pool {
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
     /// An HTTP/1.1 connection goes back to the pool when the answer's body has been read to its
     /// end. With `fresh_only`, a new connection is opened whatever the pool holds.
-    pub async fn send(
-        &self,
-        mut req: http::Request<UpstreamBody>,
-        fresh_only: bool,
-    ) -> Result<http::Response<UpBody>, SendError> {
-        if req.method() == http::Method::CONNECT {
+    pub async fn send(&self, out: Outgoing<'_>, fresh_only: bool) -> Result<http::Response<UpBody>, SendError> {
+        if *out.method == http::Method::CONNECT {
             return Err(SendError::MethodConnect);
         }
-        let host = self.host_index(req.uri())?;
+        let host = self.host_index(out.uri)?;
+        let streamed = matches!(out.body, UpstreamBody::Streamed(_));
+        let sender = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
+            Some(s) => (s, true),
+            None => (Box::pin(self.connect(host, out.uri, streamed)).await?, false),
+        };
+        match sender {
+            // The common case: the request is written straight from the caller's headers.
+            (Sender::H1(conn), reused) => {
+                let host_header = self.inner.borrow().hosts[host].host_header.clone();
+                let pool = self.clone();
+                match conn.call_proxied(out, &host_header, move |conn| pool.put(host, conn)).await {
+                    Ok(resp) => Ok(resp.map(UpBody::Raw)),
+                    Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
+                    Err(e) => Err(SendError::Call(e.into())),
+                }
+            }
+            (sender, reused) => self.send_request(out.into_request(), host, Some((sender, reused))).await,
+        }
+    }
+
+    /// Sends a request built whole, on `first` if given (a sender and whether it was reused).
+    async fn send_request(
+        &self,
+        mut req: http::Request<UpstreamBody>,
+        host: usize,
+        mut first: Option<(Sender, bool)>,
+    ) -> Result<http::Response<UpBody>, SendError> {
         let streamed = matches!(req.body(), UpstreamBody::Streamed(_));
-        let mut fresh_only = fresh_only;
+        let mut fresh_only = false;
         loop {
-            let (sender, reused) = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
-                Some(s) => (s, true),
+            let (sender, reused) = match first
+                .take()
+                .or_else(|| (!fresh_only).then(|| self.take(host, streamed)).flatten().map(|s| (s, true)))
+            {
+                Some(s) => s,
                 // Boxed: connecting (TCP, TLS, handshake) is the cold path, and its state would
                 // otherwise be part of, and copied with, every call's future.
                 None => (Box::pin(self.connect(host, req.uri(), streamed)).await?, false),
@@ -359,6 +385,17 @@ mod tests {
         (addr, accepted)
     }
 
+    /// Sends a request as the proxy would (with a bearer token of its own).
+    async fn send(
+        pool: &Pool,
+        req: http::Request<UpstreamBody>,
+        fresh_only: bool,
+    ) -> Result<http::Response<UpBody>, SendError> {
+        let (parts, body) = req.into_parts();
+        let bearer = http::HeaderValue::from_static("Bearer t");
+        pool.send(Outgoing::new(&parts.method, &parts.uri, &parts.headers, &bearer, body), fresh_only).await
+    }
+
     fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {
         let uri: http::Uri = format!("http://{addr}/v1/x?q=1").parse().unwrap();
         let body = UpstreamBody::Held(None);
@@ -368,8 +405,8 @@ mod tests {
     /// One GET, sent again on a fresh connection if a kept-alive one failed under it, as the
     /// proxy does for idempotent requests.
     async fn call(pool: &Pool, addr: std::net::SocketAddr) -> String {
-        let resp = match pool.send(get(addr), false).await {
-            Err(SendError::Reused(_)) => pool.send(get(addr), true).await,
+        let resp = match send(pool, get(addr), false).await {
+            Err(SendError::Reused(_)) => send(pool, get(addr), true).await,
             other => other,
         }
         .expect("the call succeeds");
@@ -428,8 +465,8 @@ mod tests {
             tokio::task::yield_now().await;
             // The request was written, so the pool cannot know whether the provider acted on
             // it: it says so, and the caller decides (the proxy resends idempotent requests).
-            assert!(matches!(pool.send(get(addr), false).await, Err(SendError::Reused(_))));
-            let resp = pool.send(get(addr), true).await.expect("a fresh connection answers");
+            assert!(matches!(send(&pool, get(addr), false).await, Err(SendError::Reused(_))));
+            let resp = send(&pool, get(addr), true).await.expect("a fresh connection answers");
             assert_eq!(resp.status(), http::StatusCode::OK);
             assert_eq!(accepted.load(Ordering::SeqCst), 2);
         });
@@ -442,7 +479,7 @@ mod tests {
             let body = UpstreamBody::Held(None);
             let req =
                 http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
-            assert!(matches!(pool.send(req, false).await, Err(SendError::MethodConnect)));
+            assert!(matches!(send(&pool, req, false).await, Err(SendError::MethodConnect)));
         });
     }
 
@@ -517,7 +554,7 @@ mod tests {
                 http::Request::builder().uri(uri).body(body).unwrap()
             };
             for _ in 0..3 {
-                let resp = pool.send(get(), false).await.expect("the call succeeds");
+                let resp = send(&pool, get(), false).await.expect("the call succeeds");
                 assert_eq!(resp.status(), http::StatusCode::OK);
                 assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
                 tokio::task::yield_now().await;

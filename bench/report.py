@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Turns one bench/run.sh run (oha JSON files) into docs/benchmarks.md."""
+import glob
 import json
 import os
+import statistics
 import platform
 import subprocess
 import sys
@@ -17,8 +19,15 @@ label = {
 }
 
 
-def load(name, kind):
-    with open(os.path.join(work, f"{name}-{kind}.json")) as f:
+def rounds(name, kind):
+    """The run's rounds of one measurement, in order (an older run has one file, no round)."""
+    found = sorted(glob.glob(os.path.join(work, f"{name}-{kind}-*.json")),
+                   key=lambda f: int(f.rsplit("-", 1)[1].split(".")[0]))
+    return found or [os.path.join(work, f"{name}-{kind}.json")]
+
+
+def load(path):
+    with open(path) as f:
         return json.load(f)
 
 
@@ -26,8 +35,8 @@ def ms(v):
     return f"{v * 1000:.2f}" if v is not None else "n/a"
 
 
-def row(name, kind):
-    d = load(name, kind)
+def one(path):
+    d = load(path)
     s, p = d["summary"], d.get("latencyPercentiles", {})
     codes = d.get("statusCodeDistribution", {})
     total = sum(codes.values())
@@ -37,21 +46,36 @@ def row(name, kind):
     return ok / s["total"], p.get("p50"), p.get("p99"), p.get("p99.9"), total, ok, errors
 
 
+def row(name, kind):
+    """The median round's rates and percentiles (each figure's own median), the rounds' total
+    counts, and each round's figures."""
+    each = [one(p) for p in rounds(name, kind)]
+    med = [statistics.median(r[i] for r in each) if all(r[i] is not None for r in each) else None
+           for i in range(4)]
+    return (*med, sum(r[4] for r in each), sum(r[5] for r in each), sum(r[6] for r in each), each)
+
+
 def cpu_per_request(name):
     """Microseconds of CPU (user + system) the serving processes spent per answered request."""
-    try:
-        before, after, tck = map(int, open(os.path.join(work, f"{name}-cpu.txt")).read().split())
-    except (OSError, ValueError):
-        return None
-    ok = load(name, "peak").get("statusCodeDistribution", {}).get("200", 0)
-    return (after - before) / tck / ok * 1e6 if ok else None
+    spent = ok = 0
+    for path in rounds(name, "peak"):
+        cpu_file = path.replace("-peak", "-cpu").replace(".json", ".txt")
+        try:
+            before, after, tck = map(int, open(cpu_file).read().split())
+        except (OSError, ValueError):
+            return None
+        spent += (after - before) / tck
+        ok += load(path).get("statusCodeDistribution", {}).get("200", 0)
+    return spent / ok * 1e6 if ok else None
 
 
-SERVER = "HTTP server (hyper): request parsing, response encoding, connection I/O"
+SERVER = "HTTP server (hyper: HTTP/2, streamed bodies)"
+OUR_SERVER = "HTTP server (ours, HTTP/1.1): request parsing, answer writing, connection I/O"
 CLIENT = "upstream client (hyper: HTTP/2, streamed bodies)"
 OURS = "upstream client (ours, HTTP/1.1): request writing, answer parsing, pool"
 PARTS = [  # (part, frame prefixes): a sample belongs to the innermost frame that names a part
     ("hyper", ("hyper::", "<hyper::", "hyper_util::", "<hyper_util::", "h2::", "<h2::")),
+    (OUR_SERVER, ("api_proxy::h1_server::", "<api_proxy::h1_server::")),
     (OURS,
      ("api_proxy::h1::", "<api_proxy::h1::", "api_proxy::pool::", "<api_proxy::pool::")),
     ("authbridge: metrics and access log",
@@ -124,7 +148,10 @@ w(f"- Run: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, `bench/r
   f"(`BENCH_CONCURRENCY={conc} BENCH_DURATION={duration}`)")
 w(f"- Machine: {os.cpu_count()} cores ({cpu()}), "
   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.system()} {platform.release()}")
-w(f"- Load: {oha}; {conc} connections, {duration} s per measurement after a 3 s warm-up")
+n_rounds = len(rounds("api-proxy", "peak"))
+w(f"- Load: {oha}; {conc} connections; {n_rounds} rounds of {duration} s per measurement, the targets")
+w("  taking turns within each round, after a 3 s warm-up of each; the tables show the median")
+w("  round (each figure's median over the rounds) and every round's p99")
 w(f"- Upstream: nginx (1 worker) answering a fixed 62-byte JSON body; {nginx}; Node {node}")
 w("- Every service logs at `RUST_LOG=warn` here (no per-request access log line, spans off)")
 w("- api-proxy: release build, its own process, default settings (2 HTTP workers), the")
@@ -135,15 +162,16 @@ w("  every 5 s, the default `AUTHBRIDGE_API_KEY_CACHE_SECONDS`)\n")
 def table(title, rows, with_cpu=False):
     w(title + "\n")
     extra = " CPU µs/request |" if with_cpu else ""
-    w("| target | requests/s | p50 ms | p99 ms | p99.9 ms | requests | non-200 | errors |" + extra)
-    w("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_cpu else ""))
+    w("| target | requests/s | p50 ms | p99 ms | p99.9 ms | p99 ms by round | requests | non-200 | errors |" + extra)
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if with_cpu else ""))
     for n in order:
-        rps, p50, p99, p999, total, ok, err = rows[n]
+        rps, p50, p99, p999, total, ok, err, each = rows[n]
+        by_round = ", ".join(ms(r[2]) for r in each)
         c = ""
         if with_cpu:
             v = cpu_per_request(n)
             c = f" {v:.1f} |" if v is not None else " n/a |"
-        w(f"| {label[n]} | {rps:,.0f} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {total:,} | {total - ok:,} | {err:,} |" + c)
+        w(f"| {label[n]} | {rps:,.0f} | {ms(p50)} | {ms(p99)} | {ms(p999)} | {by_round} | {total:,} | {total - ok:,} | {err:,} |" + c)
     w("")
 
 
@@ -158,7 +186,12 @@ w("## Ratios\n")
 w(f"- api-proxy / upstream direct: throughput {a[0] / d[0]:.2f}×")
 w(f"- api-proxy / nginx: throughput {a[0] / x[0]:.2f}×, p99 {a[2] / x[2]:.2f}× at fixed concurrency, "
   f"p99 {ah[2] / xh[2]:.2f}× at half of api-proxy's peak")
-w(f"- api-proxy / Express + axios: throughput {a[0] / peak['express'][0]:.2f}×\n")
+w(f"- api-proxy / Express + axios: throughput {a[0] / peak['express'][0]:.2f}×")
+pairs = list(zip(a[7], x[7]))
+w("- api-proxy / nginx round by round (the two ran back to back in each round): throughput "
+  + ", ".join(f"{p[0] / q[0]:.2f}×" for p, q in pairs) + "; p99 "
+  + ", ".join(f"{p[2] / q[2]:.2f}×" for p, q in pairs) + " at fixed concurrency, "
+  + ", ".join(f"{p[2] / q[2]:.2f}×" for p, q in zip(ah[7], xh[7])) + " at half the peak\n")
 
 # The system, each service its own process.
 fl = json.load(open(os.path.join(work, "flows.json")))

@@ -9,8 +9,10 @@
 
 use chrono::{DateTime, Utc};
 use shared::http::ApiError;
+use shared::metrics::Counter;
 use shared::store::notify::Change;
 use shared::store::Credentials;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -30,36 +32,75 @@ impl Token {
         bearer.set_sensitive(true);
         Ok(Self { creds, bearer })
     }
+
+    /// A copy sharing no memory with this one (so no reference count is touched by two threads).
+    fn private_copy(&self) -> Self {
+        let mut bearer = http::HeaderValue::from_bytes(self.bearer.as_bytes()).unwrap_or_else(|_| self.bearer.clone());
+        bearer.set_sensitive(true);
+        Self { creds: self.creds.clone(), bearer }
+    }
 }
 
 struct Entry {
     version: i64,
     token: Arc<Token>,
-    expires_at: Option<DateTime<Utc>>,
-    stored: Instant,
+    /// Until when the entry may be served (stored + TTL), and when the token expires, both on
+    /// the monotonic clock.
+    fresh_until: Instant,
+    expires: Option<Instant>,
+}
+
+impl Entry {
+    fn usable(&self, now: Instant, min_validity: Duration) -> bool {
+        now < self.fresh_until && self.expires.is_none_or(|x| x > now + min_validity)
+    }
 }
 
 pub struct TokenCache {
+    /// Tells this cache's entries in a thread's copy from another cache's (tests make several).
+    id: u64,
     // provider → connection id → entry: looked up by `&str`, so a hit allocates nothing.
     entries: RwLock<HashMap<String, HashMap<String, Entry>>>,
     ttl: Duration,
     listening: AtomicBool,
-    /// Bumped by every change; a fetch that raced a change does not store its result.
+    /// Bumped by every change; a fetch that raced a change does not store its result, and every
+    /// thread's copy of the cache is dropped.
     epoch: AtomicU64,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
+    pub hits: Counter,
+    pub misses: Counter,
 }
+
+/// Each worker thread's copy of the entries it used. A hit there touches nothing another
+/// thread writes: the shared map's lock, its entries' reference counts and a shared hit counter
+/// would each move a cache line between the workers' cores on every call. The copy is valid
+/// for one epoch of one cache: any change anywhere drops it, and it refills from the shared map.
+struct Local {
+    owner: u64,
+    epoch: u64,
+    len: usize,
+    entries: HashMap<String, HashMap<String, Entry>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> =
+        RefCell::new(Local { owner: u64::MAX, epoch: 0, len: 0, entries: HashMap::new() });
+}
+
+/// The most entries a thread's copy holds before it starts over.
+const LOCAL_LIMIT: usize = 100_000;
 
 impl TokenCache {
     /// A cache whose entries live at most `ttl`; a zero `ttl` disables it.
     pub fn new(ttl: Duration) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             entries: RwLock::new(HashMap::new()),
             ttl,
             listening: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            hits: Counter::default(),
+            misses: Counter::default(),
         }
     }
 
@@ -72,19 +113,54 @@ impl TokenCache {
         if !self.enabled() {
             return None;
         }
-        let entries = self.entries.read().unwrap();
-        let hit = entries.get(provider).and_then(|m| m.get(connection_id)).filter(|e| {
-            e.stored.elapsed() < self.ttl
-                && e.expires_at
-                    .is_none_or(|x| x > Utc::now() + chrono::Duration::from_std(min_validity).unwrap_or_default())
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let now = shared::clock::recent();
+        let found = LOCAL.with_borrow_mut(|local| {
+            if local.owner != self.id || local.epoch != epoch {
+                local.owner = self.id;
+                local.epoch = epoch;
+                local.len = 0;
+                local.entries.clear();
+            }
+            if let Some(e) = local.entries.get(provider).and_then(|m| m.get(connection_id)) {
+                if e.usable(now, min_validity) {
+                    return Some((e.version, e.token.clone()));
+                }
+            }
+            // Not copied yet, or the copy is too old: from the shared map, if it holds a usable
+            // entry (a token fetched again since is stored there).
+            let copy = {
+                let entries = self.entries.read().unwrap();
+                let e = entries.get(provider).and_then(|m| m.get(connection_id))?;
+                if !e.usable(now, min_validity) {
+                    return None;
+                }
+                Entry {
+                    version: e.version,
+                    token: Arc::new(e.token.private_copy()),
+                    fresh_until: e.fresh_until,
+                    expires: e.expires,
+                }
+            };
+            let hit = (copy.version, copy.token.clone());
+            if local.len >= LOCAL_LIMIT {
+                local.len = 0;
+                local.entries.clear();
+            }
+            local.len += 1;
+            match local.entries.get_mut(provider) {
+                Some(m) => m.insert(connection_id.to_owned(), copy),
+                None => local.entries.entry(provider.to_owned()).or_default().insert(connection_id.to_owned(), copy),
+            };
+            Some(hit)
         });
-        match hit {
-            Some(e) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                Some((e.version, e.token.clone()))
+        match found {
+            Some(hit) => {
+                self.hits.add(1);
+                Some(hit)
             }
             None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
+                self.misses.add(1);
                 None
             }
         }
@@ -112,10 +188,11 @@ impl TokenCache {
         if self.epoch.load(Ordering::Acquire) != epoch {
             return;
         }
-        entries
-            .entry(provider.to_owned())
-            .or_default()
-            .insert(connection_id.to_owned(), Entry { version, token, expires_at, stored: Instant::now() });
+        let now = Instant::now();
+        // The expiry moves to the monotonic clock, so serving needs no clock read.
+        let expires = expires_at.map(|x| now + (x - Utc::now()).to_std().unwrap_or_default());
+        let entry = Entry { version, token, fresh_until: now + self.ttl, expires };
+        entries.entry(provider.to_owned()).or_default().insert(connection_id.to_owned(), entry);
     }
 
     /// Drops what a change makes stale.
@@ -183,6 +260,50 @@ mod tests {
         c.apply(Change::Lost);
         c.put(c.epoch(), "p", "u", 2, creds("b"), far);
         assert!(c.get("p", "u", Duration::ZERO).is_none(), "bypassed while not listening");
+    }
+
+    #[test]
+    fn a_threads_copy_is_dropped_the_moment_any_thread_announces_a_change() {
+        let c = Arc::new(TokenCache::new(Duration::from_secs(30)));
+        let far = Some(Utc::now() + chrono::Duration::hours(1));
+        c.apply(Change::Resync);
+        c.put(c.epoch(), "p", "u", 1, creds("a"), far);
+        let (done, step) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let (c2, told, go) = (c.clone(), done.0, step.1);
+        let worker = std::thread::spawn(move || {
+            for _ in 0..3 {
+                assert_eq!(c2.get("p", "u", Duration::ZERO).unwrap().1.creds.access_token, "a");
+            }
+            told.send(()).unwrap();
+            go.recv().unwrap(); // the connection changed elsewhere
+            assert!(c2.get("p", "u", Duration::ZERO).is_none(), "a stale copy was served");
+            told.send(()).unwrap();
+            go.recv().unwrap(); // a new token was stored
+            assert_eq!(c2.get("p", "u", Duration::ZERO).unwrap().0, 2);
+        });
+        done.1.recv().unwrap();
+        c.apply(Change::Connection { provider: "p".into(), connection_id: "u".into() });
+        step.0.send(()).unwrap();
+        done.1.recv().unwrap();
+        c.put(c.epoch(), "p", "u", 2, creds("b"), far);
+        step.0.send(()).unwrap();
+        worker.join().unwrap();
+        assert_eq!((c.hits.get(), c.misses.get()), (4, 1));
+    }
+
+    #[test]
+    fn a_copy_past_its_ttl_gives_way_to_the_token_stored_since() {
+        let c = TokenCache::new(Duration::from_millis(50));
+        let far = Some(Utc::now() + chrono::Duration::hours(1));
+        c.apply(Change::Resync);
+        c.put(c.epoch(), "p", "u", 1, creds("a"), far);
+        assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().0, 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(c.get("p", "u", Duration::ZERO).is_none(), "past the TTL");
+        c.put(c.epoch(), "p", "u", 2, creds("b"), far);
+        for _ in 0..2 {
+            assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().0, 2);
+        }
     }
 
     #[test]

@@ -24,20 +24,24 @@ use std::task::{Context, Poll};
 use url::Url;
 
 /// Headers that describe one hop (RFC 9110 §7.6.1) or belong to authbridge: never forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip(name: &str, connection_listed: &[header::HeaderName]) -> bool {
-    HOP_BY_HOP.contains(&name) || name.starts_with("x-authbridge-") || connection_listed.iter().any(|c| c == name)
+/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`,
+/// `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `x-authbridge-*`, and what `Connection` lists.)
+fn strip(name: &header::HeaderName, connection_listed: &[header::HeaderName]) -> bool {
+    // Standard names compare as the http crate's enum; the others as strings.
+    let standard = [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ];
+    if standard.contains(name) {
+        return true;
+    }
+    let n = name.as_str();
+    n == "keep-alive" || n == "proxy-connection" || n.starts_with("x-authbridge-") || connection_listed.contains(name)
 }
 
 /// Header names the `Connection` header lists: hop-by-hop as well. Most messages have no
@@ -86,11 +90,13 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<http::Uri
         return Err("control characters are not allowed in the query");
     }
     // The base is scheme://authority/path/ (validated in the catalog: no query, no fragment, a
-    // trailing slash); the tail is appended to its path, with anything that may not appear in
-    // a URI percent-encoded, so the authority cannot change.
-    let base_str = base.as_str();
-    let mut out = String::with_capacity(base_str.len() + raw_tail.len() + query.len() + 8);
-    out.push_str(base_str);
+    // trailing slash). The URI's scheme and authority are the base's, parsed once per base and
+    // worker; only the path and query are built per call: the base's path, then the tail with
+    // anything that may not appear in a URI path percent-encoded.
+    let (scheme, authority) = base_origin(base)?;
+    let base_path = base.path();
+    let mut out = String::with_capacity(base_path.len() + raw_tail.len() + query.len() + 8);
+    out.push_str(base_path);
     if !out.ends_with('/') {
         out.push('/');
     }
@@ -99,17 +105,45 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<http::Uri
         out.push('?');
         push_escaped(&mut out, query, true);
     }
-    let uri = http::Uri::try_from(out).map_err(|_| "the path is not a valid URI path")?;
-    // By construction the tail cannot change the scheme or the authority; checked all the same,
-    // as strings (the base's authority as the catalog normalised it).
-    let authority = &base[url::Position::BeforeUsername..url::Position::AfterPort];
-    let same_origin = uri.scheme_str() == Some(base.scheme())
-        && uri.authority().is_some_and(|a| a.as_str() == authority)
-        && !authority.contains('@');
-    if !same_origin || !uri.path().starts_with(base.path()) {
+    let path_and_query =
+        http::uri::PathAndQuery::from_maybe_shared(Bytes::from(out)).map_err(|_| "the path is not a valid URI path")?;
+    // By construction the tail stays under the base's path; checked all the same.
+    if !path_and_query.path().starts_with(base_path) {
         return Err("the path leaves the provider's API");
     }
-    Ok(uri)
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts).map_err(|_| "the path is not a valid URI path")
+}
+
+/// A provider base's scheme and authority as the `http` crate's types (cheap to clone), parsed
+/// once per base on each worker thread.
+fn base_origin(base: &Url) -> Result<(http::uri::Scheme, http::uri::Authority), &'static str> {
+    type Origins = std::cell::RefCell<Vec<(String, http::uri::Scheme, http::uri::Authority)>>;
+    thread_local! {
+        static ORIGINS: Origins = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let origin = &base[..url::Position::AfterPort];
+    if let Some(found) =
+        ORIGINS.with_borrow(|o| o.iter().find(|(b, ..)| b == origin).map(|(_, s, a)| (s.clone(), a.clone())))
+    {
+        return Ok(found);
+    }
+    let authority = &base[url::Position::BeforeUsername..url::Position::AfterPort];
+    if authority.contains('@') {
+        return Err("the provider's API base has user information");
+    }
+    let scheme = http::uri::Scheme::try_from(base.scheme()).map_err(|_| "the provider's API base is not a URI")?;
+    let authority = http::uri::Authority::try_from(authority).map_err(|_| "the provider's API base is not a URI")?;
+    ORIGINS.with_borrow_mut(|o| {
+        if o.len() >= 1024 {
+            o.clear();
+        }
+        o.push((origin.to_owned(), scheme.clone(), authority.clone()));
+    });
+    Ok((scheme, authority))
 }
 
 /// Appends `raw`, percent-encoding bytes that may not appear unescaped in a URI path (or
@@ -308,7 +342,7 @@ impl<'a> Outgoing<'a> {
                 || n == "authorization"
                 || (n == "content-length" && held)
                 || (n == "traceparent" && self.traceparent.is_some())
-                || strip(n, &listed)
+                || strip(name, &listed)
             {
                 continue;
             }
@@ -338,11 +372,11 @@ static TRACEPARENT: header::HeaderName = header::HeaderName::from_static("tracep
 
 /// Removes hop-by-hop and authbridge's own headers from a provider's answer, in place; most
 /// answers have none, and are left untouched after one look at their names.
-fn strip_response_headers(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
+fn strip_response_headers(headers: &mut HeaderMap, may_list: bool) {
+    let listed = if may_list { connection_listed(headers) } else { Vec::new() };
     // One name at a time: a message holds one or two such headers, if any (a clone of a header
     // name shares its bytes; nothing is allocated).
-    while let Some(name) = headers.keys().find(|k| strip(k.as_str(), &listed)).cloned() {
+    while let Some(name) = headers.keys().find(|k| strip(k, &listed)).cloned() {
         headers.remove(name);
     }
 }
@@ -433,7 +467,12 @@ fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>) -> Resp
     let (mut parts, body) = resp.into_parts();
     // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
     parts.version = http::Version::default();
-    strip_response_headers(&mut parts.headers);
+    // Our client noted whether `Connection` named any field as it parsed the head.
+    let may_list = match &body {
+        UpBody::Raw(raw) => raw.connection_lists_fields(),
+        UpBody::Hyper(_) => true,
+    };
+    strip_response_headers(&mut parts.headers, may_list);
     Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
 }
 

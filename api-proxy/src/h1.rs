@@ -147,8 +147,8 @@ impl Conn {
         if let Err(e) = written {
             return Err(CallError::NoAnswer(e));
         }
-        let (head, framing, reusable) = self.read_head(head_request).await?;
-        let mut resp = Response::new(RawBody { conn: None, framing, reusable, done: None });
+        let (head, framing, reusable, lists_fields) = self.read_head(head_request).await?;
+        let mut resp = Response::new(RawBody { conn: None, framing, reusable, done: None, lists_fields });
         *resp.status_mut() = head.0;
         *resp.version_mut() = head.1;
         *resp.headers_mut() = head.2;
@@ -173,21 +173,21 @@ impl Conn {
     async fn read_head(
         &mut self,
         head_request: bool,
-    ) -> Result<((StatusCode, Version, HeaderMap), Framing, bool), CallError> {
+    ) -> Result<((StatusCode, Version, HeaderMap), Framing, bool, bool), CallError> {
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
                 received = true;
-                if let Some((status, version, headers)) = parse_head(&mut self.buf)? {
+                if let Some((status, version, headers, notes)) = parse_head(&mut self.buf)? {
                     if status.is_informational() {
                         if status == StatusCode::SWITCHING_PROTOCOLS {
                             return Err(CallError::Malformed("101 Switching Protocols was not asked for"));
                         }
                         continue; // 100 Continue, 103 Early Hints: the final answer follows
                     }
-                    let (framing, framed) = framing(status, &headers, head_request)?;
-                    let keep_alive = version == Version::HTTP_11 && !has_token(&headers, header::CONNECTION, "close");
-                    return Ok(((status, version, headers), framing, framed && keep_alive));
+                    let (framing, framed) = framing(status, &notes, head_request)?;
+                    let keep_alive = version == Version::HTTP_11 && !notes.close;
+                    return Ok(((status, version, headers), framing, framed && keep_alive, notes.lists_fields));
                 }
                 if self.buf.len() > MAX_HEAD {
                     return Err(CallError::Malformed("the answer's head is too large"));
@@ -245,7 +245,7 @@ fn put_length(out: &mut BytesMut, method: &Method, body_len: usize) {
 }
 
 /// Parses a complete response head off the front of `buf`, if it holds one.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap)>, CallError> {
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap, Notes)>, CallError> {
     // Left uninitialised: zeroing room for every possible field on every answer costs more than
     // parsing the few an answer has.
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -264,8 +264,8 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
     };
     let spans = field_spans(buf, resp.headers);
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, &spans).map_err(CallError::Malformed)?;
-    Ok(Some((status, version, headers)))
+    let (headers, notes) = header_map(&head, &spans).map_err(CallError::Malformed)?;
+    Ok(Some((status, version, headers, notes)))
 }
 
 /// Where a parsed head's fields are in `buf` (name start and end, value start and end).
@@ -285,71 +285,106 @@ pub(crate) fn field_spans(buf: &[u8], fields: &[httparse::Header<'_>]) -> Spans 
         .collect()
 }
 
-/// The header map of a head split off the buffer, its values sharing the head's bytes.
-pub(crate) fn header_map(head: &Bytes, spans: &Spans) -> Result<HeaderMap, &'static str> {
+/// What framing and connection handling need to know of a head, noted as its map is built (so
+/// they need no lookups in the map afterwards).
+#[derive(Debug)]
+pub(crate) struct Notes {
+    /// `Host` fields.
+    pub hosts: usize,
+    /// `Content-Length`: none, one number (every value the same), or why it is refused.
+    pub length: Result<Option<u64>, &'static str>,
+    /// Whether there is a `Transfer-Encoding`, and whether its last coding is `chunked`.
+    pub transfer_encoding: bool,
+    pub chunked_last: bool,
+    pub expect: bool,
+    /// `Connection` options: `close`, `keep-alive`, and whether it names any other (a header
+    /// field that must not be forwarded, RFC 9110 §7.6.1).
+    pub close: bool,
+    pub keep_alive: bool,
+    pub lists_fields: bool,
+}
+
+/// The header map of a head split off the buffer, its values sharing the head's bytes, and
+/// what its framing fields say.
+pub(crate) fn header_map(head: &Bytes, spans: &Spans) -> Result<(HeaderMap, Notes), &'static str> {
     let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut notes = Notes {
+        hosts: 0,
+        length: Ok(None),
+        transfer_encoding: false,
+        chunked_last: false,
+        expect: false,
+        close: false,
+        keep_alive: false,
+        lists_fields: false,
+    };
     for &(ns, ne, vs, ve) in spans {
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
+        let value = &head[vs..ve];
+        if name == header::HOST {
+            notes.hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            if let Ok(length) = &mut notes.length {
+                if let Err(e) = merge_length(length, value) {
+                    notes.length = Err(e);
+                }
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            notes.transfer_encoding = true;
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            notes.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name == header::EXPECT {
+            notes.expect = true;
+        } else if name == header::CONNECTION {
+            for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    notes.close = true;
+                } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                    notes.keep_alive = true;
+                } else {
+                    notes.lists_fields = true;
+                }
+            }
+        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, notes))
 }
 
-/// The message's `Content-Length`, if it has one: every value (a list, or repeated fields) must
-/// be the same plain decimal number (RFC 9112 §6.3), else the message is refused.
-pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| "bad Content-Length")?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || part.len() > 19 || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err("bad Content-Length");
-            }
-            let n: u64 = part.parse().map_err(|_| "bad Content-Length")?;
-            if length.is_some_and(|l| l != n) {
-                return Err("conflicting Content-Length values");
-            }
-            length = Some(n);
+/// Adds one `Content-Length` field's value to what the earlier ones said: every value (a list,
+/// or repeated fields) must be the same plain decimal number (RFC 9112 §6.3).
+fn merge_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'static str> {
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return Err("bad Content-Length");
         }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        *length = Some(n);
     }
-    Ok(length)
-}
-
-/// Whether a header's comma-separated values include `token` (case-insensitive).
-pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    Ok(())
 }
 
 /// How the answer's body is delimited (RFC 9112 §6.3), and whether that framing lets the
 /// connection carry another call.
-fn framing(status: StatusCode, headers: &HeaderMap, head_request: bool) -> Result<(Framing, bool), CallError> {
+fn framing(status: StatusCode, notes: &Notes, head_request: bool) -> Result<(Framing, bool), CallError> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), true));
     }
-    let lengths = headers.get_all(header::CONTENT_LENGTH);
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim)
-            .unwrap_or("");
-        let framed = !lengths.iter().any(|_| true); // both: read by the coding, then close
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
+    if notes.transfer_encoding {
+        // Both framings: read by the coding, then close.
+        let framed = matches!(notes.length, Ok(None));
+        return Ok(if notes.chunked_last {
             (Framing::Chunked(Chunk::Size { value: 0, digits: 0, ext: false, cr: false }), framed)
         } else {
             (Framing::Close, false)
         });
     }
-    Ok(match content_length(headers).map_err(CallError::Malformed)? {
+    Ok(match notes.length.map_err(CallError::Malformed)? {
         Some(n) => (Framing::Length(n), true),
         None => (Framing::Close, false),
     })
@@ -384,9 +419,16 @@ pub struct RawBody {
     framing: Framing,
     reusable: bool,
     done: Option<Box<dyn FnOnce(Conn)>>,
+    lists_fields: bool,
 }
 
 impl RawBody {
+    /// Whether the answer's `Connection` header named fields (which are then not relayed);
+    /// most answers' name none, or only `keep-alive` or `close`.
+    pub fn connection_lists_fields(&self) -> bool {
+        self.lists_fields
+    }
+
     /// Once the body has ended: gives the connection back if it can carry another call (nothing
     /// read past the answer), else closes it.
     fn finish_if_ended(&mut self) {

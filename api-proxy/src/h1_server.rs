@@ -17,7 +17,7 @@
 //! is answered 400 and the connection closed, as is any head that does not parse. A connection
 //! is kept alive only when both sides can tell where every message ends.
 
-use crate::h1::{content_length, field_spans, has_token, header_map, Io};
+use crate::h1::{field_spans, header_map, Io, Notes};
 use crate::pool::LocalExec;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -296,7 +296,7 @@ impl<T: Io> Conn<T> {
                     // Perhaps HTTP/2's preface: wait for the rest of it.
                 } else {
                     match parse_request(&mut self.buf) {
-                        Parsed::Head(head, req) => return self.admit(head, req, options).await,
+                        Parsed::Head(head, req, notes) => return self.admit(head, req, notes, options).await,
                         Parsed::Partial if self.buf.len() > MAX_HEAD => {
                             return Next::Refuse(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -323,18 +323,16 @@ impl<T: Io> Conn<T> {
     }
 
     /// Checks a parsed request's framing and reads its held body; or hands it on.
-    async fn admit(&mut self, head: Bytes, req: Request<()>, options: &Options) -> Next {
-        let headers = req.headers();
+    async fn admit(&mut self, head: Bytes, req: Request<()>, notes: Notes, options: &Options) -> Next {
         let v11 = req.version() == Version::HTTP_11;
-        let hosts = headers.get_all(header::HOST).iter().count();
-        if hosts > 1 || (v11 && hosts == 0) {
+        if notes.hosts > 1 || (v11 && notes.hosts == 0) {
             return Next::Refuse(StatusCode::BAD_REQUEST, "a request needs exactly one Host header");
         }
-        let length = match content_length(headers) {
+        let length = match notes.length {
             Ok(l) => l,
             Err(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
         };
-        if headers.contains_key(header::TRANSFER_ENCODING) {
+        if notes.transfer_encoding {
             if !v11 {
                 return Next::Refuse(StatusCode::BAD_REQUEST, "Transfer-Encoding is not allowed in HTTP/1.0");
             }
@@ -346,11 +344,10 @@ impl<T: Io> Conn<T> {
             }
             return Next::ToHyper(head);
         }
-        if headers.contains_key(header::EXPECT) || length.is_some_and(|n| n > options.held_body as u64) {
+        if notes.expect || length.is_some_and(|n| n > options.held_body as u64) {
             return Next::ToHyper(head);
         }
-        let close = has_token(headers, header::CONNECTION, "close");
-        let keep_alive = !close && (v11 || has_token(headers, header::CONNECTION, "keep-alive"));
+        let keep_alive = !notes.close && (v11 || notes.keep_alive);
         let length = length.unwrap_or(0) as usize;
         while self.buf.len() < length {
             match self.read(length - self.buf.len(), None).await {
@@ -649,7 +646,7 @@ fn put_date(out: &mut BytesMut) {
 #[allow(clippy::large_enum_variant)] // as `Next`
 enum Parsed {
     /// A complete head (split off the buffer) and the request it describes.
-    Head(Bytes, Request<()>),
+    Head(Bytes, Request<()>, Notes),
     Partial,
     Bad(StatusCode, &'static str),
 }
@@ -685,7 +682,7 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(at..at + n)) else {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "the request target is not a valid URI");
     };
-    let headers = match header_map(&head, &spans) {
+    let (headers, notes) = match header_map(&head, &spans) {
         Ok(h) => h,
         Err(message) => return Parsed::Bad(StatusCode::BAD_REQUEST, message),
     };
@@ -694,7 +691,7 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     *request.headers_mut() = headers;
-    Parsed::Head(head, request)
+    Parsed::Head(head, request, notes)
 }
 
 /// Whether the request line is `METHOD TARGET HTTP/d.d` (of a version httparse does not take).

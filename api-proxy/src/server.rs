@@ -406,20 +406,19 @@ async fn readyz(worker: &Worker) -> Response<ResponseBody> {
 }
 
 fn metrics(worker: &Worker) -> Response<ResponseBody> {
-    use std::sync::atomic::Ordering;
     let mut out = worker.metrics.render();
     let c = &worker.state.cache;
     shared::metrics::gauge(
         &mut out,
         "authbridge_token_cache_hits",
         "Proxied calls served a token from memory.",
-        c.hits.load(Ordering::Relaxed) as f64,
+        c.hits.get() as f64,
     );
     shared::metrics::gauge(
         &mut out,
         "authbridge_token_cache_misses",
         "Proxied calls that read the token from the database.",
-        c.misses.load(Ordering::Relaxed) as f64,
+        c.misses.get() as f64,
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
     full(StatusCode::OK, "text/plain; version=0.0.4", out.into())

@@ -5,29 +5,77 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// Latency buckets, in seconds.
 pub const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// One histogram series. Each observation lands in exactly one bucket (the first whose bound
-/// holds it, none if it exceeds them all); the cumulative counts Prometheus expects are summed
-/// when rendering, so recording costs three atomic additions whatever the value.
+/// Counters and histograms are split into shards, each on cache lines of its own, and each
+/// thread adds to one shard: the HTTP workers count every request, and adding to one shared
+/// atomic would move its cache line between their cores on every request. Readers (a scrape)
+/// sum the shards.
+const SHARDS: usize = 8;
+
 #[derive(Default)]
-pub struct Histogram {
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// This thread's shard (threads are given shards in turn as they first count).
+fn shard() -> usize {
+    thread_local! {
+        static SHARD: usize = {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS
+        };
+    }
+    SHARD.with(|s| *s)
+}
+
+/// A monotonic counter, sharded (see [`SHARDS`]).
+#[derive(Default)]
+pub struct Counter {
+    shards: [Padded<AtomicU64>; SHARDS],
+}
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.shards[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+#[derive(Default)]
+struct HistogramShard {
     buckets: [AtomicU64; 14],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+/// One histogram series, sharded (see [`SHARDS`]). Each observation lands in exactly one
+/// bucket (the first whose bound holds it, none if it exceeds them all); the cumulative counts
+/// Prometheus expects are summed when rendering, so recording costs three atomic additions
+/// whatever the value.
+#[derive(Default)]
+pub struct Histogram {
+    shards: [Padded<HistogramShard>; SHARDS],
+}
+
 impl Histogram {
     pub fn observe(&self, seconds: f64) {
+        let s = &self.shards[shard()].0;
         if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            s.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+        s.count.fetch_add(1, Ordering::Relaxed);
+        s.sum_micros.fetch_add((seconds.max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn total(&self, field: impl Fn(&HistogramShard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| field(&s.0).load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -41,7 +89,7 @@ struct Memo {
     registry: u64,
     name: &'static str,
     key: (Box<str>, Box<str>, u16),
-    counter: Arc<AtomicU64>,
+    counter: Arc<Counter>,
     histogram: Option<Arc<Histogram>>,
 }
 
@@ -57,7 +105,7 @@ pub struct Registry {
     id: u64,
     help: RwLock<BTreeMap<&'static str, &'static str>>,
     // name → labels → value: looked up by `&str`, so counting allocates nothing.
-    series: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<AtomicU64>>>>,
+    series: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<Counter>>>>,
     histogram_help: RwLock<BTreeMap<&'static str, &'static str>>,
     histograms: RwLock<BTreeMap<&'static str, BTreeMap<String, Arc<Histogram>>>>,
 }
@@ -79,7 +127,7 @@ impl Registry {
         Self::default()
     }
 
-    fn counter(&self, name: &'static str, labels: &str) -> Arc<AtomicU64> {
+    fn counter(&self, name: &'static str, labels: &str) -> Arc<Counter> {
         if let Some(c) = self.series.read().unwrap().get(name).and_then(|m| m.get(labels)) {
             return c.clone();
         }
@@ -114,7 +162,7 @@ impl Registry {
                     && &*e.key.1 == key.1
                     && e.histogram.is_some() == histogram.is_some()
             })?;
-            found.counter.fetch_add(1, Ordering::Relaxed);
+            found.counter.add(1);
             if let (Some(h), Some((_, secs))) = (&found.histogram, histogram) {
                 h.observe(secs);
             }
@@ -125,7 +173,7 @@ impl Registry {
         }
         let labels = labels();
         let counter = self.counter(name, &labels);
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.add(1);
         let hist = histogram.map(|(hname, secs)| {
             let h = self.histogram(hname, &labels);
             h.observe(secs);
@@ -152,7 +200,7 @@ impl Registry {
 
     /// Adds `by` to the counter `name{labels}`; `labels` is `key="value",…` or empty.
     pub fn add(&self, name: &'static str, labels: &str, by: u64) {
-        self.counter(name, labels).fetch_add(by, Ordering::Relaxed);
+        self.counter(name, labels).add(by);
     }
 
     /// Declares a histogram (seconds).
@@ -170,13 +218,7 @@ impl Registry {
     }
 
     pub fn get(&self, name: &'static str, labels: &str) -> u64 {
-        self.series
-            .read()
-            .unwrap()
-            .get(name)
-            .and_then(|m| m.get(labels))
-            .map(|c| c.load(Ordering::Relaxed))
-            .unwrap_or(0)
+        self.series.read().unwrap().get(name).and_then(|m| m.get(labels)).map(|c| c.get()).unwrap_or(0)
     }
 
     /// The counters in the Prometheus text format.
@@ -190,7 +232,7 @@ impl Registry {
             for (labels, v) in series.get(name).into_iter().flatten() {
                 let n = name;
                 any = true;
-                let v = v.load(Ordering::Relaxed);
+                let v = v.get();
                 if labels.is_empty() {
                     let _ = writeln!(out, "{n} {v}");
                 } else {
@@ -210,13 +252,13 @@ impl Registry {
                 let sep = if labels.is_empty() { "" } else { "," };
                 let mut cumulative = 0;
                 for (i, le) in BUCKETS.iter().enumerate() {
-                    cumulative += h.buckets[i].load(Ordering::Relaxed);
+                    cumulative += h.total(|s| &s.buckets[i]);
                     let _ = writeln!(out, "{n}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}");
                 }
-                let count = h.count.load(Ordering::Relaxed);
+                let count = h.total(|s| &s.count);
                 let _ = writeln!(out, "{n}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
                 let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-                let _ = writeln!(out, "{n}_sum{braces} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+                let _ = writeln!(out, "{n}_sum{braces} {}", h.total(|s| &s.sum_micros) as f64 / 1e6);
                 let _ = writeln!(out, "{n}_count{braces} {count}");
             }
         }

@@ -476,8 +476,15 @@ fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>) -> Resp
     Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
 }
 
-/// `ANY /proxy/{provider}/{connection_id}/{path…}`
-#[tracing::instrument(name = "proxy", skip_all, fields(provider, connection_id, method = %req.method(), upstream_status))]
+/// The span of one proxied call (a child of the request's span), for the caller to run
+/// [`proxy`] in: made here rather than by `#[tracing::instrument]` on `proxy`, whose wrapping
+/// moves the call's whole future once more.
+pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
+    tracing::info_span!(parent: request, "proxy", provider = tracing::field::Empty,
+        connection_id = tracing::field::Empty, method = %method, upstream_status = tracing::field::Empty)
+}
+
+/// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
 pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, body) = req.into_parts();
     let presented =

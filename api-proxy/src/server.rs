@@ -337,29 +337,14 @@ async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseB
     let method = req.method().clone();
     let span =
         shared::http::request_span(method.as_str(), quiet, req.headers().get("traceparent").map(|v| v.as_bytes()));
-    let resp = async {
-        let readable = method == Method::GET || method == Method::HEAD;
-        match route {
-            PROXY_ROUTE => forward::proxy(worker, req).await.unwrap_or_else(|e| error_response(&e)),
-            shared::http::UNMATCHED => error_response(&ApiError::new(
-                ErrorCode::NotFound,
-                format!("no route for {method} {}", req.uri().path()),
-            )),
-            _ if !readable => {
-                let mut r = error_response(&ApiError::new(
-                    ErrorCode::MethodNotAllowed,
-                    format!("{route} answers GET and HEAD, not {method}"),
-                ));
-                r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                r
-            }
-            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-            "/readyz" => readyz(worker).await,
-            _ => metrics(worker),
-        }
-    }
-    .instrument(span.clone())
-    .await;
+    // The proxied call's future is the largest by far: awaited directly, not inside a wrapper
+    // of its own, it is moved (copied) fewer times on its way into place.
+    let resp = if route == PROXY_ROUTE {
+        let call = forward::proxy_span(&span, &method);
+        forward::proxy(worker, req).instrument(call).await.unwrap_or_else(|e| error_response(&e))
+    } else {
+        other_route(worker, req, route, &method).instrument(span.clone()).await
+    };
     shared::http::record_request(
         Some(&worker.metrics),
         &span,
@@ -370,6 +355,32 @@ async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseB
         quiet,
     );
     resp
+}
+
+/// `/healthz`, `/readyz`, `/metrics`, or a 404 or 405.
+async fn other_route(
+    worker: &Worker,
+    req: Request<CallerBody>,
+    route: &str,
+    method: &Method,
+) -> Response<ResponseBody> {
+    let readable = method == Method::GET || method == Method::HEAD;
+    match route {
+        shared::http::UNMATCHED => {
+            error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {method} {}", req.uri().path())))
+        }
+        _ if !readable => {
+            let mut r = error_response(&ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{route} answers GET and HEAD, not {method}"),
+            ));
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+        "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/readyz" => readyz(worker).await,
+        _ => metrics(worker),
+    }
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResponseBody> {

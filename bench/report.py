@@ -266,9 +266,13 @@ if ca and cx:
     if ca > cx and met:
         w("Throughput and latency meet the target in this run, but the proxy still costs more CPU per")
         w("request than nginx: where the proxy is the one that runs out of CPU, that is the gap to watch.")
-    elif ca > cx:
+    elif ca > cx and ratio < 1.0:
         w("On two cores shared with the load generator and the upstream, that CPU difference is the")
         w("throughput gap.")
+    elif ca > cx:
+        w("On two saturated cores shared with the load generator and the upstream, the proxy's extra")
+        w("CPU per request is CPU the load generator does not get: the p99 at a fixed concurrency")
+        w("moves with how long the load generator waits to run (see the notes below).")
 w("")
 profile = os.path.join(work, "profile.txt")
 collapsed = os.path.join(work, "collapsed.txt")

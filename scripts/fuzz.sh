@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers that take outside input — token responses, the providers file, proxy
-# paths, the OAuth callback query — with cargo-fuzz (libFuzzer + AddressSanitizer), each for a
+# paths, the OAuth callback query, the proxy server's request framing — with cargo-fuzz (libFuzzer + AddressSanitizer), each for a
 # bounded time. Usage: scripts/fuzz.sh [seconds per target, default 60] [target …]
 # A crash leaves its input in fuzz/artifacts/<target>/ and fails the script.
 set -euo pipefail
@@ -9,7 +9,7 @@ secs=${1:-60}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(token_response providers_file proxy_path callback_query)
+  targets=(token_response providers_file proxy_path callback_query request_framing)
 fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 # cargo-fuzz needs unstable compiler flags; the stable toolchain allows them with this switch.

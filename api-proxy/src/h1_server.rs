@@ -324,31 +324,11 @@ impl<T: Io> Conn<T> {
 
     /// Checks a parsed request's framing and reads its held body; or hands it on.
     async fn admit(&mut self, head: Bytes, req: Request<()>, notes: Notes, options: &Options) -> Next {
-        let v11 = req.version() == Version::HTTP_11;
-        if notes.hosts > 1 || (v11 && notes.hosts == 0) {
-            return Next::Refuse(StatusCode::BAD_REQUEST, "a request needs exactly one Host header");
-        }
-        let length = match notes.length {
-            Ok(l) => l,
-            Err(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
+        let (length, keep_alive) = match admission(req.version(), &notes, options.held_body) {
+            Admission::Held { length, keep_alive } => (length, keep_alive),
+            Admission::ToHyper => return Next::ToHyper(head),
+            Admission::Refuse(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
         };
-        if notes.transfer_encoding {
-            if !v11 {
-                return Next::Refuse(StatusCode::BAD_REQUEST, "Transfer-Encoding is not allowed in HTTP/1.0");
-            }
-            if length.is_some() {
-                return Next::Refuse(
-                    StatusCode::BAD_REQUEST,
-                    "a request may not have both Transfer-Encoding and Content-Length",
-                );
-            }
-            return Next::ToHyper(head);
-        }
-        if notes.expect || length.is_some_and(|n| n > options.held_body as u64) {
-            return Next::ToHyper(head);
-        }
-        let keep_alive = !notes.close && (v11 || notes.keep_alive);
-        let length = length.unwrap_or(0) as usize;
         while self.buf.len() < length {
             match self.read(length - self.buf.len(), None).await {
                 Ok(Read::Some) => {}
@@ -537,6 +517,65 @@ impl<T: Io> Conn<T> {
             }
         })
         .await;
+    }
+}
+
+/// How a parsed request is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Here: its body (`length` bytes, perhaps none) is read whole first; the connection stays
+    /// open after the answer if `keep_alive`.
+    Held { length: usize, keep_alive: bool },
+    /// By hyper, from this request on (a chunked or large body, or `Expect`).
+    ToHyper,
+    /// Refused with 400 (the message says why), and the connection closed.
+    Refuse(&'static str),
+}
+
+/// The framing rules (RFC 9112 §6.1, §6.3, §3.2; §11.2 on smuggling): a request is served here
+/// only when its length is unambiguous.
+fn admission(version: Version, notes: &Notes, held_body: usize) -> Admission {
+    let v11 = version == Version::HTTP_11;
+    if notes.hosts > 1 || (v11 && notes.hosts == 0) {
+        return Admission::Refuse("a request needs exactly one Host header");
+    }
+    let length = match notes.length {
+        Ok(l) => l,
+        Err(message) => return Admission::Refuse(message),
+    };
+    if notes.transfer_encoding {
+        if !v11 {
+            return Admission::Refuse("Transfer-Encoding is not allowed in HTTP/1.0");
+        }
+        if length.is_some() {
+            return Admission::Refuse("a request may not have both Transfer-Encoding and Content-Length");
+        }
+        return Admission::ToHyper;
+    }
+    match length {
+        Some(n) if n > held_body as u64 => Admission::ToHyper,
+        _ if notes.expect => Admission::ToHyper,
+        n => Admission::Held { length: n.unwrap_or(0) as usize, keep_alive: !notes.close && (v11 || notes.keep_alive) },
+    }
+}
+
+/// What the server decides for the request head at the front of `bytes`: `None` while the head
+/// is incomplete; the status it refuses with; or how it serves the request, the request as the
+/// handler would get it, and the head's length. (For fuzzing and tests: the same parsing and
+/// rules as a connection uses.)
+#[allow(clippy::type_complexity)]
+pub fn decide(bytes: &[u8], held_body: usize) -> Option<Result<(Admission, Request<()>, usize), StatusCode>> {
+    let mut buf = BytesMut::from(bytes);
+    match parse_request(&mut buf) {
+        Parsed::Partial => None,
+        Parsed::Bad(status, _) => Some(Err(status)),
+        Parsed::Head(head, req, notes) => {
+            let admission = admission(req.version(), &notes, held_body);
+            Some(match admission {
+                Admission::Refuse(_) => Err(StatusCode::BAD_REQUEST),
+                a => Ok((a, req, head.len())),
+            })
+        }
     }
 }
 
@@ -997,6 +1036,85 @@ mod tests {
                 assert_eq!(transcript.matches("HTTP/1.1 ").count(), 1, "{request:?} got {transcript}");
             }
         });
+    }
+
+    #[test]
+    fn only_requests_of_unambiguous_length_are_served_here_whatever_the_mix_of_framing_fields() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let fields = [
+            "Host: h",
+            "Host: other",
+            "Content-Length: 3",
+            "Content-Length: 5",
+            "Content-Length: 3, 3",
+            "Content-Length: 3, 4",
+            "content-length: 03",
+            "Content-Length: -1",
+            "Content-Length: 2000",
+            "Transfer-Encoding: chunked",
+            "Transfer-Encoding: gzip, chunked",
+            "Transfer-Encoding: chunked, gzip",
+            "transfer-encoding: identity",
+            "Expect: 100-continue",
+            "Connection: close",
+            "Connection: keep-alive, x-a",
+            "X-A: 1",
+        ];
+        let mut seen = [0usize; 3]; // refused, held, handed to hyper
+        for case in 0..2000 {
+            let version = if next(4) == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+            let mut head = format!("POST /x HTTP/1.{}\r\n", u8::from(version.ends_with('1')));
+            let mut chosen: Vec<&str> = (0..next(4)).map(|_| fields[next(fields.len() as u64) as usize]).collect();
+            if next(5) > 0 {
+                chosen.insert(next(chosen.len() as u64 + 1) as usize, "Host: h");
+            }
+            for f in &chosen {
+                head.push_str(f);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let lower: Vec<String> = chosen.iter().map(|f| f.to_ascii_lowercase()).collect();
+            let has = |name: &str| lower.iter().any(|f| f.starts_with(name));
+            let hosts = lower.iter().filter(|f| f.starts_with("host:")).count();
+            let lengths: Vec<&str> = lower
+                .iter()
+                .filter_map(|f| f.strip_prefix("content-length: "))
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .collect();
+            let decided = decide(head.as_bytes(), 1024).expect("a complete head");
+            let ambiguous = (has("transfer-encoding") && (!lengths.is_empty() || version == "HTTP/1.0"))
+                || lengths.iter().any(|l| l.parse::<u64>().is_err() || l.starts_with(['+', '-']))
+                || lengths.windows(2).any(|w| w[0].parse::<u64>().ok() != w[1].parse::<u64>().ok())
+                || hosts > 1
+                || (version == "HTTP/1.1" && hosts == 0);
+            match decided {
+                Err(status) => {
+                    assert!(ambiguous, "case {case}: {head:?} refused ({status}) but is not ambiguous");
+                    seen[0] += 1;
+                }
+                Ok((admission, _, _)) => {
+                    assert!(!ambiguous, "case {case}: {head:?} accepted as {admission:?}");
+                    let length = lengths.first().map_or(0, |l| l.parse::<usize>().unwrap());
+                    let expected = if has("transfer-encoding") || has("expect") || length > 1024 {
+                        Admission::ToHyper
+                    } else {
+                        let close = lower.iter().any(|f| f == "connection: close");
+                        let keep = lower.iter().any(|f| f.starts_with("connection: keep-alive"));
+                        Admission::Held { length, keep_alive: !close && (version == "HTTP/1.1" || keep) }
+                    };
+                    assert_eq!(admission, expected, "case {case}: {head:?}");
+                    seen[if expected == Admission::ToHyper { 2 } else { 1 }] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 150), "each outcome is exercised: {seen:?}");
     }
 
     #[test]

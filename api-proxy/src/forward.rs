@@ -23,25 +23,28 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use url::Url;
 
-/// Headers that describe one hop (RFC 9110 §7.6.1) or belong to authbridge: never forwarded.
-/// (`Connection`, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`,
-/// `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `x-authbridge-*`, and what `Connection` lists.)
+/// Whether a header field (its name in any case) describes one hop (RFC 9110 §7.6.1) or
+/// belongs to authbridge, and so is never forwarded either way: `Connection`, `Keep-Alive`,
+/// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, `x-authbridge-*`. (Fields `Connection` lists are too.)
+pub fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    // Told apart by length first: most fields are none of these.
+    let listed = match name.len() {
+        2 => is(b"te"),
+        7 => is(b"trailer") || is(b"upgrade"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        18 => is(b"proxy-authenticate"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    };
+    listed || (name.len() >= 13 && name[..13].eq_ignore_ascii_case(b"x-authbridge-"))
+}
+
 fn strip(name: &header::HeaderName, connection_listed: &[header::HeaderName]) -> bool {
-    // Standard names compare as the http crate's enum; the others as strings.
-    let standard = [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ];
-    if standard.contains(name) {
-        return true;
-    }
-    let n = name.as_str();
-    n == "keep-alive" || n == "proxy-connection" || n.starts_with("x-authbridge-") || connection_listed.contains(name)
+    hop_by_hop(name.as_str().as_bytes()) || connection_listed.contains(name)
 }
 
 /// Header names the `Connection` header lists: hop-by-hop as well. Most messages have no
@@ -461,15 +464,33 @@ impl Body for RelayBody {
 /// What the proxy's server answers with: its own (JSON) answers, or a provider's, relayed.
 pub type ResponseBody = Either<Full<Bytes>, RelayBody>;
 
+impl crate::h1_server::RawFields for ResponseBody {
+    fn raw_fields(&self) -> Option<(&crate::h1::RawHead, bool)> {
+        match self {
+            Either::Right(RelayBody { body: UpBody::Raw(raw), .. }) => {
+                raw.raw_head().map(|h| (h, raw.connection_lists_fields()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The provider's answer as the caller gets it: status, end-to-end headers (`Content-Length`
 /// included: for a HEAD or 304 answer it describes the representation, RFC 9110 §8.6) and body.
-fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>) -> Response<ResponseBody> {
-    let (mut parts, body) = resp.into_parts();
+/// An answer our HTTP/1.1 client read keeps its fields as they arrived when `raw_ok` (the
+/// caller is on our HTTP/1.1 server, which writes them filtered the same way); otherwise they
+/// are moved into the answer's map here and filtered.
+fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>, raw_ok: bool) -> Response<ResponseBody> {
+    let (mut parts, mut body) = resp.into_parts();
     // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
     parts.version = http::Version::default();
     // Our client noted whether `Connection` named any field as it parsed the head.
-    let may_list = match &body {
-        UpBody::Raw(raw) => raw.connection_lists_fields(),
+    let may_list = match &mut body {
+        UpBody::Raw(raw) if raw_ok => false, // filtered as they are written
+        UpBody::Raw(raw) => {
+            raw.headers_into(&mut parts.headers);
+            raw.connection_lists_fields()
+        }
         UpBody::Hyper(_) => true,
     };
     strip_response_headers(&mut parts.headers, may_list);
@@ -487,6 +508,8 @@ pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
 pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, body) = req.into_parts();
+    // Served by our HTTP/1.1 server (which takes the provider's fields as they arrived), or by hyper.
+    let raw_ok = matches!(body, CallerBody::Held(_));
     let presented =
         parts.headers.get(header::AUTHORIZATION).and_then(|v| shared::http::bearer_credential(v.as_bytes()));
     let caller = worker.auth.authorize(presented, Scope::Proxy, Some(&worker.limits)).await?;
@@ -537,7 +560,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
     count(status.as_u16());
     if status != http::StatusCode::UNAUTHORIZED {
         span.record("upstream_status", status.as_u16());
-        return Ok(relay(resp, deadline));
+        return Ok(relay(resp, deadline, raw_ok));
     }
     // 401: the token may have been revoked or expired early. Refresh once (single-flight; if
     // someone already refreshed past this version we simply get the newer token) and retry once.
@@ -548,7 +571,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
             if !body.replayable() {
                 // The body streamed and is gone: the caller retries, with the fresh token now in place.
                 span.record("upstream_status", 401u16);
-                let mut out = relay(resp, deadline);
+                let mut out = relay(resp, deadline, raw_ok);
                 out.headers_mut().insert("x-authbridge-retry", HeaderValue::from_static("token-refreshed"));
                 return Ok(out);
             }
@@ -556,7 +579,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
             let retried = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &fresh, &mut deadline).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
-            Ok(relay(retried, deadline))
+            Ok(relay(retried, deadline, raw_ok))
         }
         Outcome::NeedsReauth { reason } => Err(proxy_error(
             ErrorCode::NeedsReauth,
@@ -565,7 +588,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
         Outcome::NotFound => Err(proxy_error(ErrorCode::ConnectionNotFound, "the connection was deleted")),
         _ => {
             span.record("upstream_status", 401u16);
-            Ok(relay(resp, deadline))
+            Ok(relay(resp, deadline, raw_ok))
         }
     }
 }

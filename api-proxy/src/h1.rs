@@ -148,10 +148,10 @@ impl Conn {
             return Err(CallError::NoAnswer(e));
         }
         let (head, framing, reusable, lists_fields) = self.read_head(head_request).await?;
-        let mut resp = Response::new(RawBody { conn: None, framing, reusable, done: None, lists_fields });
+        let mut resp =
+            Response::new(RawBody { conn: None, framing, reusable, done: None, lists_fields, head: Some(head.2) });
         *resp.status_mut() = head.0;
         *resp.version_mut() = head.1;
-        *resp.headers_mut() = head.2;
         let body = resp.body_mut();
         body.conn = Some(self);
         body.done = Some(Box::new(done));
@@ -173,7 +173,7 @@ impl Conn {
     async fn read_head(
         &mut self,
         head_request: bool,
-    ) -> Result<((StatusCode, Version, HeaderMap), Framing, bool, bool), CallError> {
+    ) -> Result<((StatusCode, Version, RawHead), Framing, bool, bool), CallError> {
         let mut received = false;
         loop {
             if !self.buf.is_empty() {
@@ -245,7 +245,7 @@ fn put_length(out: &mut BytesMut, method: &Method, body_len: usize) {
 }
 
 /// Parses a complete response head off the front of `buf`, if it holds one.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderMap, Notes)>, CallError> {
+fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, RawHead, Notes)>, CallError> {
     // Left uninitialised: zeroing room for every possible field on every answer costs more than
     // parsing the few an answer has.
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -264,8 +264,34 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, HeaderM
     };
     let spans = field_spans(buf, resp.headers);
     let head = buf.split_to(len).freeze();
-    let (headers, notes) = header_map(&head, &spans).map_err(CallError::Malformed)?;
-    Ok(Some((status, version, headers, notes)))
+    let mut notes = Notes::new();
+    for &(ns, ne, vs, ve) in &spans {
+        notes.note(&head[ns..ne], &head[vs..ve]);
+    }
+    Ok(Some((status, version, RawHead { head, spans }, notes)))
+}
+
+/// An answer's header fields as they arrived (the head's bytes, and where each field is in
+/// them), checked by the parser but not copied into a map: our server writes them to its
+/// caller as they are (filtered); a map is built only where one is needed
+/// ([`RawBody::headers_into`]).
+pub struct RawHead {
+    head: Bytes,
+    spans: Spans,
+}
+
+impl RawHead {
+    /// A response head's fields, and whether its `Connection` field names others (for tests).
+    #[cfg(test)]
+    pub(crate) fn parse(bytes: &[u8]) -> (Self, bool) {
+        let (_, _, raw, notes) = parse_head(&mut BytesMut::from(bytes)).unwrap().expect("a complete head");
+        (raw, notes.lists_fields)
+    }
+
+    /// Each field's name and value, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans.iter().map(|&(ns, ne, vs, ve)| (&self.head[ns..ne], &self.head[vs..ve]))
+    }
 }
 
 /// Where a parsed head's fields are in `buf` (name start and end, value start and end).
@@ -308,48 +334,62 @@ pub(crate) struct Notes {
 /// what its framing fields say.
 pub(crate) fn header_map(head: &Bytes, spans: &Spans) -> Result<(HeaderMap, Notes), &'static str> {
     let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut notes = Notes {
-        hosts: 0,
-        length: Ok(None),
-        transfer_encoding: false,
-        chunked_last: false,
-        expect: false,
-        close: false,
-        keep_alive: false,
-        lists_fields: false,
-    };
+    let mut notes = Notes::new();
     for &(ns, ne, vs, ve) in spans {
+        notes.note(&head[ns..ne], &head[vs..ve]);
         let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
-        let value = &head[vs..ve];
-        if name == header::HOST {
-            notes.hosts += 1;
-        } else if name == header::CONTENT_LENGTH {
-            if let Ok(length) = &mut notes.length {
-                if let Err(e) = merge_length(length, value) {
-                    notes.length = Err(e);
-                }
-            }
-        } else if name == header::TRANSFER_ENCODING {
-            notes.transfer_encoding = true;
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            notes.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if name == header::EXPECT {
-            notes.expect = true;
-        } else if name == header::CONNECTION {
-            for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
-                if option.eq_ignore_ascii_case(b"close") {
-                    notes.close = true;
-                } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                    notes.keep_alive = true;
-                } else {
-                    notes.lists_fields = true;
-                }
-            }
-        }
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
         headers.append(name, value);
     }
     Ok((headers, notes))
+}
+
+impl Notes {
+    pub(crate) fn new() -> Self {
+        Self {
+            hosts: 0,
+            length: Ok(None),
+            transfer_encoding: false,
+            chunked_last: false,
+            expect: false,
+            close: false,
+            keep_alive: false,
+            lists_fields: false,
+        }
+    }
+
+    /// Notes one field (its name in any case, as it arrived).
+    pub(crate) fn note(&mut self, name: &[u8], value: &[u8]) {
+        // Told apart by length first: most fields are none of these.
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => self.hosts += 1,
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                if let Ok(length) = &mut self.length {
+                    if let Err(e) = merge_length(length, value) {
+                        self.length = Err(e);
+                    }
+                }
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = true;
+                let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => self.expect = true,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else {
+                        self.lists_fields = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Adds one `Content-Length` field's value to what the earlier ones said: every value (a list,
@@ -420,6 +460,8 @@ pub struct RawBody {
     reusable: bool,
     done: Option<Box<dyn FnOnce(Conn)>>,
     lists_fields: bool,
+    /// The answer's header fields, until they are moved into the answer's map.
+    head: Option<RawHead>,
 }
 
 impl RawBody {
@@ -427,6 +469,25 @@ impl RawBody {
     /// most answers' name none, or only `keep-alive` or `close`.
     pub fn connection_lists_fields(&self) -> bool {
         self.lists_fields
+    }
+
+    /// The answer's header fields as they arrived, unless they were moved into its map.
+    pub fn raw_head(&self) -> Option<&RawHead> {
+        self.head.as_ref()
+    }
+
+    /// Moves the answer's header fields into `headers` (after any it holds).
+    pub fn headers_into(&mut self, headers: &mut HeaderMap) {
+        let Some(raw) = self.head.take() else { return };
+        headers.reserve(raw.spans.len());
+        for &(ns, ne, vs, ve) in &raw.spans {
+            // Checked by the parser: a token, and a value without control characters.
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(&raw.head[ns..ne]), HeaderValue::from_maybe_shared(raw.head.slice(vs..ve)))
+            {
+                headers.append(name, value);
+            }
+        }
     }
 
     /// Once the body has ended: gives the connection back if it can carry another call (nothing
@@ -688,7 +749,8 @@ mod tests {
     ) -> (Response<()>, Result<Bytes, String>) {
         let slot = slot.clone();
         let resp = conn.call(req, move |c| *slot.borrow_mut() = Some(c)).await.expect("an answer");
-        let (parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
+        body.headers_into(&mut parts.headers);
         let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string());
         (Response::from_parts(parts, ()), body)
     }

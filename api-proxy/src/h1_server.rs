@@ -55,6 +55,15 @@ pub struct Options {
     pub held_body: usize,
 }
 
+/// An answer body that may carry the provider's header fields as they arrived (see
+/// [`crate::h1::RawHead`]): written to the caller after the answer's map, filtered as the proxy
+/// filters answers (hop-by-hop fields, `x-authbridge-*`, fields `Connection` lists; the framing
+/// is stated anew).
+pub trait RawFields {
+    /// The fields, and whether their `Connection` field named any others.
+    fn raw_fields(&self) -> Option<(&crate::h1::RawHead, bool)>;
+}
+
 /// A request's body as the handler gets it.
 pub enum CallerBody {
     /// Read whole (perhaps empty).
@@ -98,7 +107,7 @@ where
     T: Io,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
     Fut: Future<Output = Response<B>> + 'static,
-    B: Body<Data = Bytes> + 'static,
+    B: Body<Data = Bytes> + RawFields + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if h2 {
@@ -366,7 +375,7 @@ impl<T: Io> Conn<T> {
         mut keep_alive: bool,
     ) -> std::io::Result<bool>
     where
-        B: Body<Data = Bytes>,
+        B: Body<Data = Bytes> + RawFields,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = resp.into_parts();
@@ -388,7 +397,7 @@ impl<T: Io> Conn<T> {
         };
         let out = &mut self.out;
         out.clear();
-        encode_head(out, status, &parts.headers, framing, keep_alive, v11);
+        encode_head(out, status, &parts.headers, body.raw_fields(), framing, keep_alive, v11);
         if head_request && !parts.headers.contains_key(header::CONTENT_LENGTH) && status != StatusCode::NO_CONTENT {
             // A HEAD answer made here (not relayed) states the length a GET would have.
             if let Some(n) = body.size_hint().exact() {
@@ -491,7 +500,7 @@ impl<T: Io> Conn<T> {
             }
         }
         self.out.clear();
-        encode_head(&mut self.out, status, &headers, Framing::Length(body.len() as u64), false, true);
+        encode_head(&mut self.out, status, &headers, None, Framing::Length(body.len() as u64), false, true);
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body.as_bytes());
         if self.flush_out().await.is_ok() {
@@ -592,6 +601,7 @@ fn encode_head(
     out: &mut BytesMut,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<(&crate::h1::RawHead, bool)>,
     framing: Framing,
     keep_alive: bool,
     v11: bool,
@@ -623,6 +633,34 @@ fn encode_head(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some((raw, lists_fields)) = raw {
+        // Fields `Connection` names are not relayed either (rare: most name none).
+        let listed: Vec<&[u8]> = if lists_fields {
+            raw.fields()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                .flat_map(|(_, v)| v.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|o| !o.is_empty())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for (name, value) in raw.fields() {
+            if crate::forward::hop_by_hop(name)
+                || (name.len() == 14
+                    && name.eq_ignore_ascii_case(b"content-length")
+                    && (framing != Framing::None || status == StatusCode::NO_CONTENT))
+                || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            dated |= name.len() == 4 && name.eq_ignore_ascii_case(b"date");
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if !dated {
         put_date(out);
@@ -809,6 +847,14 @@ mod tests {
         exact: Option<u64>,
         fail: bool,
         slow: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// A provider's header fields as our client read them.
+        raw: Option<(crate::h1::RawHead, bool)>,
+    }
+
+    impl RawFields for Frames {
+        fn raw_fields(&self) -> Option<(&crate::h1::RawHead, bool)> {
+            self.raw.as_ref().map(|(h, l)| (h, *l))
+        }
     }
 
     impl Body for Frames {
@@ -840,7 +886,7 @@ mod tests {
     fn frames(parts: &[&'static str], exact: bool) -> Frames {
         let frames: VecDeque<Bytes> = parts.iter().map(|p| Bytes::from_static(p.as_bytes())).collect();
         let exact = exact.then(|| frames.iter().map(|f| f.len() as u64).sum());
-        Frames { frames, exact, fail: false, slow: None }
+        Frames { frames, exact, fail: false, slow: None, raw: None }
     }
 
     /// Echoes what it was asked (method, target, version, host, body, and how the body came),
@@ -858,6 +904,7 @@ mod tests {
                 exact: Some(40_003),
                 fail: false,
                 slow: None,
+                raw: None,
             },
             "/fail" => Frames { fail: true, ..frames(&["partial"], false) },
             "/slow-body" => Frames {
@@ -868,6 +915,14 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 frames(&["late"], true)
             }
+            "/raw" => Frames {
+                raw: Some(crate::h1::RawHead::parse(
+                    b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+                      Keep-Alive: timeout=5\r\nX-Authbridge-Error: forged\r\nTransfer-Encoding: chunked\r\n\
+                      Content-Length: 99\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nX-Kept: yes\r\n\r\n",
+                )),
+                ..frames(&["body"], true)
+            },
             _ => {
                 let host = parts.headers.get(header::HOST).map_or("-", |h| h.to_str().unwrap());
                 let text = format!(
@@ -877,7 +932,7 @@ mod tests {
                     parts.version,
                     String::from_utf8_lossy(&body)
                 );
-                Frames { frames: [Bytes::from(text)].into(), exact: None, fail: false, slow: None }.exact()
+                Frames { frames: [Bytes::from(text)].into(), exact: None, fail: false, slow: None, raw: None }.exact()
             }
         };
         let mut resp = Response::new(body);
@@ -1163,6 +1218,19 @@ mod tests {
                 "x".repeat(40_000)
             );
             assert_eq!(t, expected);
+        });
+    }
+
+    #[test]
+    fn a_providers_fields_are_relayed_as_they_arrived_without_hop_by_hop_ones_or_its_framing() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            let t = exchange(addr, b"GET /raw HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", None).await;
+            assert_eq!(
+                t,
+                "HTTP/1.1 200 OK\r\nx-test: 1\r\nServer: up\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n\
+                 X-Kept: yes\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbody"
+            );
         });
     }
 

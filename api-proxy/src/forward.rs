@@ -280,8 +280,8 @@ async fn outbound(body: CallerBody, settings: &crate::Settings) -> Result<Outbou
     let max = settings.max_body as u64;
     let too_large = || proxy_error(ErrorCode::PayloadTooLarge, format!("request bodies are limited to {max} bytes"));
     let body = match body {
-        CallerBody::Held(b) if b.len() as u64 > max => return Err(too_large()),
-        CallerBody::Held(b) => return Ok(Outbound::Held(b)),
+        CallerBody::Held(b, _) if b.len() as u64 > max => return Err(too_large()),
+        CallerBody::Held(b, _) => return Ok(Outbound::Held(b)),
         CallerBody::Streaming(b) => b,
     };
     if body.is_end_stream() {
@@ -313,17 +313,41 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     /// Absolute: `scheme://authority/path?query`.
     pub uri: &'a http::Uri,
-    caller: &'a HeaderMap,
-    bearer: &'a HeaderValue,
-    traceparent: Option<HeaderValue>,
+    caller: Fields<'a>,
+    pub bearer: &'a HeaderValue,
+    pub traceparent: Option<HeaderValue>,
     pub body: UpstreamBody,
+}
+
+/// A caller's header fields: as our HTTP/1.1 server read them, or in hyper's map.
+#[derive(Clone, Copy)]
+pub enum Fields<'a> {
+    Raw(&'a crate::h1::RawHead),
+    Map(&'a HeaderMap),
+}
+
+impl<'a> Fields<'a> {
+    /// The first field named `name` (lowercase), if any.
+    pub fn get(self, name: &str) -> Option<&'a [u8]> {
+        match self {
+            Fields::Raw(r) => r.get(name.as_bytes()),
+            Fields::Map(m) => m.get(name).map(HeaderValue::as_bytes),
+        }
+    }
+
+    fn for_each(self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
+        match self {
+            Fields::Raw(r) => r.fields().for_each(|(n, v)| f(n, v)),
+            Fields::Map(m) => m.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes())),
+        }
+    }
 }
 
 impl<'a> Outgoing<'a> {
     pub fn new(
         method: &'a Method,
         uri: &'a http::Uri,
-        caller: &'a HeaderMap,
+        caller: Fields<'a>,
         bearer: &'a HeaderValue,
         body: UpstreamBody,
     ) -> Self {
@@ -332,37 +356,46 @@ impl<'a> Outgoing<'a> {
         Self { method, uri, caller, bearer, traceparent, body }
     }
 
-    /// The headers the provider gets, besides `Host` and the body's framing: the caller's
-    /// end-to-end headers, our bearer token, and the trace context.
-    pub fn for_each_header(&self, mut f: impl FnMut(&header::HeaderName, &HeaderValue)) {
+    /// The caller's header fields the provider gets (its end-to-end ones): not `Host`, not its
+    /// `Authorization` (the bearer token replaces it), not its `traceparent` when the call
+    /// carries our own, never a hop-by-hop field or one `Connection` names, and `Content-Length`
+    /// only for a streamed body (a held one's is stated from the body).
+    pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let held = matches!(self.body, UpstreamBody::Held(_));
-        let listed = connection_listed(self.caller);
-        for (name, value) in self.caller {
-            let n = name.as_str();
-            // Content-Length is set by the client from the body (held), or the body streams with
-            // the caller's declared length kept, so the provider sees what the caller sent.
-            if n == "host"
-                || n == "authorization"
-                || (n == "content-length" && held)
-                || (n == "traceparent" && self.traceparent.is_some())
-                || strip(name, &listed)
+        let mut listed: Vec<&[u8]> = Vec::new();
+        if let Some(options) = self.caller.get("connection") {
+            listed.extend(options.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| {
+                !o.is_empty() && !o.eq_ignore_ascii_case(b"close") && !o.eq_ignore_ascii_case(b"keep-alive")
+            }));
+        }
+        let ours = self.traceparent.is_some();
+        self.caller.for_each(|name, value| {
+            let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+            if is(b"host")
+                || is(b"authorization")
+                || (held && is(b"content-length"))
+                || (ours && is(b"traceparent"))
+                || hop_by_hop(name)
+                || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
             {
-                continue;
+                return;
             }
             f(name, value);
-        }
-        f(&header::AUTHORIZATION, self.bearer);
-        if let Some(tp) = &self.traceparent {
-            f(&TRACEPARENT, tp);
-        }
+        });
     }
 
     /// The attempt as a request, its headers in a map of their own (for hyper's clients).
     pub fn into_request(self) -> Request<UpstreamBody> {
-        let mut headers = HeaderMap::with_capacity(self.caller.len() + 2);
-        self.for_each_header(|name, value| {
-            headers.append(name.clone(), value.clone());
+        let mut headers = HeaderMap::new();
+        self.for_each_caller_field(|name, value| {
+            if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(n, v);
+            }
         });
+        headers.insert(header::AUTHORIZATION, self.bearer.clone());
+        if let Some(tp) = &self.traceparent {
+            headers.insert(TRACEPARENT.clone(), tp.clone());
+        }
         let mut request = Request::new(self.body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -389,7 +422,7 @@ async fn send(
     upstream: &Upstream,
     method: &Method,
     uri: &http::Uri,
-    caller: &HeaderMap,
+    caller: Fields<'_>,
     body: &mut Outbound,
     token: &Token,
     deadline: &mut Pin<Box<tokio::time::Sleep>>,
@@ -507,11 +540,16 @@ pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
 pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
-    let (parts, body) = req.into_parts();
-    // Served by our HTTP/1.1 server (which takes the provider's fields as they arrived), or by hyper.
-    let raw_ok = matches!(body, CallerBody::Held(_));
-    let presented =
-        parts.headers.get(header::AUTHORIZATION).and_then(|v| shared::http::bearer_credential(v.as_bytes()));
+    let (parts, mut body) = req.into_parts();
+    // Served by our HTTP/1.1 server (which takes the provider's fields as they arrived, and
+    // hands over the caller's the same way), or by hyper.
+    let raw_ok = matches!(body, CallerBody::Held(..));
+    let raw_fields = match &mut body {
+        CallerBody::Held(_, fields) => fields.take(),
+        CallerBody::Streaming(_) => None,
+    };
+    let fields = raw_fields.as_ref().map_or(Fields::Map(&parts.headers), Fields::Raw);
+    let presented = fields.get("authorization").and_then(shared::http::bearer_credential);
     let caller = worker.auth.authorize(presented, Scope::Proxy, Some(&worker.limits)).await?;
     let state = &*worker.state;
     // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
@@ -550,7 +588,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
 
     let (version, token) = token_for(state, provider_id, connection_id).await?;
     let upstream = &worker.upstream;
-    let resp = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &token, &mut deadline).await?;
+    let resp = send(upstream, &parts.method, &uri, fields, &mut body, &token, &mut deadline).await?;
     let status = resp.status();
     let count = |status: u16| {
         worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
@@ -576,7 +614,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
                 return Ok(out);
             }
             let fresh = Token::new(fresh)?;
-            let retried = send(upstream, &parts.method, &uri, &parts.headers, &mut body, &fresh, &mut deadline).await?;
+            let retried = send(upstream, &parts.method, &uri, fields, &mut body, &fresh, &mut deadline).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried, deadline, raw_ok))

@@ -114,12 +114,12 @@ impl Conn {
         };
         let mut buf = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
         encode_request_line(&mut buf, out.method, out.uri);
-        put_field(&mut buf, b"host", host);
-        out.for_each_header(|name, value| {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
-                put_field(&mut buf, name.as_str().as_bytes(), value);
-            }
-        });
+        put_field(&mut buf, b"host", host.as_bytes());
+        out.for_each_caller_field(|name, value| put_field(&mut buf, name, value));
+        put_field(&mut buf, b"authorization", out.bearer.as_bytes());
+        if let Some(tp) = &out.traceparent {
+            put_field(&mut buf, b"traceparent", tp.as_bytes());
+        }
         put_length(&mut buf, out.method, body.len());
         self.exchange(buf, body, head_request, done).await
     }
@@ -213,7 +213,7 @@ fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &H
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue; // the framing is ours to state
         }
-        put_field(out, name.as_str().as_bytes(), value);
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     put_length(out, method, body_len);
 }
@@ -226,10 +226,10 @@ fn encode_request_line(out: &mut BytesMut, method: &Method, uri: &http::Uri) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &HeaderValue) {
+fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -281,6 +281,27 @@ pub struct RawHead {
 }
 
 impl RawHead {
+    pub(crate) fn new(head: Bytes, spans: Spans) -> Self {
+        Self { head, spans }
+    }
+
+    /// The first field named `name` (any case), if any.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// A map of the fields (for code that needs one; the proxy's hot path does not).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.len());
+        for (name, value) in self.fields() {
+            // Checked by the parser: a token, and a value without control characters.
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+
     /// A response head's fields, and whether its `Connection` field names others (for tests).
     #[cfg(test)]
     pub(crate) fn parse(bytes: &[u8]) -> (Self, bool) {
@@ -328,20 +349,6 @@ pub(crate) struct Notes {
     pub close: bool,
     pub keep_alive: bool,
     pub lists_fields: bool,
-}
-
-/// The header map of a head split off the buffer, its values sharing the head's bytes, and
-/// what its framing fields say.
-pub(crate) fn header_map(head: &Bytes, spans: &Spans) -> Result<(HeaderMap, Notes), &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut notes = Notes::new();
-    for &(ns, ne, vs, ve) in spans {
-        notes.note(&head[ns..ne], &head[vs..ve]);
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "bad header name")?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "bad header value")?;
-        headers.append(name, value);
-    }
-    Ok((headers, notes))
 }
 
 impl Notes {

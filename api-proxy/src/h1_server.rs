@@ -17,7 +17,7 @@
 //! is answered 400 and the connection closed, as is any head that does not parse. A connection
 //! is kept alive only when both sides can tell where every message ends.
 
-use crate::h1::{field_spans, header_map, Io, Notes};
+use crate::h1::{field_spans, Io, Notes, RawHead};
 use crate::pool::LocalExec;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -66,10 +66,22 @@ pub trait RawFields {
 
 /// A request's body as the handler gets it.
 pub enum CallerBody {
-    /// Read whole (perhaps empty).
-    Held(Bytes),
+    /// Read whole (perhaps empty), by our server: the request's header fields come with it as
+    /// they arrived (its `HeaderMap` is left empty; see [`CallerBody::fields`]).
+    Held(Bytes, Option<RawHead>),
     /// Streaming from the caller, through hyper.
     Streaming(Incoming),
+}
+
+impl CallerBody {
+    /// The request's header fields as they arrived, when our server read the request (hyper's
+    /// requests have theirs in the request's map).
+    pub fn fields(&self) -> Option<&RawHead> {
+        match self {
+            CallerBody::Held(_, head) => head.as_ref(),
+            CallerBody::Streaming(_) => None,
+        }
+    }
 }
 
 /// Tells a worker's connections to finish: idle ones close, busy ones close after the answer
@@ -305,7 +317,7 @@ impl<T: Io> Conn<T> {
                     // Perhaps HTTP/2's preface: wait for the rest of it.
                 } else {
                     match parse_request(&mut self.buf) {
-                        Parsed::Head(head, req, notes) => return self.admit(head, req, notes, options).await,
+                        Parsed::Head(head, raw, req, notes) => return self.admit(head, raw, req, notes, options).await,
                         Parsed::Partial if self.buf.len() > MAX_HEAD => {
                             return Next::Refuse(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -332,7 +344,7 @@ impl<T: Io> Conn<T> {
     }
 
     /// Checks a parsed request's framing and reads its held body; or hands it on.
-    async fn admit(&mut self, head: Bytes, req: Request<()>, notes: Notes, options: &Options) -> Next {
+    async fn admit(&mut self, head: Bytes, raw: RawHead, req: Request<()>, notes: Notes, options: &Options) -> Next {
         let (length, keep_alive) = match admission(req.version(), &notes, options.held_body) {
             Admission::Held { length, keep_alive } => (length, keep_alive),
             Admission::ToHyper => return Next::ToHyper(head),
@@ -350,7 +362,7 @@ impl<T: Io> Conn<T> {
         let body = if length == 0 { Bytes::new() } else { self.buf.split_to(length).freeze() };
         drop(head);
         let (parts, ()) = req.into_parts();
-        Next::Request(Request::from_parts(parts, CallerBody::Held(body)), keep_alive)
+        Next::Request(Request::from_parts(parts, CallerBody::Held(body, Some(raw))), keep_alive)
     }
 
     /// The connection, with `prefix` and what is buffered to be read again, for hyper.
@@ -578,8 +590,9 @@ pub fn decide(bytes: &[u8], held_body: usize) -> Option<Result<(Admission, Reque
     match parse_request(&mut buf) {
         Parsed::Partial => None,
         Parsed::Bad(status, _) => Some(Err(status)),
-        Parsed::Head(head, req, notes) => {
+        Parsed::Head(head, raw, mut req, notes) => {
             let admission = admission(req.version(), &notes, held_body);
+            *req.headers_mut() = raw.to_map();
             Some(match admission {
                 Admission::Refuse(_) => Err(StatusCode::BAD_REQUEST),
                 a => Ok((a, req, head.len())),
@@ -723,7 +736,7 @@ fn put_date(out: &mut BytesMut) {
 #[allow(clippy::large_enum_variant)] // as `Next`
 enum Parsed {
     /// A complete head (split off the buffer) and the request it describes.
-    Head(Bytes, Request<()>, Notes),
+    Head(Bytes, RawHead, Request<()>, Notes),
     Partial,
     Bad(StatusCode, &'static str),
 }
@@ -759,16 +772,15 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     let Ok(uri) = http::Uri::from_maybe_shared(head.slice(at..at + n)) else {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "the request target is not a valid URI");
     };
-    let (headers, notes) = match header_map(&head, &spans) {
-        Ok(h) => h,
-        Err(message) => return Parsed::Bad(StatusCode::BAD_REQUEST, message),
-    };
+    let mut notes = Notes::new();
+    for &(ns, ne, vs, ve) in &spans {
+        notes.note(&head[ns..ne], &head[vs..ve]);
+    }
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Parsed::Head(head, request, notes)
+    Parsed::Head(head.clone(), RawHead::new(head, spans), request, notes)
 }
 
 /// Whether the request line is `METHOD TARGET HTTP/d.d` (of a version httparse does not take).
@@ -892,9 +904,12 @@ mod tests {
     /// Echoes what it was asked (method, target, version, host, body, and how the body came),
     /// except for a few targets that answer with particular bodies.
     async fn echo(req: Request<CallerBody>) -> Response<Frames> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        if let Some(raw) = body.fields() {
+            parts.headers = raw.to_map();
+        }
         let (how, body) = match body {
-            CallerBody::Held(b) => ("held", b),
+            CallerBody::Held(b, _) => ("held", b),
             CallerBody::Streaming(b) => ("streamed", b.collect().await.map(|c| c.to_bytes()).unwrap_or_default()),
         };
         let body = match parts.uri.path() {

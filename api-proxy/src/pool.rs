@@ -313,6 +313,7 @@ fn origin_form(uri: &http::Uri) -> http::Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forward::Fields;
     use crate::testing::run;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -393,7 +394,8 @@ mod tests {
     ) -> Result<http::Response<UpBody>, SendError> {
         let (parts, body) = req.into_parts();
         let bearer = http::HeaderValue::from_static("Bearer t");
-        pool.send(Outgoing::new(&parts.method, &parts.uri, &parts.headers, &bearer, body), fresh_only).await
+        pool.send(Outgoing::new(&parts.method, &parts.uri, Fields::Map(&parts.headers), &bearer, body), fresh_only)
+            .await
     }
 
     fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {

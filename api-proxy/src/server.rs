@@ -335,8 +335,11 @@ async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseB
     };
     let quiet = shared::http::is_quiet(path);
     let method = req.method().clone();
-    let span =
-        shared::http::request_span(method.as_str(), quiet, req.headers().get("traceparent").map(|v| v.as_bytes()));
+    let traceparent = match req.body().fields() {
+        Some(raw) => raw.get(b"traceparent"),
+        None => req.headers().get("traceparent").map(HeaderValue::as_bytes),
+    };
+    let span = shared::http::request_span(method.as_str(), quiet, traceparent);
     // The proxied call's future is the largest by far: awaited directly, not inside a wrapper
     // of its own, it is moved (copied) fewer times on its way into place.
     let resp = if route == PROXY_ROUTE {

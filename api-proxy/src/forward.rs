@@ -614,7 +614,10 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
                 return Ok(out);
             }
             let fresh = Token::new(fresh)?;
-            let retried = send(upstream, &parts.method, &uri, fields, &mut body, &fresh, &mut deadline).await?;
+            // Boxed: the retry is the cold path, and a second upstream call's state inline would
+            // enlarge (and be copied with) every call's future.
+            let retried =
+                Box::pin(send(upstream, &parts.method, &uri, fields, &mut body, &fresh, &mut deadline)).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried, deadline, raw_ok))

@@ -789,6 +789,25 @@ mod tests {
     }
 
     #[test]
+    fn a_request_heads_fields_are_found_in_any_case_indexed_or_not() {
+        let text: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nAUTHORIZATION: Bearer k\r\nTraceParent: 00-a\r\nX-A: 1\r\nauthorization: second\r\n\r\n";
+        let mut buf = BytesMut::from(text);
+        let mut fields = [httparse::EMPTY_HEADER; 8];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(&buf).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => unreachable!(),
+        };
+        let spans = field_spans(&buf, req.headers);
+        let head = RawHead::new(buf.split_to(len).freeze(), spans);
+        assert_eq!(head.get(b"authorization"), Some(&b"Bearer k"[..]), "the first one");
+        assert_eq!(head.get(b"traceparent"), Some(&b"00-a"[..]));
+        assert_eq!(head.get(b"connection"), None);
+        assert_eq!(head.get(b"x-a"), Some(&b"1"[..]));
+        assert_eq!(head.fields().count(), 5);
+    }
+
+    #[test]
     fn the_body_length_is_ours_to_state_and_empty_posts_say_zero() {
         run(async {
             let (addr, seen) = provider(vec![Step::Answer(b"HTTP/1.1 204 No Content\r\n\r\n")]).await;

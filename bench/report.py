@@ -145,7 +145,7 @@ w("How much api-proxy adds to a request, measured against the physical limit and
 w("alternatives, in **one run on one machine** (the load generator, the proxies and the")
 w("upstream share its cores: compare rows, not absolute numbers across machines).\n")
 w(f"- Run: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, `bench/run.sh` "
-  f"(`BENCH_CONCURRENCY={conc} BENCH_DURATION={duration}`)")
+  f"(`BENCH_CONCURRENCY={conc} BENCH_DURATION={duration} BENCH_ROUNDS={len(rounds('api-proxy', 'peak'))}`)")
 w(f"- Machine: {os.cpu_count()} cores ({cpu()}), "
   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.system()} {platform.release()}")
 n_rounds = len(rounds("api-proxy", "peak"))

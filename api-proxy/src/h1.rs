@@ -963,41 +963,28 @@ mod tests {
         });
     }
 
-    /// A small deterministic generator (xorshift), so the test needs no dependency and every
-    /// failure reproduces.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n.max(1)
-        }
-    }
-
     #[test]
     fn any_framing_split_anywhere_decodes_to_the_same_body_and_ends_exactly() {
         run(async {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let mut below = crate::testing::random(0x9e37_79b9_7f4a_7c15);
             for case in 0..300 {
-                let len = rng.below(3000) as usize;
-                let body: Vec<u8> = (0..len).map(|_| rng.below(256) as u8).collect();
-                let chunked = rng.below(2) == 0;
+                let len = below(3000) as usize;
+                let body: Vec<u8> = (0..len).map(|_| below(256) as u8).collect();
+                let chunked = below(2) == 0;
                 let mut answer = Vec::new();
                 if chunked {
                     answer.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
                     let mut rest = &body[..];
                     while !rest.is_empty() {
-                        let n = (1 + rng.below(700) as usize).min(rest.len());
-                        let ext = if rng.below(4) == 0 { ";name=\"v\"" } else { "" };
-                        let size = if rng.below(2) == 0 { format!("{n:x}") } else { format!("{n:X}") };
+                        let n = (1 + below(700) as usize).min(rest.len());
+                        let ext = if below(4) == 0 { ";name=\"v\"" } else { "" };
+                        let size = if below(2) == 0 { format!("{n:x}") } else { format!("{n:X}") };
                         answer.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
                         answer.extend_from_slice(&rest[..n]);
                         answer.extend_from_slice(b"\r\n");
                         rest = &rest[n..];
                     }
-                    answer.extend_from_slice(if rng.below(2) == 0 { b"0\r\n\r\n" } else { b"0\r\nx-sum: 1\r\n\r\n" });
+                    answer.extend_from_slice(if below(2) == 0 { b"0\r\n\r\n" } else { b"0\r\nx-sum: 1\r\n\r\n" });
                 } else {
                     answer.extend_from_slice(format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n").as_bytes());
                     answer.extend_from_slice(&body);
@@ -1007,7 +994,7 @@ mod tests {
                 let mut pieces = Vec::new();
                 let mut at = 0;
                 while at < answer.len() {
-                    let n = (1 + rng.below(900) as usize).min(answer.len() - at);
+                    let n = (1 + below(900) as usize).min(answer.len() - at);
                     pieces.push(answer[at..at + n].to_vec());
                     at += n;
                 }

@@ -123,7 +123,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if h2 {
-        return serve_h2(Rewind::new(io, Bytes::new()), handler, &stopping).await;
+        return serve_hyper(Rewind::new(io, Bytes::new()), Hyper::Http2, handler, &stopping).await;
     }
     let mut conn = Conn {
         io,
@@ -142,8 +142,11 @@ where
             Next::Request(req, keep_alive) => (req, keep_alive),
             Next::Closed => return,
             Next::Refuse(status, message) => return conn.refuse(status, message).await,
-            Next::ToHyper(prefix) => return serve_h1_hyper(conn.rewind(prefix), handler, &options, &stopping).await,
-            Next::ToH2 => return serve_h2(conn.rewind(Bytes::new()), handler, &stopping).await,
+            Next::ToHyper(prefix) => {
+                let http1 = Hyper::Http1(options.head_timeout);
+                return serve_hyper(conn.rewind(prefix), http1, handler, &stopping).await;
+            }
+            Next::ToH2 => return serve_hyper(conn.rewind(Bytes::new()), Hyper::Http2, handler, &stopping).await,
         };
         let head_request = req.method() == Method::HEAD;
         let v11 = req.version() == Version::HTTP_11;
@@ -159,8 +162,15 @@ where
     }
 }
 
-/// Serves the rest of a connection with hyper's HTTP/1.1 server.
-async fn serve_h1_hyper<T, F, Fut, B>(io: Rewind<T>, handler: F, options: &Options, stopping: &Stopping)
+/// Which of hyper's servers serves (the rest of) a connection.
+enum Hyper {
+    /// HTTP/1.1, with this head timeout.
+    Http1(Duration),
+    Http2,
+}
+
+/// Serves (the rest of) a connection with hyper's HTTP/1.1 or HTTP/2 server.
+async fn serve_hyper<T, F, Fut, B>(io: Rewind<T>, protocol: Hyper, handler: F, stopping: &Stopping)
 where
     T: Io,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
@@ -168,39 +178,33 @@ where
     B: Body<Data = Bytes> + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(options.head_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), hyper_service(handler));
-    let mut conn = std::pin::pin!(conn);
-    let served = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stopping.stopped() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let (io, service) = (TokioIo::new(io), hyper_service(handler));
+    match protocol {
+        Hyper::Http1(head_timeout) => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout);
+            until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await
         }
-    };
-    if let Err(e) = served {
-        tracing::debug!(error = %e, "connection ended with an error");
+        Hyper::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
+            builder.timer(TokioTimer::new());
+            until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await
+        }
     }
 }
 
-/// Serves a connection with hyper's HTTP/2 server.
-async fn serve_h2<T, F, Fut, B>(io: Rewind<T>, handler: F, stopping: &Stopping)
+/// Drives one of hyper's server connections; when the worker stops, asks it to finish what it
+/// is serving (`graceful`) and waits for that.
+async fn until_stopped<C, E>(conn: C, stopping: &Stopping, graceful: impl FnOnce(Pin<&mut C>))
 where
-    T: Io,
-    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
-    Fut: Future<Output = Response<B>> + 'static,
-    B: Body<Data = Bytes> + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
-    let mut builder = hyper::server::conn::http2::Builder::new(LocalExec);
-    builder.timer(TokioTimer::new());
-    let conn = builder.serve_connection(TokioIo::new(io), hyper_service(handler));
     let mut conn = std::pin::pin!(conn);
     let served = tokio::select! {
         r = conn.as_mut() => r,
         _ = stopping.stopped() => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             conn.await
         }
     };
@@ -1032,13 +1036,7 @@ mod tests {
     fn random_requests_split_at_random_points_are_each_read_exactly() {
         run(async {
             let (addr, _) = server(Duration::from_secs(5)).await;
-            let mut seed = 0x2545_f491_4f6c_dd1du64;
-            let mut next = move |n: u64| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed % n
-            };
+            let mut next = crate::testing::random(0x2545_f491_4f6c_dd1d);
             for case in 0..40 {
                 let mut input = Vec::new();
                 let mut expected = String::new();
@@ -1110,13 +1108,7 @@ mod tests {
 
     #[test]
     fn only_requests_of_unambiguous_length_are_served_here_whatever_the_mix_of_framing_fields() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::testing::random(0x9e37_79b9_7f4a_7c15);
         let fields = [
             "Host: h",
             "Host: other",

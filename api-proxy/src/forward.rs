@@ -54,11 +54,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<header::HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-        .filter_map(|t| header::HeaderName::from_bytes(t.as_bytes()).ok())
+        .flat_map(|v| crate::h1::listed_fields(v.as_bytes()))
+        .filter_map(|t| header::HeaderName::from_bytes(t).ok())
         .collect()
 }
 
@@ -363,11 +360,11 @@ impl<'a> Outgoing<'a> {
     pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let held = matches!(self.body, UpstreamBody::Held(_));
         let mut listed: Vec<&[u8]> = Vec::new();
-        if let Some(options) = self.caller.get("connection") {
-            listed.extend(options.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| {
-                !o.is_empty() && !o.eq_ignore_ascii_case(b"close") && !o.eq_ignore_ascii_case(b"keep-alive")
-            }));
-        }
+        self.caller.for_each(|name, value| {
+            if name.eq_ignore_ascii_case(b"connection") {
+                listed.extend(crate::h1::listed_fields(value));
+            }
+        });
         let ours = self.traceparent.is_some();
         self.caller.for_each(|name, value| {
             let is = |n: &[u8]| name.eq_ignore_ascii_case(n);

@@ -351,6 +351,17 @@ pub(crate) struct Notes {
     pub lists_fields: bool,
 }
 
+/// A `Connection` field's options (RFC 9110 §7.6.1), trimmed, empty ones skipped.
+pub fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty())
+}
+
+/// The `Connection` options that name header fields (all but `close` and `keep-alive`): those
+/// fields are hop-by-hop too, and never forwarded.
+pub fn listed_fields(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    connection_options(value).filter(|o| !o.eq_ignore_ascii_case(b"close") && !o.eq_ignore_ascii_case(b"keep-alive"))
+}
+
 impl Notes {
     pub(crate) fn new() -> Self {
         Self {
@@ -384,7 +395,7 @@ impl Notes {
             }
             6 if name.eq_ignore_ascii_case(b"expect") => self.expect = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
-                for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
+                for option in connection_options(value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         self.close = true;
                     } else if option.eq_ignore_ascii_case(b"keep-alive") {

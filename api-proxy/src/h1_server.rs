@@ -506,17 +506,12 @@ impl<T: Io> Conn<T> {
     /// Answers a request that cannot be served with a JSON error (`invalid_request`, with the
     /// status that says why), then closes.
     async fn refuse(mut self, status: StatusCode, message: &'static str) {
+        // The proxy's own error answer (JSON, its marker header), with the status that says why.
         let e = shared::http::ApiError::new(shared::http::ErrorCode::InvalidRequest, message);
+        let (parts, _) = crate::server::error_response(&e).into_parts();
         let body = e.body();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-        for (name, value) in e.headers() {
-            if let Ok(v) = http::HeaderValue::try_from(value) {
-                headers.insert(header::HeaderName::from_static(name), v);
-            }
-        }
         self.out.clear();
-        encode_head(&mut self.out, status, &headers, None, Framing::Length(body.len() as u64), false, true);
+        encode_head(&mut self.out, status, &parts.headers, None, Framing::Length(body.len() as u64), false, true);
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body.as_bytes());
         if self.flush_out().await.is_ok() {
@@ -656,9 +651,7 @@ fn encode_head(
         let listed: Vec<&[u8]> = if lists_fields {
             raw.fields()
                 .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-                .flat_map(|(_, v)| v.split(|&b| b == b','))
-                .map(<[u8]>::trim_ascii)
-                .filter(|o| !o.is_empty())
+                .flat_map(|(_, v)| crate::h1::listed_fields(v))
                 .collect()
         } else {
             Vec::new()

@@ -485,47 +485,13 @@ mod tests {
         });
     }
 
-    /// A throw-away CA and a certificate for 127.0.0.1 signed by it (openssl, as the end-to-end
-    /// TLS test makes them): (CA PEM, certificate PEM, key PEM).
+    /// A throw-away CA and a certificate for 127.0.0.1 signed by it: (CA PEM, certificate PEM,
+    /// key PEM).
     fn test_certificates() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let dir = std::env::temp_dir().join(format!("authbridge-pool-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let out =
-                std::process::Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-days", "1", "-subj", "/CN=pool CA", "-keyout", "ca.key", "-out", "ca.pem"],
-            ]
-            .concat(),
-        );
-        openssl(&[&["req"][..], &ec, &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "req.pem"]].concat());
-        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
-            .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.pem",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "cert.pem",
-        ]);
-        let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
-        let out = (read("ca.pem"), read("cert.pem"), read("key.pem"));
+        let tls = shared::test_support::TestTls::create(&dir);
+        let read = |f: &std::path::Path| std::fs::read(f).unwrap();
+        let out = (read(&tls.ca), read(&tls.cert), read(&tls.key));
         let _ = std::fs::remove_dir_all(&dir);
         out
     }

@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod oauth;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod tokens;
 
 /// Installs rustls' process-wide crypto provider (ring). Idempotent.

@@ -223,66 +223,8 @@ async fn encryption_keys_rotate_without_downtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_and_the_proxy_can_serve_https_themselves() {
     let dir = std::env::temp_dir().join(format!("authbridge-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key, ca) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
     // A throw-away CA and a server certificate for 127.0.0.1 signed by it.
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").current_dir(&dir).args(args).output().expect("openssl runs");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.pem",
-    ]);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "req.pem",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    ]);
+    let shared::test_support::TestTls { ca, cert, key } = shared::test_support::TestTls::create(&dir);
     let tls = shared::config::TlsFiles { cert: cert.display().to_string(), key: key.display().to_string() };
     let app = TestApp::start_with(StackOptions { tls: Some(tls), ..Default::default() }).await;
     let pem = std::fs::read(&ca).unwrap();

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use shared::auth::{scope, Authorized};
+use shared::catalog::{valid_connection_id, valid_provider_id};
 use shared::http::{connection_not_found, usable, ApiError, ErrorCode};
 use shared::store::{Connection, ConnectionStatus};
 use shared::tokens::Trigger;
@@ -84,7 +85,7 @@ fn encode_cursor(c: &Connection) -> String {
 fn decode_cursor(s: &str) -> Option<(String, String)> {
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
     let [p, c]: [String; 2] = serde_json::from_slice(&raw).ok()?;
-    Some((p, c))
+    (valid_provider_id(&p) && valid_connection_id(&c)).then_some((p, c))
 }
 
 /// `GET /v1/connections?provider=&status=&limit=&cursor=`
@@ -109,6 +110,11 @@ pub async fn list(
         }
         (_, Some(p)) => caller.require_provider(p)?,
         (None, None) => {}
+    }
+    // Checked before the query: an id no connection can have (a NUL byte, say, which the
+    // database refuses in text) is the caller's mistake, not a server error.
+    if q.provider.as_deref().is_some_and(|p| !valid_provider_id(p)) {
+        return Err(ApiError::new(ErrorCode::InvalidRequest, "provider is not a valid provider id"));
     }
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -136,7 +142,7 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = path.into_inner();
+    let (provider, id) = existing_ids(path.into_inner())?;
     caller.require_provider(&provider)?;
     let c =
         state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| connection_not_found(&provider, &id))?;
@@ -150,7 +156,7 @@ pub async fn token(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = path.into_inner();
+    let (provider, id) = existing_ids(path.into_inner())?;
     caller.require_provider(&provider)?;
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
     Ok(HttpResponse::Ok()
@@ -171,7 +177,7 @@ pub async fn refresh(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = path.into_inner();
+    let (provider, id) = existing_ids(path.into_inner())?;
     caller.require_provider(&provider)?;
     let (c, _) = usable(state.core.tokens.refresh(&provider, &id, Trigger::Force).await?, &provider, &id)?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
@@ -185,7 +191,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = path.into_inner();
+    let (provider, id) = existing_ids(path.into_inner())?;
     caller.require_provider(&provider)?;
     let c = state
         .core
@@ -203,4 +209,14 @@ pub async fn delete(
         }
     }
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// A connection's ids from the path: ids no connection can have (a NUL byte, say, which the
+/// database refuses in text) name no connection, so they get the 404 any unknown one gets.
+fn existing_ids((provider, id): (String, String)) -> Result<(String, String), ApiError> {
+    if valid_provider_id(&provider) && valid_connection_id(&id) {
+        Ok((provider, id))
+    } else {
+        Err(connection_not_found(&provider, &id))
+    }
 }

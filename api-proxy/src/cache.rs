@@ -195,6 +195,13 @@ impl TokenCache {
         entries.entry(provider.to_owned()).or_default().insert(connection_id.to_owned(), entry);
     }
 
+    /// Drops a connection's entry at once, for a change this process made itself: its own
+    /// announcement arrives later, and a caller told "refreshed, retry" must not meanwhile be
+    /// served the token the provider refused.
+    pub fn forget(&self, provider: &str, connection_id: &str) {
+        self.apply(Change::Connection { provider: provider.to_owned(), connection_id: connection_id.to_owned() });
+    }
+
     /// Drops what a change makes stale.
     pub fn apply(&self, change: Change) {
         let mut entries = self.entries.write().unwrap();
@@ -289,6 +296,25 @@ mod tests {
         step.0.send(()).unwrap();
         worker.join().unwrap();
         assert_eq!((c.hits.get(), c.misses.get()), (4, 1));
+    }
+
+    #[test]
+    fn a_connection_this_process_changed_is_forgotten_by_every_thread_at_once() {
+        let c = Arc::new(TokenCache::new(Duration::from_secs(30)));
+        let far = Some(Utc::now() + chrono::Duration::hours(1));
+        c.apply(Change::Resync);
+        c.put(c.epoch(), "p", "u", 1, creds("refused"), far);
+        c.put(c.epoch(), "p", "v", 1, creds("other"), far);
+        let c2 = c.clone();
+        let copied = std::thread::spawn(move || c2.get("p", "u", Duration::ZERO).is_some());
+        assert!(copied.join().unwrap());
+        c.forget("p", "u");
+        let c2 = c.clone();
+        let after = std::thread::spawn(move || {
+            (c2.get("p", "u", Duration::ZERO).is_none(), c2.get("p", "v", Duration::ZERO).is_some())
+        });
+        assert_eq!(after.join().unwrap(), (true, true), "the forgotten entry is gone, the others stay");
+        assert!(c.get("p", "u", Duration::ZERO).is_none());
     }
 
     #[test]

@@ -601,7 +601,12 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
     // someone already refreshed past this version we simply get the newer token) and retry once.
     tracing::info!("provider answered 401; refreshing and retrying once");
     // Boxed for the same reason as the database read in `token_for`: a cold path.
-    match Box::pin(state.core.tokens.refresh(provider_id, connection_id, Trigger::Unauthorized { version })).await? {
+    let outcome =
+        Box::pin(state.core.tokens.refresh(provider_id, connection_id, Trigger::Unauthorized { version })).await?;
+    // The refused token leaves this process's cache now, not when the change's announcement
+    // arrives: the caller's next call (told to retry, below) must find the fresh one.
+    state.cache.forget(provider_id, connection_id);
+    match outcome {
         Outcome::Refreshed(_, fresh) | Outcome::Current(_, fresh) if fresh.access_token != token.creds.access_token => {
             if !body.replayable() {
                 // The body streamed and is gone: the caller retries, with the fresh token now in place.

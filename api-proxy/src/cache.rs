@@ -8,12 +8,12 @@
 //! minimum validity is never served from here.
 
 use chrono::{DateTime, Utc};
+use foldhash::HashMap;
 use shared::http::ApiError;
 use shared::metrics::Counter;
 use shared::store::notify::Change;
 use shared::store::Credentials;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -83,7 +83,7 @@ struct Local {
 
 thread_local! {
     static LOCAL: RefCell<Local> =
-        RefCell::new(Local { owner: u64::MAX, epoch: 0, len: 0, entries: HashMap::new() });
+        RefCell::new(Local { owner: u64::MAX, epoch: 0, len: 0, entries: HashMap::default() });
 }
 
 /// The most entries a thread's copy holds before it starts over.
@@ -95,7 +95,7 @@ impl TokenCache {
         static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            entries: RwLock::new(HashMap::new()),
+            entries: RwLock::new(HashMap::default()),
             ttl,
             listening: AtomicBool::new(false),
             epoch: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 //! call, and every layer above hyper re-parsed the URL and copied the request once more.
 
 use crate::cache::Token;
+use crate::deadline::Deadline;
 use crate::h1_server::CallerBody;
 use crate::pool::{SendError, UpBody};
 use crate::server::Worker;
@@ -17,7 +18,6 @@ use shared::auth::Scope;
 use shared::catalog::valid_connection_id;
 use shared::http::{ApiError, ErrorCode};
 use shared::tokens::{Outcome, Trigger};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,63 +59,121 @@ fn connection_listed(headers: &HeaderMap) -> Vec<header::HeaderName> {
         .collect()
 }
 
-/// The upstream URL for `tail` under `base`, or why not. The result always has the base's
+/// Where a proxied call goes: the provider's scheme and authority, and the call's
+/// `/path?query`. The path and query hold only characters a URI's path and query may hold
+/// (`push_escaped` makes sure), so our HTTP/1.1 client writes them into the request line as
+/// they are; an [`http::Uri`] is made only where one is needed (hyper's clients, connecting).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    path_and_query: Vec<u8>,
+}
+
+impl Target {
+    /// `/path?query` (ASCII).
+    pub fn path_and_query(&self) -> &[u8] {
+        &self.path_and_query
+    }
+
+    pub fn https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+
+    /// The absolute URI.
+    pub fn uri(&self) -> Result<http::Uri, &'static str> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(&self.path_and_query))
+                .map_err(|_| "the path is not a valid URI path")?,
+        );
+        http::Uri::from_parts(parts).map_err(|_| "the path is not a valid URI path")
+    }
+}
+
+impl TryFrom<&http::Uri> for Target {
+    type Error = &'static str;
+
+    /// An absolute URI's target (its path and query as they are).
+    fn try_from(uri: &http::Uri) -> Result<Self, Self::Error> {
+        Ok(Self {
+            scheme: uri.scheme().cloned().ok_or("the URI has no scheme")?,
+            authority: uri.authority().cloned().ok_or("the URI has no host")?,
+            path_and_query: uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes().to_vec(),
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, String::from_utf8_lossy(&self.path_and_query))
+    }
+}
+
+/// Whether `bytes` holds a control character: C0, DEL, or (UTF-8) C1.
+fn has_control(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20 || b == 0x7f || (b == 0xc2 && bytes.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
+}
+
+/// The upstream target for `tail` under `base`, or why not. The result always has the base's
 /// scheme, host and port, and a path under the base's path: dot segments (plain or
 /// percent-encoded), backslashes, empty segments (`//host`), and control characters are refused.
-pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<http::Uri, &'static str> {
+pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<Target, &'static str> {
     if raw_tail.starts_with('/') {
         return Err("the path must not start with '/'");
     }
-    for seg in raw_tail.split('/') {
+    for seg in raw_tail.as_bytes().split(|&b| b == b'/') {
         // Most segments hold no escapes: check them as they are, decode only when needed.
-        let decoded: std::borrow::Cow<str> = if seg.contains('%') {
-            url::form_urlencoded::parse(format!("s={}", seg.replace('+', "%2B")).as_bytes())
+        if seg.contains(&b'%') {
+            let seg = std::str::from_utf8(seg).map_err(|_| "the path is not valid UTF-8")?;
+            let decoded = url::form_urlencoded::parse(format!("s={}", seg.replace('+', "%2B")).as_bytes())
                 .next()
-                .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned()))
-                .unwrap_or_default()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            check_segment(decoded.as_bytes())?;
+            if decoded.contains('/') && (decoded.starts_with('/') || decoded.contains("..")) {
+                return Err("encoded slashes are not allowed here");
+            }
         } else {
-            std::borrow::Cow::Borrowed(seg)
-        };
-        if decoded == "." || decoded == ".." {
-            return Err("dot segments are not allowed in the path");
-        }
-        if decoded.contains('\\') || decoded.chars().any(|c| c.is_control()) {
-            return Err("backslashes and control characters are not allowed in the path");
-        }
-        if decoded.contains('/') && (decoded.starts_with('/') || decoded.contains("..")) {
-            return Err("encoded slashes are not allowed here");
+            check_segment(seg)?;
         }
     }
-    if query.chars().any(|c| c.is_control()) {
+    if has_control(query.as_bytes()) {
         return Err("control characters are not allowed in the query");
     }
     // The base is scheme://authority/path/ (validated in the catalog: no query, no fragment, a
-    // trailing slash). The URI's scheme and authority are the base's, parsed once per base and
+    // trailing slash). The scheme and authority are the base's, parsed once per base and
     // worker; only the path and query are built per call: the base's path, then the tail with
     // anything that may not appear in a URI path percent-encoded.
     let (scheme, authority) = base_origin(base)?;
     let base_path = base.path();
-    let mut out = String::with_capacity(base_path.len() + raw_tail.len() + query.len() + 8);
-    out.push_str(base_path);
-    if !out.ends_with('/') {
-        out.push('/');
+    let mut out = Vec::with_capacity(base_path.len() + raw_tail.len() + query.len() + 8);
+    push_escaped(&mut out, base_path.as_bytes(), false); // already escaped: kept as it is
+    if !out.ends_with(b"/") {
+        out.push(b'/');
     }
-    push_escaped(&mut out, raw_tail, false);
+    push_escaped(&mut out, raw_tail.as_bytes(), false);
     if !query.is_empty() {
-        out.push('?');
-        push_escaped(&mut out, query, true);
+        out.push(b'?');
+        push_escaped(&mut out, query.as_bytes(), true);
     }
-    let path_and_query =
-        http::uri::PathAndQuery::from_maybe_shared(Bytes::from(out)).map_err(|_| "the path is not a valid URI path")?;
-    // By construction the tail stays under the base's path; checked all the same.
-    if !path_and_query.path().starts_with(base_path) {
-        return Err("the path leaves the provider's API");
+    Ok(Target { scheme, authority, path_and_query: out })
+}
+
+/// A path segment (decoded) that may be forwarded: not a dot segment, no backslash, no
+/// control character.
+fn check_segment(seg: &[u8]) -> Result<(), &'static str> {
+    if seg == b"." || seg == b".." {
+        return Err("dot segments are not allowed in the path");
     }
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(scheme);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(path_and_query);
-    http::Uri::from_parts(parts).map_err(|_| "the path is not a valid URI path")
+    if seg.contains(&b'\\') || has_control(seg) {
+        return Err("backslashes and control characters are not allowed in the path");
+    }
+    Ok(())
 }
 
 /// A provider base's scheme and authority as the `http` crate's types (cheap to clone), parsed
@@ -147,18 +205,51 @@ fn base_origin(base: &Url) -> Result<(http::uri::Scheme, http::uri::Authority), 
 }
 
 /// Appends `raw`, percent-encoding bytes that may not appear unescaped in a URI path (or
-/// query); existing escapes are kept as they are.
-fn push_escaped(out: &mut String, raw: &str, query: bool) {
-    for &b in raw.as_bytes() {
-        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%".contains(&b) || (query && b == b'?');
-        if keep {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(char::from(b"0123456789ABCDEF"[(b >> 4) as usize]));
-            out.push(char::from(b"0123456789ABCDEF"[(b & 15) as usize]));
+/// query); existing escapes are kept as they are. What it appends is always a valid URI path
+/// (or query): [`Target`] relies on it.
+fn push_escaped(out: &mut Vec<u8>, raw: &[u8], query: bool) {
+    /// The bytes kept as they are: unreserved, sub-delims, `:` `@` `/`, and `%` (escapes).
+    const KEEP: [bool; 256] = {
+        let mut keep = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            keep[b] = c.is_ascii_alphanumeric()
+                || matches!(
+                    c,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                        | b'%'
+                );
+            b += 1;
         }
+        keep
+    };
+    let mut start = 0;
+    for (i, &b) in raw.iter().enumerate() {
+        if KEEP[b as usize] || (query && b == b'?') {
+            continue;
+        }
+        out.extend_from_slice(&raw[start..i]);
+        out.extend_from_slice(&[b'%', b"0123456789ABCDEF"[(b >> 4) as usize], b"0123456789ABCDEF"[(b & 15) as usize]]);
+        start = i + 1;
     }
+    out.extend_from_slice(&raw[start..]);
 }
 
 fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -308,8 +399,7 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ApiError> {
 /// ([`Outgoing::for_each_header`]); a map is built only for hyper ([`Outgoing::into_request`]).
 pub struct Outgoing<'a> {
     pub method: &'a Method,
-    /// Absolute: `scheme://authority/path?query`.
-    pub uri: &'a http::Uri,
+    pub target: &'a Target,
     caller: Fields<'a>,
     pub bearer: &'a HeaderValue,
     pub traceparent: Option<HeaderValue>,
@@ -343,14 +433,14 @@ impl<'a> Fields<'a> {
 impl<'a> Outgoing<'a> {
     pub fn new(
         method: &'a Method,
-        uri: &'a http::Uri,
+        target: &'a Target,
         caller: Fields<'a>,
         bearer: &'a HeaderValue,
         body: UpstreamBody,
     ) -> Self {
         // The upstream call is a child of this proxied call's span (W3C trace context).
         let traceparent = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok());
-        Self { method, uri, caller, bearer, traceparent, body }
+        Self { method, target, caller, bearer, traceparent, body }
     }
 
     /// The caller's header fields the provider gets (its end-to-end ones): not `Host`, not its
@@ -382,7 +472,8 @@ impl<'a> Outgoing<'a> {
     }
 
     /// The attempt as a request, its headers in a map of their own (for hyper's clients).
-    pub fn into_request(self) -> Request<UpstreamBody> {
+    pub fn into_request(self) -> Result<Request<UpstreamBody>, &'static str> {
+        let uri = self.target.uri()?;
         let mut headers = HeaderMap::new();
         self.for_each_caller_field(|name, value| {
             if let (Ok(n), Ok(v)) = (header::HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
@@ -395,9 +486,9 @@ impl<'a> Outgoing<'a> {
         }
         let mut request = Request::new(self.body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        request
+        Ok(request)
     }
 }
 
@@ -418,20 +509,20 @@ fn strip_response_headers(headers: &mut HeaderMap, may_list: bool) {
 async fn send(
     upstream: &Upstream,
     method: &Method,
-    uri: &http::Uri,
+    target: &Target,
     caller: Fields<'_>,
     body: &mut Outbound,
     token: &Token,
-    deadline: &mut Pin<Box<tokio::time::Sleep>>,
+    deadline: &mut Deadline,
 ) -> Result<Response<UpBody>, ApiError> {
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let outgoing = Outgoing::new(method, uri, caller, &token.bearer, attempt);
+        let outgoing = Outgoing::new(method, target, caller, &token.bearer, attempt);
         let result = tokio::select! {
             biased;
             r = upstream.send(outgoing, fresh_only) => r,
-            _ = deadline.as_mut() => {
+            _ = &mut *deadline => {
                 return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
             }
         };
@@ -459,7 +550,7 @@ async fn send(
 /// call's deadline. (Its connection goes back to the pool when it has been read to its end.)
 pub struct RelayBody {
     body: UpBody,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Deadline,
 }
 
 impl Body for RelayBody {
@@ -470,7 +561,7 @@ impl Body for RelayBody {
         let this = self.get_mut();
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
+                if this.deadline.poll_expired(cx) {
                     return Poll::Ready(Some(Err(Box::new(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         "the provider's API did not finish its answer in time",
@@ -510,7 +601,7 @@ impl crate::h1_server::RawFields for ResponseBody {
 /// An answer our HTTP/1.1 client read keeps its fields as they arrived when `raw_ok` (the
 /// caller is on our HTTP/1.1 server, which writes them filtered the same way); otherwise they
 /// are moved into the answer's map here and filtered.
-fn relay(resp: Response<UpBody>, deadline: Pin<Box<tokio::time::Sleep>>, raw_ok: bool) -> Response<ResponseBody> {
+fn relay(resp: Response<UpBody>, deadline: Deadline, raw_ok: bool) -> Response<ResponseBody> {
     let (mut parts, mut body) = resp.into_parts();
     // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
     parts.version = http::Version::default();
@@ -535,6 +626,12 @@ pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
         connection_id = tracing::field::Empty, method = %method, upstream_status = tracing::field::Empty)
 }
 
+/// A path's first segment and the rest after its `/` (segments are short: a plain scan).
+fn split_segment(path: &str) -> Option<(&str, &str)> {
+    let slash = path.bytes().position(|b| b == b'/')?;
+    Some((&path[..slash], &path[slash + 1..]))
+}
+
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
 pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, mut body) = req.into_parts();
@@ -551,9 +648,12 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
     let state = &*worker.state;
     // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
     let raw_path = parts.uri.path();
-    let mut segments = raw_path.strip_prefix("/proxy/").unwrap_or("").splitn(3, '/');
-    let (provider_id, connection_id, raw_tail) = match (segments.next(), segments.next(), segments.next()) {
-        (Some(p), Some(c), Some(tail)) if !p.is_empty() && !c.is_empty() => (p, c, tail),
+    let segments = raw_path
+        .strip_prefix("/proxy/")
+        .and_then(split_segment)
+        .and_then(|(p, rest)| split_segment(rest).map(|(c, tail)| (p, c, tail)));
+    let (provider_id, connection_id, raw_tail) = match segments {
+        Some((p, c, tail)) if !p.is_empty() && !c.is_empty() => (p, c, tail),
         _ => return Err(proxy_error(ErrorCode::NotFound, "proxy paths are /proxy/{provider}/{connection_id}/{path}")),
     };
     let span = tracing::Span::current();
@@ -575,17 +675,16 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
     if !valid_connection_id(connection_id) {
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
-    let uri = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
+    let target = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
         .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
-    let mut deadline =
-        Box::pin(tokio::time::sleep_until((shared::clock::recent() + state.settings.upstream_timeout).into()));
+    let mut deadline = worker.deadlines.deadline(shared::clock::recent() + state.settings.upstream_timeout);
 
     let (version, token) = token_for(state, provider_id, connection_id).await?;
     let upstream = &worker.upstream;
-    let resp = send(upstream, &parts.method, &uri, fields, &mut body, &token, &mut deadline).await?;
+    let resp = send(upstream, &parts.method, &target, fields, &mut body, &token, &mut deadline).await?;
     let status = resp.status();
     let count = |status: u16| {
         worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
@@ -619,7 +718,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
             // Boxed: the retry is the cold path, and a second upstream call's state inline would
             // enlarge (and be copied with) every call's future.
             let retried =
-                Box::pin(send(upstream, &parts.method, &uri, fields, &mut body, &fresh, &mut deadline)).await?;
+                Box::pin(send(upstream, &parts.method, &target, fields, &mut body, &fresh, &mut deadline)).await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried, deadline, raw_ok))
@@ -685,6 +784,59 @@ mod tests {
     }
 
     #[test]
+    fn every_accepted_target_is_a_valid_uri_under_the_base() {
+        // Pieces a caller's path or query may hold, mixed at random (5,000 cases).
+        let pieces = [
+            "a",
+            "Z9",
+            "/",
+            "%",
+            "%2f",
+            "%2e",
+            "%41",
+            "%zz",
+            ".",
+            "..",
+            "?",
+            "#",
+            " ",
+            "\"",
+            "<",
+            "[",
+            "]",
+            "|",
+            "^",
+            "`",
+            "{",
+            "\\",
+            "+",
+            "&",
+            "=",
+            "@",
+            ":",
+            "~",
+            "\u{e9}",
+            "\u{85}",
+            "\u{7f}",
+            "\t",
+            "\r\n",
+            "\u{1F600}",
+        ];
+        let mut next = crate::testing::random(0x5851_f42d_4c95_7f2d);
+        for _ in 0..5_000 {
+            let (path_len, query_len) = (1 + next(8), next(5));
+            let mut take = |n| (0..n).map(|_| pieces[next(pieces.len() as u64) as usize]).collect::<String>();
+            let (path, query) = (take(path_len), take(query_len));
+            let Ok(t) = upstream_url(&base(), &path, &query) else { continue };
+            let u = t.uri().unwrap_or_else(|e| panic!("{path:?} {query:?} gave {t}: {e}"));
+            assert_eq!(u.path_and_query().unwrap().as_str().as_bytes(), t.path_and_query());
+            assert!(t.path_and_query().iter().all(u8::is_ascii_graphic), "{t}");
+            assert_eq!(u.authority().unwrap().as_str(), "api.example.com");
+            assert!(u.path().starts_with("/v1/") && !u.path().split('/').any(|s| s == ".."), "{t}");
+        }
+    }
+
+    #[test]
     fn paths_that_try_to_leave_the_api_are_refused() {
         for bad in [
             "../admin",
@@ -705,9 +857,17 @@ mod tests {
             upstream_url(&base(), "a b/\"q\"", "x=<1>").unwrap().to_string(),
             "https://api.example.com/v1/a%20b/%22q%22?x=%3C1%3E"
         );
-        let u = upstream_url(&base(), "@evil.com/x", "").unwrap();
+        let u = upstream_url(&base(), "@evil.com/x", "").unwrap().uri().unwrap();
         assert_eq!(u.host(), Some("api.example.com"));
-        let u = upstream_url(&base(), "http://evil.com/x", "").unwrap();
+        let u = upstream_url(&base(), "http://evil.com/x", "").unwrap().uri().unwrap();
         assert_eq!(u.host(), Some("api.example.com"));
+        // Non-ASCII and control-free bytes are escaped whole; C1 controls are refused.
+        assert_eq!(
+            upstream_url(&base(), "caf\u{e9}/\u{1F600}", "q=\u{e9}").unwrap().to_string(),
+            "https://api.example.com/v1/caf%C3%A9/%F0%9F%98%80?q=%C3%A9"
+        );
+        assert!(upstream_url(&base(), "a\u{85}b", "").is_err());
+        assert!(upstream_url(&base(), "a", "x=\u{9f}").is_err());
+        assert!(upstream_url(&base(), "a\u{7f}", "").is_err());
     }
 }

@@ -113,7 +113,7 @@ impl Conn {
             }
         };
         let mut buf = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
-        encode_request_line(&mut buf, out.method, out.uri);
+        encode_request_line(&mut buf, out.method, out.target.path_and_query());
         put_field(&mut buf, b"host", host.as_bytes());
         out.for_each_caller_field(|name, value| put_field(&mut buf, name, value));
         put_field(&mut buf, b"authorization", out.bearer.as_bytes());
@@ -208,7 +208,7 @@ impl Conn {
 
 /// `METHOD /path?query HTTP/1.1`, the headers, and the body's length.
 fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &HeaderMap, body_len: usize) {
-    encode_request_line(out, method, uri);
+    encode_request_line(out, method, uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue; // the framing is ours to state
@@ -218,11 +218,11 @@ fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &H
     put_length(out, method, body_len);
 }
 
-/// `METHOD /path?query HTTP/1.1` (origin form, whatever form `uri` is in).
-fn encode_request_line(out: &mut BytesMut, method: &Method, uri: &http::Uri) {
+/// `METHOD /path?query HTTP/1.1` (origin form).
+fn encode_request_line(out: &mut BytesMut, method: &Method, path_and_query: &[u8]) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    out.extend_from_slice(path_and_query);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
@@ -287,7 +287,12 @@ impl RawHead {
 
     /// The first field named `name` (any case), if any.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.fields().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        // Told apart by length first (no slice of the head is made for the others).
+        let &(.., vs, ve) = self
+            .spans
+            .iter()
+            .find(|&&(ns, ne, ..)| ne - ns == name.len() && self.head[ns..ne].eq_ignore_ascii_case(name))?;
+        Some(&self.head[vs..ve])
     }
 
     /// A map of the fields (for code that needs one; the proxy's hot path does not).
@@ -395,6 +400,11 @@ impl Notes {
             }
             6 if name.eq_ignore_ascii_case(b"expect") => self.expect = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
+                // Most say only `keep-alive` (or `close`).
+                if value.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                    return;
+                }
                 for option in connection_options(value) {
                     if option.eq_ignore_ascii_case(b"close") {
                         self.close = true;
@@ -413,6 +423,11 @@ impl Notes {
 /// Adds one `Content-Length` field's value to what the earlier ones said: every value (a list,
 /// or repeated fields) must be the same plain decimal number (RFC 9112 §6.3).
 fn merge_length(length: &mut Option<u64>, value: &[u8]) -> Result<(), &'static str> {
+    // Most are one number, and the only field.
+    if length.is_none() && !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit) {
+        *length = Some(value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
+        return Ok(());
+    }
     for part in value.split(|&b| b == b',') {
         let part = part.trim_ascii();
         if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {

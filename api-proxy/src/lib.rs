@@ -3,6 +3,7 @@
 //! token, refreshing and retrying once when the provider answers 401.
 
 pub mod cache;
+pub mod deadline;
 pub mod forward;
 pub mod h1;
 pub mod h1_server;

@@ -8,7 +8,7 @@
 //! closed while idle is noticed when it is taken. A call whose body streams from the caller
 //! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
-use crate::forward::{Outgoing, UpstreamBody};
+use crate::forward::{Outgoing, Target, UpstreamBody};
 use crate::h1::{CallError, Conn, RawBody};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -130,11 +130,14 @@ impl Pool {
         if *out.method == http::Method::CONNECT {
             return Err(SendError::MethodConnect);
         }
-        let host = self.host_index(out.uri)?;
+        let host = self.host_index(out.target)?;
         let streamed = matches!(out.body, UpstreamBody::Streamed(_));
         let sender = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
             Some(s) => (s, true),
-            None => (Box::pin(self.connect(host, out.uri, streamed)).await?, false),
+            None => {
+                let uri = out.target.uri().map_err(SendError::BadUri)?;
+                (Box::pin(self.connect(host, &uri, streamed)).await?, false)
+            }
         };
         match sender {
             // The common case: the request is written straight from the caller's headers.
@@ -147,7 +150,10 @@ impl Pool {
                     Err(e) => Err(SendError::Call(e.into())),
                 }
             }
-            (sender, reused) => self.send_request(out.into_request(), host, Some((sender, reused))).await,
+            (sender, reused) => {
+                let req = out.into_request().map_err(SendError::BadUri)?;
+                self.send_request(req, host, Some((sender, reused))).await
+            }
         }
     }
 
@@ -215,10 +221,14 @@ impl Pool {
         req.headers_mut().insert(http::header::HOST, host_header);
     }
 
-    fn host_index(&self, uri: &http::Uri) -> Result<usize, SendError> {
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
-        let authority = uri.authority().ok_or_else(|| SendError::BadUri("the URI has no host"))?;
+    fn host_index(&self, target: &Target) -> Result<usize, SendError> {
+        let (https, authority) = (target.https(), &target.authority);
         let mut inner = self.inner.borrow_mut();
+        // The same bytes first (a provider's base always gives the same), then ignoring case.
+        let same = |h: &Host| h.https == https && h.authority.as_str() == authority.as_str();
+        if let Some(i) = inner.hosts.iter().position(same) {
+            return Ok(i);
+        }
         if let Some(i) = inner.hosts.iter().position(|h| h.https == https && &h.authority == authority) {
             return Ok(i);
         }
@@ -394,8 +404,8 @@ mod tests {
     ) -> Result<http::Response<UpBody>, SendError> {
         let (parts, body) = req.into_parts();
         let bearer = http::HeaderValue::from_static("Bearer t");
-        pool.send(Outgoing::new(&parts.method, &parts.uri, Fields::Map(&parts.headers), &bearer, body), fresh_only)
-            .await
+        let target = Target::try_from(&parts.uri).unwrap();
+        pool.send(Outgoing::new(&parts.method, &target, Fields::Map(&parts.headers), &bearer, body), fresh_only).await
     }
 
     fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {

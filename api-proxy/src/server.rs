@@ -59,6 +59,8 @@ pub struct Worker {
     pub auth: Arc<Authenticator>,
     pub limits: Arc<RateLimits>,
     pub upstream: Upstream,
+    /// The deadlines of this worker's calls to providers.
+    pub deadlines: Rc<crate::deadline::Deadlines>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,7 +251,9 @@ async fn serve_worker(
             return;
         }
     };
+    let tick = crate::deadline::Deadlines::tick_for(shared.state.settings.upstream_timeout);
     let worker = Rc::new(Worker {
+        deadlines: crate::deadline::Deadlines::start(tick),
         state: shared.state,
         metrics: shared.metrics,
         auth: shared.auth,
@@ -304,10 +308,9 @@ async fn serve_connection(
     stopping: Rc<Stopping>,
     _serving: Serving,
 ) {
-    let handler = move |req| {
-        let worker = worker.clone();
-        async move { handle(&worker, req).await }
-    };
+    // The request's future is `handle`'s own (no wrapper around it, which would be one more
+    // copy of it per request).
+    let handler = move |req| handle(worker.clone(), req);
     match tls {
         None => h1_server::serve(stream, false, handler, options, stopping).await,
         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -322,7 +325,8 @@ async fn serve_connection(
 }
 
 /// One request: routed, answered, and recorded as every service records requests.
-async fn handle(worker: &Worker, req: Request<CallerBody>) -> Response<ResponseBody> {
+async fn handle(worker: Rc<Worker>, req: Request<CallerBody>) -> Response<ResponseBody> {
+    let worker = &*worker;
     let start = Instant::now();
     shared::clock::request_started(start);
     let path = req.uri().path();

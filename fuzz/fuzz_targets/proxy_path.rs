@@ -1,5 +1,6 @@
-//! Whatever path and query a caller sends, an accepted upstream URL stays on the provider's
-//! API: same scheme, host and port, under the base path, without credentials.
+//! Whatever path and query a caller sends, an accepted upstream target stays on the provider's
+//! API (same scheme, host and port, under the base path, without credentials), and is a valid
+//! URI: our HTTP/1.1 client writes its path and query into the request line as they are.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -7,7 +8,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (path, query) = text.split_once('?').unwrap_or((text, ""));
     let base = url::Url::parse("https://api.example.com/v1/").unwrap();
-    if let Ok(u) = api_proxy::forward::upstream_url(&base, path, query) {
+    if let Ok(t) = api_proxy::forward::upstream_url(&base, path, query) {
+        let u = t.uri().expect("an accepted target is a valid URI");
+        assert_eq!(u.path_and_query().unwrap().as_str().as_bytes(), t.path_and_query(), "{t}");
+        assert!(t.path_and_query().iter().all(|b| b.is_ascii_graphic()), "{t}");
         assert_eq!(u.scheme_str(), Some("https"));
         assert_eq!(u.host(), Some("api.example.com"));
         assert_eq!(u.port_u16(), None);

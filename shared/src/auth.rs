@@ -16,7 +16,6 @@ use crate::store::Store;
 use actix_web::{web, FromRequest, HttpRequest};
 use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -116,9 +115,9 @@ impl Caller {
 const CACHE_LIMIT: usize = 10_000;
 
 /// Digest of a presented key → the caller it named (or `None`: no such live key), and when.
-type LookupCache = HashMap<[u8; 32], (Option<Caller>, Instant)>;
+type LookupCache = foldhash::HashMap<[u8; 32], (Option<Caller>, Instant)>;
 /// The same, per thread, for every authenticator in the process (keyed by its id too).
-type LocalCache = HashMap<(u64, [u8; 32]), (Option<Caller>, Instant)>;
+type LocalCache = foldhash::HashMap<(u64, [u8; 32]), (Option<Caller>, Instant)>;
 
 /// Gives each authenticator an identity that is never reused, for the per-thread cache.
 static NEXT_AUTHENTICATOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -128,7 +127,7 @@ thread_local! {
     /// a request is checked without touching memory that another core writes (the shared
     /// cache's lock, a shared reference count). An entry keeps the time of the lookup it was
     /// copied from, so it expires with it and a revocation still takes effect within the TTL.
-    static LOCAL: std::cell::RefCell<LocalCache> = std::cell::RefCell::new(HashMap::new());
+    static LOCAL: std::cell::RefCell<LocalCache> = std::cell::RefCell::new(LocalCache::default());
 }
 
 /// Checks presented keys; one per process, shared by its workers.
@@ -150,7 +149,7 @@ impl Authenticator {
             bootstrap_caller: Caller::bootstrap(),
             store,
             ttl,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(LookupCache::default()),
         }
     }
 

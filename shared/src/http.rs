@@ -231,9 +231,11 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 /// The credential in an `Authorization: Bearer <credential>` value (the scheme is
 /// case-insensitive, RFC 9110 §11.1), for any server stack.
 pub fn bearer_credential(value: &[u8]) -> Option<&str> {
-    let v = std::str::from_utf8(value).ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    let space = value.iter().position(|&b| b == b' ')?;
+    if !value[..space].eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    std::str::from_utf8(&value[space + 1..]).ok().map(str::trim)
 }
 
 /// A registry with the HTTP metrics every service records.
@@ -430,4 +432,20 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_credential;
+
+    #[test]
+    fn the_bearer_credential_is_taken_whatever_the_schemes_case_and_nothing_else_is() {
+        assert_eq!(bearer_credential(b"Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credential(b"bEARER  abc "), Some("abc"));
+        assert_eq!(bearer_credential(b"Basic abc"), None);
+        assert_eq!(bearer_credential(b"Bearerabc"), None);
+        assert_eq!(bearer_credential(b"Bearer"), None);
+        assert_eq!(bearer_credential(b"Bearer \xff"), None, "not UTF-8");
+        assert_eq!(bearer_credential(b""), None);
+    }
 }

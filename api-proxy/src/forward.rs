@@ -9,7 +9,7 @@ use crate::h1_server::CallerBody;
 use crate::pool::{SendError, UpBody};
 use crate::server::Worker;
 use crate::ProxyState;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -59,56 +59,87 @@ fn connection_listed(headers: &HeaderMap) -> Vec<header::HeaderName> {
         .collect()
 }
 
-/// Where a proxied call goes: the provider's scheme and authority, and the call's
-/// `/path?query`. The path and query hold only characters a URI's path and query may hold
-/// (`push_escaped` makes sure), so our HTTP/1.1 client writes them into the request line as
-/// they are; an [`http::Uri`] is made only where one is needed (hyper's clients, connecting).
-#[derive(Clone, Debug)]
-pub struct Target {
+/// A provider's scheme and authority, parsed once per base on each worker thread.
+#[derive(Debug)]
+pub struct Origin {
     pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
-    path_and_query: Vec<u8>,
 }
 
-impl Target {
-    /// `/path?query` (ASCII).
-    pub fn path_and_query(&self) -> &[u8] {
-        &self.path_and_query
+/// Where a proxied call goes: the provider's origin, and the call's path (the base's path, then
+/// the caller's tail) and query, borrowed as they are and escaped as they are written. What is
+/// written holds only characters a URI's path and query may hold (`push_escaped` makes sure),
+/// so our HTTP/1.1 client writes it into the request line directly; an [`http::Uri`] is made
+/// only where one is needed (hyper's clients, connecting).
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    origin: std::rc::Rc<Origin>,
+    base_path: &'a str,
+    tail: &'a str,
+    query: &'a str,
+}
+
+impl Target<'_> {
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub fn https(&self) -> bool {
-        self.scheme == http::uri::Scheme::HTTPS
+        self.origin.scheme == http::uri::Scheme::HTTPS
+    }
+
+    /// Writes `/path?query` (ASCII, a valid URI path and query).
+    pub fn write_path_and_query(&self, out: &mut impl BufMut) {
+        push_escaped(out, self.base_path.as_bytes(), false);
+        if !self.tail.is_empty() {
+            if !self.base_path.ends_with('/') {
+                out.put_u8(b'/');
+            }
+            push_escaped(out, self.tail.as_bytes(), false);
+        }
+        if !self.query.is_empty() {
+            out.put_u8(b'?');
+            push_escaped(out, self.query.as_bytes(), true);
+        }
+    }
+
+    /// `/path?query`.
+    pub fn path_and_query(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.base_path.len() + self.tail.len() + self.query.len() + 2);
+        self.write_path_and_query(&mut out);
+        out
     }
 
     /// The absolute URI.
     pub fn uri(&self) -> Result<http::Uri, &'static str> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
+        parts.scheme = Some(self.origin.scheme.clone());
+        parts.authority = Some(self.origin.authority.clone());
         parts.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(&self.path_and_query))
+            http::uri::PathAndQuery::from_maybe_shared(Bytes::from(self.path_and_query()))
                 .map_err(|_| "the path is not a valid URI path")?,
         );
         http::Uri::from_parts(parts).map_err(|_| "the path is not a valid URI path")
     }
 }
 
-impl TryFrom<&http::Uri> for Target {
+impl<'a> TryFrom<&'a http::Uri> for Target<'a> {
     type Error = &'static str;
 
     /// An absolute URI's target (its path and query as they are).
-    fn try_from(uri: &http::Uri) -> Result<Self, Self::Error> {
-        Ok(Self {
+    fn try_from(uri: &'a http::Uri) -> Result<Self, Self::Error> {
+        let origin = Origin {
             scheme: uri.scheme().cloned().ok_or("the URI has no scheme")?,
             authority: uri.authority().cloned().ok_or("the URI has no host")?,
-            path_and_query: uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes().to_vec(),
-        })
+        };
+        Ok(Self { origin: origin.into(), base_path: uri.path(), tail: "", query: uri.query().unwrap_or("") })
     }
 }
 
-impl std::fmt::Display for Target {
+impl std::fmt::Display for Target<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, String::from_utf8_lossy(&self.path_and_query))
+        let path = self.path_and_query();
+        write!(f, "{}://{}{}", self.origin.scheme, self.origin.authority, String::from_utf8_lossy(&path))
     }
 }
 
@@ -122,7 +153,7 @@ fn has_control(bytes: &[u8]) -> bool {
 /// The upstream target for `tail` under `base`, or why not. The result always has the base's
 /// scheme, host and port, and a path under the base's path: dot segments (plain or
 /// percent-encoded), backslashes, empty segments (`//host`), and control characters are refused.
-pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<Target, &'static str> {
+pub fn upstream_url<'a>(base: &'a Url, raw_tail: &'a str, query: &'a str) -> Result<Target<'a>, &'static str> {
     if raw_tail.starts_with('/') {
         return Err("the path must not start with '/'");
     }
@@ -146,22 +177,10 @@ pub fn upstream_url(base: &Url, raw_tail: &str, query: &str) -> Result<Target, &
         return Err("control characters are not allowed in the query");
     }
     // The base is scheme://authority/path/ (validated in the catalog: no query, no fragment, a
-    // trailing slash). The scheme and authority are the base's, parsed once per base and
-    // worker; only the path and query are built per call: the base's path, then the tail with
-    // anything that may not appear in a URI path percent-encoded.
-    let (scheme, authority) = base_origin(base)?;
-    let base_path = base.path();
-    let mut out = Vec::with_capacity(base_path.len() + raw_tail.len() + query.len() + 8);
-    push_escaped(&mut out, base_path.as_bytes(), false); // already escaped: kept as it is
-    if !out.ends_with(b"/") {
-        out.push(b'/');
-    }
-    push_escaped(&mut out, raw_tail.as_bytes(), false);
-    if !query.is_empty() {
-        out.push(b'?');
-        push_escaped(&mut out, query.as_bytes(), true);
-    }
-    Ok(Target { scheme, authority, path_and_query: out })
+    // trailing slash). The origin is the base's, parsed once per base and worker; the path is
+    // the base's, then the tail, with anything that may not appear in a URI path
+    // percent-encoded as it is written.
+    Ok(Target { origin: base_origin(base)?, base_path: base.path(), tail: raw_tail, query })
 }
 
 /// A path segment (decoded) that may be forwarded: not a dot segment, no backslash, no
@@ -176,17 +195,14 @@ fn check_segment(seg: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A provider base's scheme and authority as the `http` crate's types (cheap to clone), parsed
-/// once per base on each worker thread.
-fn base_origin(base: &Url) -> Result<(http::uri::Scheme, http::uri::Authority), &'static str> {
-    type Origins = std::cell::RefCell<Vec<(String, http::uri::Scheme, http::uri::Authority)>>;
+/// A provider base's origin, parsed once per base on each worker thread.
+fn base_origin(base: &Url) -> Result<std::rc::Rc<Origin>, &'static str> {
+    type Origins = std::cell::RefCell<Vec<(String, std::rc::Rc<Origin>)>>;
     thread_local! {
         static ORIGINS: Origins = const { std::cell::RefCell::new(Vec::new()) };
     }
     let origin = &base[..url::Position::AfterPort];
-    if let Some(found) =
-        ORIGINS.with_borrow(|o| o.iter().find(|(b, ..)| b == origin).map(|(_, s, a)| (s.clone(), a.clone())))
-    {
+    if let Some(found) = ORIGINS.with_borrow(|o| o.iter().find(|(b, _)| b == origin).map(|(_, found)| found.clone())) {
         return Ok(found);
     }
     let authority = &base[url::Position::BeforeUsername..url::Position::AfterPort];
@@ -195,19 +211,20 @@ fn base_origin(base: &Url) -> Result<(http::uri::Scheme, http::uri::Authority), 
     }
     let scheme = http::uri::Scheme::try_from(base.scheme()).map_err(|_| "the provider's API base is not a URI")?;
     let authority = http::uri::Authority::try_from(authority).map_err(|_| "the provider's API base is not a URI")?;
+    let found = std::rc::Rc::new(Origin { scheme, authority });
     ORIGINS.with_borrow_mut(|o| {
         if o.len() >= 1024 {
             o.clear();
         }
-        o.push((origin.to_owned(), scheme.clone(), authority.clone()));
+        o.push((origin.to_owned(), found.clone()));
     });
-    Ok((scheme, authority))
+    Ok(found)
 }
 
 /// Appends `raw`, percent-encoding bytes that may not appear unescaped in a URI path (or
 /// query); existing escapes are kept as they are. What it appends is always a valid URI path
 /// (or query): [`Target`] relies on it.
-fn push_escaped(out: &mut Vec<u8>, raw: &[u8], query: bool) {
+fn push_escaped(out: &mut impl BufMut, raw: &[u8], query: bool) {
     /// The bytes kept as they are: unreserved, sub-delims, `:` `@` `/`, and `%` (escapes).
     const KEEP: [bool; 256] = {
         let mut keep = [false; 256];
@@ -245,11 +262,11 @@ fn push_escaped(out: &mut Vec<u8>, raw: &[u8], query: bool) {
         if KEEP[b as usize] || (query && b == b'?') {
             continue;
         }
-        out.extend_from_slice(&raw[start..i]);
-        out.extend_from_slice(&[b'%', b"0123456789ABCDEF"[(b >> 4) as usize], b"0123456789ABCDEF"[(b & 15) as usize]]);
+        out.put_slice(&raw[start..i]);
+        out.put_slice(&[b'%', b"0123456789ABCDEF"[(b >> 4) as usize], b"0123456789ABCDEF"[(b & 15) as usize]]);
         start = i + 1;
     }
-    out.extend_from_slice(&raw[start..]);
+    out.put_slice(&raw[start..]);
 }
 
 fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -399,7 +416,7 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ApiError> {
 /// ([`Outgoing::for_each_header`]); a map is built only for hyper ([`Outgoing::into_request`]).
 pub struct Outgoing<'a> {
     pub method: &'a Method,
-    pub target: &'a Target,
+    pub target: &'a Target<'a>,
     caller: Fields<'a>,
     pub bearer: &'a HeaderValue,
     pub traceparent: Option<HeaderValue>,
@@ -433,7 +450,7 @@ impl<'a> Fields<'a> {
 impl<'a> Outgoing<'a> {
     pub fn new(
         method: &'a Method,
-        target: &'a Target,
+        target: &'a Target<'a>,
         caller: Fields<'a>,
         bearer: &'a HeaderValue,
         body: UpstreamBody,
@@ -509,7 +526,7 @@ fn strip_response_headers(headers: &mut HeaderMap, may_list: bool) {
 async fn send(
     upstream: &Upstream,
     method: &Method,
-    target: &Target,
+    target: &Target<'_>,
     caller: Fields<'_>,
     body: &mut Outbound,
     token: &Token,
@@ -633,7 +650,11 @@ fn split_segment(path: &str) -> Option<(&str, &str)> {
 }
 
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
-pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response<ResponseBody>, ApiError> {
+pub async fn proxy(
+    worker: &Worker,
+    memo: &std::cell::RefCell<shared::auth::ConnectionMemo>,
+    req: Request<CallerBody>,
+) -> Result<Response<ResponseBody>, ApiError> {
     let (parts, mut body) = req.into_parts();
     // Served by our HTTP/1.1 server (which takes the provider's fields as they arrived, and
     // hands over the caller's the same way), or by hyper.
@@ -644,7 +665,7 @@ pub async fn proxy(worker: &Worker, req: Request<CallerBody>) -> Result<Response
     };
     let fields = raw_fields.as_ref().map_or(Fields::Map(&parts.headers), Fields::Raw);
     let presented = fields.get("authorization").and_then(shared::http::bearer_credential);
-    let caller = worker.auth.authorize(presented, Scope::Proxy, Some(&worker.limits)).await?;
+    let caller = worker.auth.authorize_on(memo, presented, Scope::Proxy, Some(&worker.limits)).await?;
     let state = &*worker.state;
     // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
     let raw_path = parts.uri.path();
@@ -827,7 +848,8 @@ mod tests {
             let (path_len, query_len) = (1 + next(8), next(5));
             let mut take = |n| (0..n).map(|_| pieces[next(pieces.len() as u64) as usize]).collect::<String>();
             let (path, query) = (take(path_len), take(query_len));
-            let Ok(t) = upstream_url(&base(), &path, &query) else { continue };
+            let base = base();
+            let Ok(t) = upstream_url(&base, &path, &query) else { continue };
             let u = t.uri().unwrap_or_else(|e| panic!("{path:?} {query:?} gave {t}: {e}"));
             assert_eq!(u.path_and_query().unwrap().as_str().as_bytes(), t.path_and_query());
             assert!(t.path_and_query().iter().all(u8::is_ascii_graphic), "{t}");

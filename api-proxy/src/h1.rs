@@ -33,6 +33,8 @@ const INLINE_BODY: usize = 16 * 1024;
 /// Room made for a read of an answer's head: most heads are far smaller. Bodies of known length
 /// read up to `BODY_READ` at a time, others `READ_SIZE`.
 const READ_SIZE: usize = 4 * 1024;
+/// The most memory a kept-alive connection keeps for writing requests between calls.
+const KEPT_OUT: usize = 4 * 1024;
 const BODY_READ: usize = 64 * 1024;
 
 /// A connection's byte stream: TCP, or TLS over TCP.
@@ -43,6 +45,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Io for T {}
 pub struct Conn {
     io: Box<dyn Io>,
     buf: BytesMut,
+    /// The request being written (kept between calls, so its memory is reused).
+    out: BytesMut,
+}
+
+/// Where a connection goes once an answer has been read to its end (if it can carry another
+/// call): back to its pool (no allocation), or to a function.
+pub enum Done {
+    Pool(crate::pool::Pool, usize),
+    Call(Box<dyn FnOnce(Conn)>),
+}
+
+impl Done {
+    /// The connection goes to `f`.
+    pub fn call(f: impl FnOnce(Conn) + 'static) -> Self {
+        Done::Call(Box::new(f))
+    }
+
+    fn give(self, conn: Conn) {
+        match self {
+            Done::Pool(pool, host) => pool.put(host, conn),
+            Done::Call(f) => f(conn),
+        }
+    }
 }
 
 /// Why a call failed.
@@ -61,7 +86,7 @@ pub enum CallError {
 
 impl Conn {
     pub fn new(io: impl Io) -> Self {
-        Self { io: Box::new(io), buf: BytesMut::new() }
+        Self { io: Box::new(io), buf: BytesMut::new(), out: BytesMut::new() }
     }
 
     /// Whether the connection can no longer be used: the provider closed it, or sent bytes no
@@ -79,11 +104,7 @@ impl Conn {
     /// Sends `req` (origin-form URI, `Host` set) and reads the answer's head. The body is read
     /// by the returned answer's [`RawBody`], which gives the connection to `done` once the body
     /// has been read to its end, if the connection can carry another call.
-    pub async fn call(
-        self,
-        req: Request<UpstreamBody>,
-        done: impl FnOnce(Conn) + 'static,
-    ) -> Result<Response<RawBody>, CallError> {
+    pub async fn call(mut self, req: Request<UpstreamBody>, done: Done) -> Result<Response<RawBody>, CallError> {
         let head_request = req.method() == Method::HEAD;
         let (parts, body) = req.into_parts();
         let body = match body {
@@ -92,7 +113,8 @@ impl Conn {
                 return Err(CallError::Malformed("a streamed body cannot be sent on this connection"))
             }
         };
-        let mut out = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
         encode_head(&mut out, &parts.method, &parts.uri, &parts.headers, body.len());
         self.exchange(out, body, head_request, done).await
     }
@@ -100,10 +122,10 @@ impl Conn {
     /// Sends a proxied call (`out.uri` absolute; `host` the `Host` header for it) with the
     /// headers written straight from the caller's, and reads the answer's head, as [`Conn::call`].
     pub async fn call_proxied(
-        self,
+        mut self,
         out: Outgoing<'_>,
         host: &HeaderValue,
-        done: impl FnOnce(Conn) + 'static,
+        done: Done,
     ) -> Result<Response<RawBody>, CallError> {
         let head_request = *out.method == Method::HEAD;
         let body = match &out.body {
@@ -112,8 +134,12 @@ impl Conn {
                 return Err(CallError::Malformed("a streamed body cannot be sent on this connection"))
             }
         };
-        let mut buf = BytesMut::with_capacity(256 + body.len().min(INLINE_BODY));
-        encode_request_line(&mut buf, out.method, out.target.path_and_query());
+        let mut buf = std::mem::take(&mut self.out);
+        buf.clear();
+        buf.extend_from_slice(out.method.as_str().as_bytes());
+        buf.extend_from_slice(b" ");
+        out.target.write_path_and_query(&mut buf);
+        buf.extend_from_slice(b" HTTP/1.1\r\n");
         put_field(&mut buf, b"host", host.as_bytes());
         out.for_each_caller_field(|name, value| put_field(&mut buf, name, value));
         put_field(&mut buf, b"authorization", out.bearer.as_bytes());
@@ -130,7 +156,7 @@ impl Conn {
         mut out: BytesMut,
         body: Bytes,
         head_request: bool,
-        done: impl FnOnce(Conn) + 'static,
+        done: Done,
     ) -> Result<Response<RawBody>, CallError> {
         let inline = body.len() <= INLINE_BODY;
         if inline {
@@ -147,6 +173,9 @@ impl Conn {
         if let Err(e) = written {
             return Err(CallError::NoAnswer(e));
         }
+        if out.capacity() <= KEPT_OUT {
+            self.out = out; // reused by the next call (a large one's memory is not kept)
+        }
         let (head, framing, reusable, lists_fields) = self.read_head(head_request).await?;
         let mut resp =
             Response::new(RawBody { conn: None, framing, reusable, done: None, lists_fields, head: Some(head.2) });
@@ -154,7 +183,7 @@ impl Conn {
         *resp.version_mut() = head.1;
         let body = resp.body_mut();
         body.conn = Some(self);
-        body.done = Some(Box::new(done));
+        body.done = Some(done);
         body.finish_if_ended();
         Ok(resp)
     }
@@ -491,7 +520,7 @@ pub struct RawBody {
     conn: Option<Conn>,
     framing: Framing,
     reusable: bool,
-    done: Option<Box<dyn FnOnce(Conn)>>,
+    done: Option<Done>,
     lists_fields: bool,
     /// The answer's header fields, until they are moved into the answer's map.
     head: Option<RawHead>,
@@ -534,7 +563,7 @@ impl RawBody {
         }
         if let (Some(conn), Some(done)) = (self.conn.take(), self.done.take()) {
             if self.reusable && conn.buf.is_empty() {
-                done(conn);
+                done.give(conn);
             }
         }
     }
@@ -781,7 +810,7 @@ mod tests {
         req: Request<UpstreamBody>,
     ) -> (Response<()>, Result<Bytes, String>) {
         let slot = slot.clone();
-        let resp = conn.call(req, move |c| *slot.borrow_mut() = Some(c)).await.expect("an answer");
+        let resp = conn.call(req, Done::call(move |c| *slot.borrow_mut() = Some(c))).await.expect("an answer");
         let (mut parts, mut body) = resp.into_parts();
         body.headers_into(&mut parts.headers);
         let body = body.collect().await.map(|c| c.to_bytes()).map_err(|e| e.to_string());
@@ -952,7 +981,9 @@ mod tests {
                 let (addr, _) = provider(vec![Step::AnswerThenClose(answer)]).await;
                 let (conn, slot) = connect(addr).await;
                 let label = String::from_utf8_lossy(answer).into_owned();
-                match conn.call(request(Method::GET, ""), |_| panic!("a malformed answer's connection is reused")).await
+                match conn
+                    .call(request(Method::GET, ""), Done::call(|_| panic!("a malformed answer's connection is reused")))
+                    .await
                 {
                     Err(e) => assert!(!in_body, "{label}: failed at the head: {e}"),
                     Ok(resp) => {
@@ -970,7 +1001,7 @@ mod tests {
         run(async {
             let (addr, _) = provider(vec![Step::Close]).await;
             let (conn, _) = connect(addr).await;
-            let r = conn.call(request(Method::GET, ""), |_| ()).await;
+            let r = conn.call(request(Method::GET, ""), Done::call(|_| ())).await;
             assert!(matches!(r, Err(CallError::NoAnswer(_))), "{:?}", r.err());
         });
     }

@@ -9,7 +9,7 @@
 //! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
 use crate::forward::{Outgoing, Target, UpstreamBody};
-use crate::h1::{CallError, Conn, RawBody};
+use crate::h1::{CallError, Conn, Done, RawBody};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
@@ -143,8 +143,7 @@ impl Pool {
             // The common case: the request is written straight from the caller's headers.
             (Sender::H1(conn), reused) => {
                 let host_header = self.inner.borrow().hosts[host].host_header.clone();
-                let pool = self.clone();
-                match conn.call_proxied(out, &host_header, move |conn| pool.put(host, conn)).await {
+                match conn.call_proxied(out, &host_header, Done::Pool(self.clone(), host)).await {
                     Ok(resp) => Ok(resp.map(UpBody::Raw)),
                     Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                     Err(e) => Err(SendError::Call(e.into())),
@@ -179,8 +178,7 @@ impl Pool {
             let (error, back) = match sender {
                 Sender::H1(conn) => {
                     self.to_origin_form(host, &mut req);
-                    let pool = self.clone();
-                    return match conn.call(req, move |conn| pool.put(host, conn)).await {
+                    return match conn.call(req, Done::Pool(self.clone(), host)).await {
                         Ok(resp) => Ok(resp.map(UpBody::Raw)),
                         Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                         Err(e) => Err(SendError::Call(e.into())),
@@ -221,8 +219,8 @@ impl Pool {
         req.headers_mut().insert(http::header::HOST, host_header);
     }
 
-    fn host_index(&self, target: &Target) -> Result<usize, SendError> {
-        let (https, authority) = (target.https(), &target.authority);
+    fn host_index(&self, target: &Target<'_>) -> Result<usize, SendError> {
+        let (https, authority) = (target.https(), &target.origin().authority);
         let mut inner = self.inner.borrow_mut();
         // The same bytes first (a provider's base always gives the same), then ignoring case.
         let same = |h: &Host| h.https == https && h.authority.as_str() == authority.as_str();
@@ -265,7 +263,7 @@ impl Pool {
         None
     }
 
-    fn put(&self, host: usize, conn: Conn) {
+    pub(crate) fn put(&self, host: usize, conn: Conn) {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
         if h.idle.len() >= self.max_idle_per_host {

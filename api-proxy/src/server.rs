@@ -22,10 +22,11 @@ use crate::ProxyState;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use shared::auth::Authenticator;
+use shared::auth::{Authenticator, ConnectionMemo};
 use shared::http::{ApiError, ErrorCode};
 use shared::limits::RateLimits;
 use shared::metrics::Registry;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -310,7 +311,9 @@ async fn serve_connection(
 ) {
     // The request's future is `handle`'s own (no wrapper around it, which would be one more
     // copy of it per request).
-    let handler = move |req| handle(worker.clone(), req);
+    // The API key this connection presented last, and the decision for it.
+    let memo = Rc::new(RefCell::new(ConnectionMemo::default()));
+    let handler = move |req| handle(worker.clone(), memo.clone(), req);
     match tls {
         None => h1_server::serve(stream, false, handler, options, stopping).await,
         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -325,7 +328,11 @@ async fn serve_connection(
 }
 
 /// One request: routed, answered, and recorded as every service records requests.
-async fn handle(worker: Rc<Worker>, req: Request<CallerBody>) -> Response<ResponseBody> {
+async fn handle(
+    worker: Rc<Worker>,
+    memo: Rc<RefCell<ConnectionMemo>>,
+    req: Request<CallerBody>,
+) -> Response<ResponseBody> {
     let worker = &*worker;
     let start = Instant::now();
     shared::clock::request_started(start);
@@ -348,7 +355,7 @@ async fn handle(worker: Rc<Worker>, req: Request<CallerBody>) -> Response<Respon
     // of its own, it is moved (copied) fewer times on its way into place.
     let resp = if route == PROXY_ROUTE {
         let call = forward::proxy_span(&span, &method);
-        forward::proxy(worker, req).instrument(call).await.unwrap_or_else(|e| error_response(&e))
+        forward::proxy(worker, &memo, req).instrument(call).await.unwrap_or_else(|e| error_response(&e))
     } else {
         other_route(worker, req, route, &method).instrument(span.clone()).await
     };

@@ -178,21 +178,60 @@ impl Authenticator {
         permit(caller, scope, limits)
     }
 
+    /// As [`authorize`](Self::authorize), remembering the decision for the connection the
+    /// request came on (`memo`): a caller that keeps its connection open and presents the same
+    /// key again, as services do, has it neither hashed nor looked up again. The decision
+    /// expires with the lookup it came from, as the per-thread copies do, so a revocation takes
+    /// effect within the same TTL.
+    pub async fn authorize_on(
+        &self,
+        memo: &std::cell::RefCell<ConnectionMemo>,
+        presented: Option<&str>,
+        scope: Scope,
+        limits: Option<&crate::limits::RateLimits>,
+    ) -> Result<Caller, ApiError> {
+        let Some(presented) = presented.filter(|p| valid_length(p)) else {
+            return permit(Err(unauthorized()), scope, limits);
+        };
+        let now = crate::clock::recent();
+        if let Some(decision) = memo.borrow().recall(self, presented.as_bytes(), now) {
+            return permit(decision.ok_or_else(unauthorized), scope, limits);
+        }
+        let (decision, at) = match self.decide_now(presented) {
+            Ok(decided) => decided,
+            // Boxed: the database lookup is the cold path.
+            Err(digest) => Box::pin(self.look_up_decision(digest)).await?,
+        };
+        memo.borrow_mut().0 = Some(Remembered {
+            authenticator: self.id,
+            presented: presented.as_bytes().into(),
+            decision: decision.clone(),
+            at,
+        });
+        permit(decision.ok_or_else(unauthorized), scope, limits)
+    }
+
     /// Decides without I/O when it can (a bootstrap key, a malformed one, or a cached lookup);
     /// otherwise returns the digest to look up.
     fn authenticate_now(&self, presented: Option<&str>) -> Result<Result<Caller, ApiError>, [u8; 32]> {
-        let Some(presented) = presented.filter(|p| !p.is_empty() && p.len() <= 512) else {
+        let Some(presented) = presented.filter(|p| valid_length(p)) else {
             return Ok(Err(unauthorized()));
         };
+        self.decide_now(presented).map(|(decision, _)| decision.ok_or_else(unauthorized))
+    }
+
+    /// The decision for a key (the caller it names, or `None`: no live key) and the time of the
+    /// lookup it comes from, if a cache holds it; otherwise the digest to look up.
+    fn decide_now(&self, presented: &str) -> Result<(Option<Caller>, Instant), [u8; 32]> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let now = crate::clock::recent();
         let local = LOCAL.with(|l| {
             let l = l.borrow();
             let (hit, at) = l.get(&(self.id, digest))?;
-            (now.duration_since(*at) < self.ttl).then(|| hit.clone())
+            (now.duration_since(*at) < self.ttl).then(|| (hit.clone(), *at))
         });
-        if let Some(hit) = local {
-            return Ok(hit.ok_or_else(unauthorized));
+        if let Some(decided) = local {
+            return Ok(decided);
         }
         let shared = if self.bootstrap.verify_digest(&digest) {
             Some((Some(self.bootstrap_caller.clone()), now))
@@ -202,30 +241,65 @@ impl Authenticator {
         let Some((hit, at)) = shared else {
             return Err(digest);
         };
+        let copy = hit.as_ref().map(Caller::deep_copy);
         LOCAL.with(|l| {
             let mut l = l.borrow_mut();
             if l.len() >= CACHE_LIMIT {
                 l.clear();
             }
-            l.insert((self.id, digest), (hit.as_ref().map(Caller::deep_copy), at));
+            l.insert((self.id, digest), (copy.clone(), at));
         });
-        Ok(hit.ok_or_else(unauthorized))
+        Ok((copy, at))
     }
 
     async fn look_up(&self, digest: [u8; 32]) -> Result<Caller, ApiError> {
+        self.look_up_decision(digest).await?.0.ok_or_else(unauthorized)
+    }
+
+    async fn look_up_decision(&self, digest: [u8; 32]) -> Result<(Option<Caller>, Instant), ApiError> {
         let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
             key_id: r.id.into(),
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
             providers: (!r.providers.is_empty()).then(|| r.providers.into()),
         });
+        let at = crate::clock::recent();
         {
             let mut cache = self.cache.write().unwrap();
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(digest, (found.clone(), crate::clock::recent()));
+            cache.insert(digest, (found.clone(), at));
         }
-        found.ok_or_else(unauthorized)
+        Ok((found, at))
+    }
+}
+
+/// Keys are never empty, and never longer than this.
+fn valid_length(presented: &str) -> bool {
+    !presented.is_empty() && presented.len() <= 512
+}
+
+/// The key one connection presented last, and the decision for it (see
+/// [`Authenticator::authorize_on`]).
+#[derive(Default)]
+pub struct ConnectionMemo(Option<Remembered>);
+
+struct Remembered {
+    authenticator: u64,
+    presented: Box<[u8]>,
+    decision: Option<Caller>,
+    at: Instant,
+}
+
+impl ConnectionMemo {
+    fn recall(&self, auth: &Authenticator, presented: &[u8], now: Instant) -> Option<Option<Caller>> {
+        use subtle::ConstantTimeEq;
+        let r = self.0.as_ref()?;
+        let same = r.authenticator == auth.id
+            && r.presented.len() == presented.len()
+            && bool::from(r.presented.ct_eq(presented))
+            && now.duration_since(r.at) < auth.ttl;
+        same.then(|| r.decision.clone())
     }
 }
 
@@ -353,5 +427,40 @@ mod tests {
         assert!(c.require_provider("kartra").is_ok());
         assert!(c.require_provider("redtail").is_err());
         assert!(Caller::bootstrap().has(Scope::Admin));
+    }
+
+    fn authenticator(keys: &[&str], ttl: Duration) -> Authenticator {
+        // 32 zero bytes.
+        let keyring =
+            crate::crypto::Keyring::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", None, &[]).unwrap();
+        // Never connects: bootstrap keys are decided without the database.
+        let store = Store::new("postgres://postgres@127.0.0.1:9/none", 1, keyring).unwrap();
+        Authenticator::new(ApiKeys::new(keys), store, ttl)
+    }
+
+    #[tokio::test]
+    async fn a_connections_memo_serves_only_the_key_it_holds_only_for_its_authenticator_and_only_within_the_ttl() {
+        let (a, b) = ("bootstrap-key-number-one", "bootstrap-key-number-two");
+        let auth = authenticator(&[a, b], Duration::from_millis(200));
+        let memo = std::cell::RefCell::new(ConnectionMemo::default());
+        let now = crate::clock::recent();
+        assert!(auth.authorize_on(&memo, Some(a), Scope::Proxy, None).await.is_ok());
+        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_some_and(|d| d.is_some()));
+        assert!(memo.borrow().recall(&auth, b.as_bytes(), now).is_none(), "another key is decided anew");
+        assert!(memo.borrow().recall(&auth, &a.as_bytes()[..10], now).is_none(), "a prefix is another key");
+        let other = authenticator(&[a], Duration::from_secs(60));
+        assert!(memo.borrow().recall(&other, a.as_bytes(), now).is_none(), "another authenticator decides for itself");
+        let later = now + Duration::from_millis(250);
+        assert!(memo.borrow().recall(&auth, a.as_bytes(), later).is_none(), "past the TTL the key is checked again");
+        // Malformed or absent keys are refused, and leave the memo as it was.
+        for bad in [None, Some(""), Some(&*"x".repeat(513))] {
+            let e = auth.authorize_on(&memo, bad, Scope::Proxy, None).await.unwrap_err();
+            assert_eq!(e.code, ErrorCode::Unauthorized);
+        }
+        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_some());
+        // The memo holds the last key presented.
+        assert!(auth.authorize_on(&memo, Some(b), Scope::Proxy, None).await.is_ok());
+        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_none());
+        assert!(memo.borrow().recall(&auth, b.as_bytes(), now).is_some());
     }
 }

@@ -23,11 +23,11 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -89,13 +89,18 @@ impl CallerBody {
 #[derive(Default)]
 pub struct Stopping {
     flag: Cell<bool>,
+    /// hyper's connections wait on this.
     notify: tokio::sync::Notify,
+    /// Our own connections' tasks, each registered once (not once per idle wait).
+    idle: RefCell<slab::Slab<Waker>>,
 }
 
 impl Stopping {
     pub fn stop(&self) {
         self.flag.set(true);
         self.notify.notify_waiters();
+        let idle: Vec<Waker> = self.idle.borrow().iter().map(|(_, w)| w.clone()).collect();
+        idle.into_iter().for_each(Waker::wake);
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -133,6 +138,7 @@ where
         served: 0,
         armed_at: 0,
         timer: Box::pin(tokio::time::sleep(options.head_timeout)),
+        watch: Watch { stopping: stopping.clone(), key: None },
     };
     let mut first = true;
     loop {
@@ -250,6 +256,33 @@ enum Next {
     ToH2,
 }
 
+/// A connection's place among the tasks [`Stopping::stop`] wakes; it leaves with the connection.
+struct Watch {
+    stopping: Rc<Stopping>,
+    key: Option<usize>,
+}
+
+impl Watch {
+    /// Wakes `waker`'s task when the worker stops (registered once; replaced only if the
+    /// connection's task changes).
+    fn register(&mut self, waker: &Waker) {
+        let mut idle = self.stopping.idle.borrow_mut();
+        match self.key {
+            Some(k) if idle[k].will_wake(waker) => {}
+            Some(k) => idle[k] = waker.clone(),
+            None => self.key = Some(idle.insert(waker.clone())),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(k) = self.key {
+            self.stopping.idle.borrow_mut().remove(k);
+        }
+    }
+}
+
 /// What happened while waiting for bytes from the caller.
 enum Read {
     Some,
@@ -274,19 +307,15 @@ struct Conn<T> {
     /// for its head. So a head is waited for at least `timeout`, at most twice that, without a
     /// timer (or a clock read) per request.
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// Wakes the connection's task when the worker stops.
+    watch: Watch,
 }
 
 impl<T: Io> Conn<T> {
     /// Reads more from the caller: at least `room` bytes of space. While `idle` (nothing of a
     /// request read yet), a stopping server ends the wait.
-    async fn read(&mut self, room: usize, idle: Option<&Stopping>) -> std::io::Result<Read> {
+    async fn read(&mut self, room: usize, idle: bool) -> std::io::Result<Read> {
         self.buf.reserve(room);
-        let mut stopped = std::pin::pin!(async {
-            match idle {
-                Some(s) => s.stopped().await,
-                None => std::future::pending().await,
-            }
-        });
         std::future::poll_fn(|cx| {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(Read::Eof)),
@@ -294,8 +323,11 @@ impl<T: Io> Conn<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if stopped.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(Read::Stopping));
+            if idle {
+                self.watch.register(cx.waker());
+                if self.watch.stopping.is_stopping() {
+                    return Poll::Ready(Ok(Read::Stopping));
+                }
             }
             while self.timer.as_mut().poll(cx).is_ready() {
                 if self.served == self.armed_at {
@@ -333,8 +365,8 @@ impl<T: Io> Conn<T> {
                     }
                 }
             }
-            let idle = self.buf.is_empty().then_some(stopping);
-            if idle.is_some() && stopping.is_stopping() {
+            let idle = self.buf.is_empty();
+            if idle && stopping.is_stopping() {
                 return Next::Closed;
             }
             match self.read(READ_SIZE, idle).await {
@@ -355,7 +387,7 @@ impl<T: Io> Conn<T> {
             Admission::Refuse(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
         };
         while self.buf.len() < length {
-            match self.read(length - self.buf.len(), None).await {
+            match self.read(length - self.buf.len(), false).await {
                 Ok(Read::Some) => {}
                 Ok(Read::TimedOut) => {
                     return Next::Refuse(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
@@ -530,7 +562,7 @@ impl<T: Io> Conn<T> {
             let mut scrap = 0usize;
             while scrap < 256 * 1024 {
                 self.buf.clear();
-                match self.read(READ_SIZE, None).await {
+                match self.read(READ_SIZE, false).await {
                     Ok(Read::Some) => scrap += self.buf.len(),
                     _ => break,
                 }

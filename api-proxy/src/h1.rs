@@ -294,10 +294,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, RawHead
     let spans = field_spans(buf, resp.headers);
     let head = buf.split_to(len).freeze();
     let mut notes = Notes::new();
-    for &(ns, ne, vs, ve) in &spans {
-        notes.note(&head[ns..ne], &head[vs..ve]);
+    for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
+        notes.note(i, &head[ns..ne], &head[vs..ve]);
     }
-    Ok(Some((status, version, RawHead { head, spans }, notes)))
+    Ok(Some((status, version, RawHead::new(head, spans), notes)))
 }
 
 /// An answer's header fields as they arrived (the head's bytes, and where each field is in
@@ -307,15 +307,38 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(StatusCode, Version, RawHead
 pub struct RawHead {
     head: Bytes,
     spans: Spans,
+    /// Where the first `Authorization` and `traceparent` fields are (field indexes, `NONE` if
+    /// absent), when noted as the head was parsed: a request's, whose both the proxy looks up
+    /// on every call.
+    known: Option<[u8; 2]>,
 }
+
+/// No such field (a head has at most `MAX_HEADERS` fields, fewer than this).
+const NONE: u8 = u8::MAX;
 
 impl RawHead {
     pub(crate) fn new(head: Bytes, spans: Spans) -> Self {
-        Self { head, spans }
+        Self { head, spans, known: None }
     }
 
-    /// The first field named `name` (any case), if any.
+    /// A head whose `Authorization` and `traceparent` fields were noted as it was parsed.
+    pub(crate) fn with_known(head: Bytes, spans: Spans, notes: &Notes) -> Self {
+        Self { head, spans, known: Some([notes.authorization, notes.traceparent]) }
+    }
+
+    /// The first field named `name` (lowercase), if any.
     pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        if let Some([authorization, traceparent]) = self.known {
+            let noted = match name {
+                b"authorization" => Some(authorization),
+                b"traceparent" => Some(traceparent),
+                _ => None,
+            };
+            if let Some(at) = noted {
+                let &(.., vs, ve) = self.spans.get(usize::from(at))?;
+                return Some(&self.head[vs..ve]);
+            }
+        }
         // Told apart by length first (no slice of the head is made for the others).
         let &(.., vs, ve) = self
             .spans
@@ -383,6 +406,9 @@ pub(crate) struct Notes {
     pub close: bool,
     pub keep_alive: bool,
     pub lists_fields: bool,
+    /// The index of the first `Authorization` and `traceparent` field, or `NONE`.
+    pub authorization: u8,
+    pub traceparent: u8,
 }
 
 /// A `Connection` field's options (RFC 9110 §7.6.1), trimmed, empty ones skipped.
@@ -407,13 +433,21 @@ impl Notes {
             close: false,
             keep_alive: false,
             lists_fields: false,
+            authorization: NONE,
+            traceparent: NONE,
         }
     }
 
-    /// Notes one field (its name in any case, as it arrived).
-    pub(crate) fn note(&mut self, name: &[u8], value: &[u8]) {
+    /// Notes field `index` (its name in any case, as it arrived).
+    pub(crate) fn note(&mut self, index: usize, name: &[u8], value: &[u8]) {
         // Told apart by length first: most fields are none of these.
         match name.len() {
+            13 if self.authorization == NONE && name.eq_ignore_ascii_case(b"authorization") => {
+                self.authorization = u8::try_from(index).unwrap_or(NONE)
+            }
+            11 if self.traceparent == NONE && name.eq_ignore_ascii_case(b"traceparent") => {
+                self.traceparent = u8::try_from(index).unwrap_or(NONE)
+            }
             4 if name.eq_ignore_ascii_case(b"host") => self.hosts += 1,
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 if let Ok(length) = &mut self.length {

@@ -802,14 +802,14 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
         return Parsed::Bad(StatusCode::BAD_REQUEST, "the request target is not a valid URI");
     };
     let mut notes = Notes::new();
-    for &(ns, ne, vs, ve) in &spans {
-        notes.note(&head[ns..ne], &head[vs..ve]);
+    for (i, &(ns, ne, vs, ve)) in spans.iter().enumerate() {
+        notes.note(i, &head[ns..ne], &head[vs..ve]);
     }
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
-    Parsed::Head(head.clone(), RawHead::new(head, spans), request, notes)
+    Parsed::Head(head.clone(), RawHead::with_known(head, spans, &notes), request, notes)
 }
 
 /// Whether the request line is `METHOD TARGET HTTP/d.d` (of a version httparse does not take).
@@ -880,6 +880,21 @@ mod tests {
     use std::collections::VecDeque;
     use std::time::Instant;
     use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn the_fields_looked_up_on_every_call_are_found_as_parsed_whatever_their_case() {
+        let mut buf = BytesMut::from(
+            &b"GET /x HTTP/1.1\r\nHost: h\r\nAUTHORIZATION: Bearer first\r\nX-A: 1\r\nTraceParent: tp\r\n\
+               authorization: Bearer second\r\n\r\n"[..],
+        );
+        let Parsed::Head(_, raw, ..) = parse_request(&mut buf) else { panic!("a complete head") };
+        assert_eq!(raw.get(b"authorization"), Some(&b"Bearer first"[..]), "the first of two");
+        assert_eq!(raw.get(b"traceparent"), Some(&b"tp"[..]));
+        assert_eq!(raw.get(b"x-a"), Some(&b"1"[..]));
+        let mut buf = BytesMut::from(&b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"[..]);
+        let Parsed::Head(_, raw, ..) = parse_request(&mut buf) else { panic!("a complete head") };
+        assert_eq!((raw.get(b"authorization"), raw.get(b"traceparent")), (None, None));
+    }
 
     /// An answer body for the tests: these frames, of a stated length or not, an error after
     /// them if `fail`, and a short wait before the first one if `slow`.

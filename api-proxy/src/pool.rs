@@ -15,7 +15,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -86,7 +86,9 @@ enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// A provider's answer body, from whichever client carried the call.
+/// A provider's answer body, from whichever client carried the call. (`Raw`, the larger, is
+/// the common one: boxing it would cost an allocation per call.)
+#[allow(clippy::large_enum_variant)]
 pub enum UpBody {
     Hyper(Incoming),
     Raw(RawBody),
@@ -151,7 +153,10 @@ impl Pool {
             }
             (sender, reused) => {
                 let req = out.into_request().map_err(SendError::BadUri)?;
-                self.send_request(req, host, Some((sender, reused))).await
+                // Boxed: hyper's clients (HTTP/2, streamed bodies) are the cold path here, and
+                // their state inline would make every call's future several KiB larger (and
+                // copied as such).
+                Box::pin(self.send_request(req, host, Some((sender, reused)))).await
             }
         }
     }
@@ -292,7 +297,14 @@ impl Pool {
             drive(conn, "HTTP/1.1");
             Ok(Sender::H1Once(tx))
         } else {
-            Ok(Sender::H1(Conn::new(TokioIo::new(io))))
+            // Our client reads and writes through tokio's traits: the stream is taken out of
+            // the connector's wrappers for hyper's, which would convert every read and write
+            // twice over.
+            let conn = match io {
+                hyper_rustls::MaybeHttpsStream::Http(tcp) => Conn::new(tcp.into_inner()),
+                hyper_rustls::MaybeHttpsStream::Https(tls) => Conn::new(tls.into_inner()),
+            };
+            Ok(Sender::H1(conn))
         }
     }
 }

@@ -41,12 +41,30 @@ const BODY_READ: usize = 64 * 1024;
 pub trait Io: AsyncRead + AsyncWrite + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + 'static> Io for T {}
 
-/// One HTTP/1.1 connection and what has been read from it but not used yet.
-pub struct Conn {
+/// One HTTP/1.1 connection and what has been read from it but not used yet: one pointer (its
+/// state is allocated once per connection), so that the answers that carry it back to the
+/// pool, moved a few times on every call, stay small.
+pub struct Conn(Box<State>);
+
+pub struct State {
     io: Box<dyn Io>,
     buf: BytesMut,
     /// The request being written (kept between calls, so its memory is reused).
     out: BytesMut,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
 }
 
 /// Where a connection goes once an answer has been read to its end (if it can carry another
@@ -86,7 +104,7 @@ pub enum CallError {
 
 impl Conn {
     pub fn new(io: impl Io) -> Self {
-        Self { io: Box::new(io), buf: BytesMut::new(), out: BytesMut::new() }
+        Self(Box::new(State { io: Box::new(io), buf: BytesMut::new(), out: BytesMut::new() }))
     }
 
     /// Whether the connection can no longer be used: the provider closed it, or sent bytes no
@@ -194,7 +212,8 @@ impl Conn {
 
     fn poll_read_more(&mut self, cx: &mut Context<'_>, room: usize) -> Poll<std::io::Result<usize>> {
         self.buf.reserve(room);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        let state = &mut *self.0;
+        tokio_util::io::poll_read_buf(Pin::new(&mut state.io), cx, &mut state.buf)
     }
 
     /// The answer's head (interim 1xx answers skipped), its framing, and whether the

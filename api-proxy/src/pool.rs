@@ -86,9 +86,7 @@ enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// A provider's answer body, from whichever client carried the call. (`Raw`, the larger, is
-/// the common one: boxing it would cost an allocation per call.)
-#[allow(clippy::large_enum_variant)]
+/// A provider's answer body, from whichever client carried the call.
 pub enum UpBody {
     Hyper(Incoming),
     Raw(RawBody),

@@ -467,21 +467,26 @@ impl<'a> Outgoing<'a> {
     pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let held = matches!(self.body, UpstreamBody::Held(_));
         let mut listed: Vec<&[u8]> = Vec::new();
-        self.caller.for_each(|name, value| {
-            if name.eq_ignore_ascii_case(b"connection") {
-                listed.extend(crate::h1::listed_fields(value));
-            }
-        });
+        // Our server noted as it parsed whether `Connection` names fields (most name none).
+        if !matches!(self.caller, Fields::Raw(raw) if !raw.may_list_fields()) {
+            self.caller.for_each(|name, value| {
+                if name.eq_ignore_ascii_case(b"connection") {
+                    listed.extend(crate::h1::listed_fields(value));
+                }
+            });
+        }
         let ours = self.traceparent.is_some();
         self.caller.for_each(|name, value| {
             let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-            if is(b"host")
-                || is(b"authorization")
-                || (held && is(b"content-length"))
-                || (ours && is(b"traceparent"))
-                || hop_by_hop(name)
-                || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
-            {
+            // Told apart by length first: most fields are none of these.
+            let ours_to_state = match name.len() {
+                4 => is(b"host"),
+                13 => is(b"authorization"),
+                14 => held && is(b"content-length"),
+                11 => ours && is(b"traceparent"),
+                _ => false,
+            };
+            if ours_to_state || hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
                 return;
             }
             f(name, value);

@@ -330,6 +330,8 @@ pub struct RawHead {
     /// absent), when noted as the head was parsed: a request's, whose both the proxy looks up
     /// on every call.
     known: Option<[u8; 2]>,
+    /// Whether a `Connection` field may name other fields (false only when noted as parsed).
+    may_list: bool,
 }
 
 /// No such field (a head has at most `MAX_HEADERS` fields, fewer than this).
@@ -337,12 +339,17 @@ const NONE: u8 = u8::MAX;
 
 impl RawHead {
     pub(crate) fn new(head: Bytes, spans: Spans) -> Self {
-        Self { head, spans, known: None }
+        Self { head, spans, known: None, may_list: true }
+    }
+
+    /// Whether a `Connection` field may name other fields (as far as the parse noted).
+    pub fn may_list_fields(&self) -> bool {
+        self.may_list
     }
 
     /// A head whose `Authorization` and `traceparent` fields were noted as it was parsed.
     pub(crate) fn with_known(head: Bytes, spans: Spans, notes: &Notes) -> Self {
-        Self { head, spans, known: Some([notes.authorization, notes.traceparent]) }
+        Self { head, spans, known: Some([notes.authorization, notes.traceparent]), may_list: notes.lists_fields }
     }
 
     /// The first field named `name` (lowercase), if any.

@@ -163,26 +163,11 @@ impl Authenticator {
     /// The caller presenting `presented`, if it holds `scope` and is within its rate limit:
     /// 401 without a valid key, 429 past the key's limit, 403 without the scope. For server
     /// stacks other than actix's extractor ([`Authorized`]), which makes the same checks.
-    pub async fn authorize(
-        &self,
-        presented: Option<&str>,
-        scope: Scope,
-        limits: Option<&crate::limits::RateLimits>,
-    ) -> Result<Caller, ApiError> {
-        let caller = match self.authenticate_now(presented) {
-            Ok(done) => done,
-            // Boxed: the database lookup is the cold path, and its state would otherwise be part
-            // of every caller's future.
-            Err(digest) => Box::pin(self.look_up(digest)).await,
-        };
-        permit(caller, scope, limits)
-    }
-
-    /// As [`authorize`](Self::authorize), remembering the decision for the connection the
-    /// request came on (`memo`): a caller that keeps its connection open and presents the same
-    /// key again, as services do, has it neither hashed nor looked up again. The decision
-    /// expires with the lookup it came from, as the per-thread copies do, so a revocation takes
-    /// effect within the same TTL.
+    ///
+    /// The decision is remembered for the connection the request came on (`memo`): a caller
+    /// that keeps its connection open and presents the same key again, as services do, has it
+    /// neither hashed nor looked up again. It expires with the lookup it came from, as the
+    /// per-thread copies do, so a revocation takes effect within the same TTL.
     pub async fn authorize_on(
         &self,
         memo: &std::cell::RefCell<ConnectionMemo>,

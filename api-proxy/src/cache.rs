@@ -248,6 +248,22 @@ mod tests {
         )
     }
 
+    /// A token of provider `p` valid for an hour more, stored as a fetch would store it.
+    fn put_fresh(c: &TokenCache, connection_id: &str, version: i64, token: &str) {
+        c.put(c.epoch(), "p", connection_id, version, creds(token), Some(Utc::now() + chrono::Duration::hours(1)));
+    }
+
+    /// A cache that is listening (so serving) and holds these tokens (connection id, version,
+    /// token) of provider `p`.
+    fn listening(ttl: Duration, tokens: &[(&str, i64, &str)]) -> TokenCache {
+        let c = TokenCache::new(ttl);
+        c.apply(Change::Resync);
+        for &(id, version, token) in tokens {
+            put_fresh(&c, id, version, token);
+        }
+        c
+    }
+
     #[test]
     fn serves_only_while_listening_and_drops_on_change() {
         let c = TokenCache::new(Duration::from_secs(30));
@@ -271,10 +287,7 @@ mod tests {
 
     #[test]
     fn a_threads_copy_is_dropped_the_moment_any_thread_announces_a_change() {
-        let c = Arc::new(TokenCache::new(Duration::from_secs(30)));
-        let far = Some(Utc::now() + chrono::Duration::hours(1));
-        c.apply(Change::Resync);
-        c.put(c.epoch(), "p", "u", 1, creds("a"), far);
+        let c = Arc::new(listening(Duration::from_secs(30), &[("u", 1, "a")]));
         let (done, step) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
         let (c2, told, go) = (c.clone(), done.0, step.1);
         let worker = std::thread::spawn(move || {
@@ -292,7 +305,7 @@ mod tests {
         c.apply(Change::Connection { provider: "p".into(), connection_id: "u".into() });
         step.0.send(()).unwrap();
         done.1.recv().unwrap();
-        c.put(c.epoch(), "p", "u", 2, creds("b"), far);
+        put_fresh(&c, "u", 2, "b");
         step.0.send(()).unwrap();
         worker.join().unwrap();
         assert_eq!((c.hits.get(), c.misses.get()), (4, 1));
@@ -300,11 +313,7 @@ mod tests {
 
     #[test]
     fn a_connection_this_process_changed_is_forgotten_by_every_thread_at_once() {
-        let c = Arc::new(TokenCache::new(Duration::from_secs(30)));
-        let far = Some(Utc::now() + chrono::Duration::hours(1));
-        c.apply(Change::Resync);
-        c.put(c.epoch(), "p", "u", 1, creds("refused"), far);
-        c.put(c.epoch(), "p", "v", 1, creds("other"), far);
+        let c = Arc::new(listening(Duration::from_secs(30), &[("u", 1, "refused"), ("v", 1, "other")]));
         let c2 = c.clone();
         let copied = std::thread::spawn(move || c2.get("p", "u", Duration::ZERO).is_some());
         assert!(copied.join().unwrap());
@@ -319,14 +328,11 @@ mod tests {
 
     #[test]
     fn a_copy_past_its_ttl_gives_way_to_the_token_stored_since() {
-        let c = TokenCache::new(Duration::from_millis(50));
-        let far = Some(Utc::now() + chrono::Duration::hours(1));
-        c.apply(Change::Resync);
-        c.put(c.epoch(), "p", "u", 1, creds("a"), far);
+        let c = listening(Duration::from_millis(50), &[("u", 1, "a")]);
         assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().0, 1);
         std::thread::sleep(Duration::from_millis(60));
         assert!(c.get("p", "u", Duration::ZERO).is_none(), "past the TTL");
-        c.put(c.epoch(), "p", "u", 2, creds("b"), far);
+        put_fresh(&c, "u", 2, "b");
         for _ in 0..2 {
             assert_eq!(c.get("p", "u", Duration::ZERO).unwrap().0, 2);
         }

@@ -123,6 +123,7 @@ impl Target<'_> {
     }
 }
 
+#[cfg(test)]
 impl<'a> TryFrom<&'a http::Uri> for Target<'a> {
     type Error = &'static str;
 

@@ -68,14 +68,16 @@ impl std::ops::DerefMut for Conn {
 }
 
 /// Where a connection goes once an answer has been read to its end (if it can carry another
-/// call): back to its pool (no allocation), or to a function.
+/// call): back to its pool, as host `.1` (no allocation). Tests may hand it to a function.
 pub enum Done {
     Pool(crate::pool::Pool, usize),
+    #[cfg(test)]
     Call(Box<dyn FnOnce(Conn)>),
 }
 
 impl Done {
     /// The connection goes to `f`.
+    #[cfg(test)]
     pub fn call(f: impl FnOnce(Conn) + 'static) -> Self {
         Done::Call(Box::new(f))
     }
@@ -83,6 +85,7 @@ impl Done {
     fn give(self, conn: Conn) {
         match self {
             Done::Pool(pool, host) => pool.put(host, conn),
+            #[cfg(test)]
             Done::Call(f) => f(conn),
         }
     }
@@ -154,10 +157,7 @@ impl Conn {
         };
         let mut buf = std::mem::take(&mut self.out);
         buf.clear();
-        buf.extend_from_slice(out.method.as_str().as_bytes());
-        buf.extend_from_slice(b" ");
-        out.target.write_path_and_query(&mut buf);
-        buf.extend_from_slice(b" HTTP/1.1\r\n");
+        encode_request_line(&mut buf, out.method, |buf| out.target.write_path_and_query(buf));
         put_field(&mut buf, b"host", host.as_bytes());
         out.for_each_caller_field(|name, value| put_field(&mut buf, name, value));
         put_field(&mut buf, b"authorization", out.bearer.as_bytes());
@@ -256,7 +256,8 @@ impl Conn {
 
 /// `METHOD /path?query HTTP/1.1`, the headers, and the body's length.
 fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &HeaderMap, body_len: usize) {
-    encode_request_line(out, method, uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes();
+    encode_request_line(out, method, |out| out.extend_from_slice(path_and_query));
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue; // the framing is ours to state
@@ -266,11 +267,11 @@ fn encode_head(out: &mut BytesMut, method: &Method, uri: &http::Uri, headers: &H
     put_length(out, method, body_len);
 }
 
-/// `METHOD /path?query HTTP/1.1` (origin form).
-fn encode_request_line(out: &mut BytesMut, method: &Method, path_and_query: &[u8]) {
+/// `METHOD /path?query HTTP/1.1` (origin form; `target` writes the path and query).
+fn encode_request_line(out: &mut BytesMut, method: &Method, target: impl FnOnce(&mut BytesMut)) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(path_and_query);
+    target(out);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 

@@ -89,18 +89,16 @@ impl CallerBody {
 #[derive(Default)]
 pub struct Stopping {
     flag: Cell<bool>,
-    /// hyper's connections wait on this.
-    notify: tokio::sync::Notify,
-    /// Our own connections' tasks, each registered once (not once per idle wait).
-    idle: RefCell<slab::Slab<Waker>>,
+    /// The connections' tasks, each registered once (not once per idle wait).
+    waiting: RefCell<slab::Slab<Waker>>,
 }
 
 impl Stopping {
     pub fn stop(&self) {
         self.flag.set(true);
-        self.notify.notify_waiters();
-        let idle: Vec<Waker> = self.idle.borrow().iter().map(|(_, w)| w.clone()).collect();
-        idle.into_iter().for_each(Waker::wake);
+        // Woken outside the borrow: a woken task may run code that registers.
+        let waiting: Vec<Waker> = self.waiting.borrow().iter().map(|(_, w)| w.clone()).collect();
+        waiting.into_iter().for_each(Waker::wake);
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -108,11 +106,10 @@ impl Stopping {
     }
 
     /// Completes once [`Stopping::stop`] has been called. (Only ever awaited on the worker's
-    /// thread, which also calls `stop`: no notification can slip in between check and wait.)
-    async fn stopped(&self) {
-        if !self.flag.get() {
-            self.notify.notified().await;
-        }
+    /// thread, which also calls `stop`: no stop can slip in between check and wait.)
+    async fn stopped(self: &Rc<Self>) {
+        let mut watch = Watch { stopping: self.clone(), key: None };
+        std::future::poll_fn(|cx| if watch.stopped(cx.waker()) { Poll::Ready(()) } else { Poll::Pending }).await
     }
 }
 
@@ -176,7 +173,7 @@ enum Hyper {
 }
 
 /// Serves (the rest of) a connection with hyper's HTTP/1.1 or HTTP/2 server.
-async fn serve_hyper<T, F, Fut, B>(io: Rewind<T>, protocol: Hyper, handler: F, stopping: &Stopping)
+async fn serve_hyper<T, F, Fut, B>(io: Rewind<T>, protocol: Hyper, handler: F, stopping: &Rc<Stopping>)
 where
     T: Io,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
@@ -201,7 +198,7 @@ where
 
 /// Drives one of hyper's server connections; when the worker stops, asks it to finish what it
 /// is serving (`graceful`) and waits for that.
-async fn until_stopped<C, E>(conn: C, stopping: &Stopping, graceful: impl FnOnce(Pin<&mut C>))
+async fn until_stopped<C, E>(conn: C, stopping: &Rc<Stopping>, graceful: impl FnOnce(Pin<&mut C>))
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -263,22 +260,26 @@ struct Watch {
 }
 
 impl Watch {
-    /// Wakes `waker`'s task when the worker stops (registered once; replaced only if the
-    /// connection's task changes).
-    fn register(&mut self, waker: &Waker) {
-        let mut idle = self.stopping.idle.borrow_mut();
-        match self.key {
-            Some(k) if idle[k].will_wake(waker) => {}
-            Some(k) => idle[k] = waker.clone(),
-            None => self.key = Some(idle.insert(waker.clone())),
+    /// Whether the worker is stopping; if not, `waker`'s task is woken when it does (registered
+    /// once; replaced only if the connection's task changes).
+    fn stopped(&mut self, waker: &Waker) -> bool {
+        if self.stopping.is_stopping() {
+            return true;
         }
+        let mut waiting = self.stopping.waiting.borrow_mut();
+        match self.key {
+            Some(k) if waiting[k].will_wake(waker) => {}
+            Some(k) => waiting[k] = waker.clone(),
+            None => self.key = Some(waiting.insert(waker.clone())),
+        }
+        false
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
         if let Some(k) = self.key {
-            self.stopping.idle.borrow_mut().remove(k);
+            self.stopping.waiting.borrow_mut().remove(k);
         }
     }
 }
@@ -323,11 +324,8 @@ impl<T: Io> Conn<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if idle {
-                self.watch.register(cx.waker());
-                if self.watch.stopping.is_stopping() {
-                    return Poll::Ready(Ok(Read::Stopping));
-                }
+            if idle && self.watch.stopped(cx.waker()) {
+                return Poll::Ready(Ok(Read::Stopping));
             }
             while self.timer.as_mut().poll(cx).is_ready() {
                 if self.served == self.armed_at {

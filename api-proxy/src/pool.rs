@@ -225,12 +225,11 @@ impl Pool {
     fn host_index(&self, target: &Target<'_>) -> Result<usize, SendError> {
         let (https, authority) = (target.https(), &target.origin().authority);
         let mut inner = self.inner.borrow_mut();
-        // The same bytes first (a provider's base always gives the same), then ignoring case.
-        let same = |h: &Host| h.https == https && h.authority.as_str() == authority.as_str();
+        // The same bytes, as a provider's base always gives, are told at once; otherwise an
+        // authority's comparison ignores case.
+        let same =
+            |h: &Host| h.https == https && (h.authority.as_str() == authority.as_str() || &h.authority == authority);
         if let Some(i) = inner.hosts.iter().position(same) {
-            return Ok(i);
-        }
-        if let Some(i) = inner.hosts.iter().position(|h| h.https == https && &h.authority == authority) {
             return Ok(i);
         }
         let host_header = http::HeaderValue::from_str(authority.as_str())

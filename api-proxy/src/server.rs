@@ -309,10 +309,10 @@ async fn serve_connection(
     stopping: Rc<Stopping>,
     _serving: Serving,
 ) {
-    // The request's future is `handle`'s own (no wrapper around it, which would be one more
-    // copy of it per request).
     // The API key this connection presented last, and the decision for it.
     let memo = Rc::new(RefCell::new(ConnectionMemo::default()));
+    // The request's future is `handle`'s own (no wrapper around it, which would be one more
+    // copy of it per request).
     let handler = move |req| handle(worker.clone(), memo.clone(), req);
     match tls {
         None => h1_server::serve(stream, false, handler, options, stopping).await,

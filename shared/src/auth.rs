@@ -176,7 +176,7 @@ impl Authenticator {
         limits: Option<&crate::limits::RateLimits>,
     ) -> Result<Caller, ApiError> {
         let Some(presented) = presented.filter(|p| valid_length(p)) else {
-            return permit(Err(unauthorized()), scope, limits);
+            return Err(unauthorized());
         };
         let now = crate::clock::recent();
         if let Some(decision) = memo.borrow().recall(self, presented.as_bytes(), now) {

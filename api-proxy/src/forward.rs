@@ -203,7 +203,9 @@ fn base_origin(base: &Url) -> Result<std::rc::Rc<Origin>, &'static str> {
         static ORIGINS: Origins = const { std::cell::RefCell::new(Vec::new()) };
     }
     let origin = &base[..url::Position::AfterPort];
-    if let Some(found) = ORIGINS.with_borrow(|o| o.iter().find(|(b, _)| b == origin).map(|(_, found)| found.clone())) {
+    if let Some(found) = ORIGINS
+        .with_borrow(|o| o.iter().find(|(b, _)| shared::text::same_str(b, origin)).map(|(_, found)| found.clone()))
+    {
         return Ok(found);
     }
     let authority = &base[url::Position::BeforeUsername..url::Position::AfterPort];
@@ -649,6 +651,13 @@ pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
         connection_id = tracing::field::Empty, method = %method, upstream_status = tracing::field::Empty)
 }
 
+/// The path after `/proxy/`, if it starts so.
+pub fn strip_proxy_prefix(path: &str) -> Option<&str> {
+    const PREFIX: &str = "/proxy/";
+    let head = path.as_bytes().get(..PREFIX.len())?;
+    shared::text::same(head, PREFIX.as_bytes()).then(|| &path[PREFIX.len()..])
+}
+
 /// A path's first segment and the rest after its `/` (segments are short: a plain scan).
 fn split_segment(path: &str) -> Option<(&str, &str)> {
     let slash = path.bytes().position(|b| b == b'/')?;
@@ -675,8 +684,7 @@ pub async fn proxy(
     let state = &*worker.state;
     // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
     let raw_path = parts.uri.path();
-    let segments = raw_path
-        .strip_prefix("/proxy/")
+    let segments = strip_proxy_prefix(raw_path)
         .and_then(split_segment)
         .and_then(|(p, rest)| split_segment(rest).map(|(c, tail)| (p, c, tail)));
     let (provider_id, connection_id, raw_tail) = match segments {

@@ -227,8 +227,10 @@ impl Pool {
         let mut inner = self.inner.borrow_mut();
         // The same bytes, as a provider's base always gives, are told at once; otherwise an
         // authority's comparison ignores case.
-        let same =
-            |h: &Host| h.https == https && (h.authority.as_str() == authority.as_str() || &h.authority == authority);
+        let same = |h: &Host| {
+            h.https == https
+                && (shared::text::same_str(h.authority.as_str(), authority.as_str()) || &h.authority == authority)
+        };
         if let Some(i) = inner.hosts.iter().position(same) {
             return Ok(i);
         }

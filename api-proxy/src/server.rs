@@ -341,7 +341,7 @@ async fn handle(
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
-        p if p == "/proxy" || p.starts_with("/proxy/") => PROXY_ROUTE,
+        p if p == "/proxy" || forward::strip_proxy_prefix(p).is_some() => PROXY_ROUTE,
         _ => shared::http::UNMATCHED,
     };
     let quiet = shared::http::is_quiet(path);

@@ -98,7 +98,7 @@ impl Caller {
     /// Refuses a provider the key is not limited to.
     pub fn require_provider(&self, provider: &str) -> Result<(), ApiError> {
         match &self.providers {
-            Some(list) if !list.iter().any(|p| p == provider) => Err(ApiError::new(
+            Some(list) if !list.iter().any(|p| crate::text::same_str(p, provider)) => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!("this API key may not be used for provider `{provider}`"),
             )),

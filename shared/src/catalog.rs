@@ -215,6 +215,12 @@ impl Catalog {
     }
 
     pub fn get(&self, id: &str) -> Option<&Provider> {
+        // Every proxied call looks its provider up. A catalog of a few providers is scanned
+        // (lengths first, then bytes inline); a tree search compares through `memcmp` at each
+        // step, which costs more than the scan until the catalog is large.
+        if self.providers.len() <= 16 {
+            return self.providers.iter().find(|(k, _)| crate::text::same_str(k, id)).map(|(_, p)| p);
+        }
         self.providers.get(id)
     }
 
@@ -333,6 +339,27 @@ mod tests {
         assert_eq!(c.get("interact").unwrap().scopes, vec!["read_user", "write_data"]);
         assert_eq!(c.get("ontraport").unwrap().token_url.as_str(), "https://api.ontraport.com/oauth2/token");
         assert!(!k.is_configured());
+    }
+
+    #[test]
+    fn providers_are_found_by_exact_id_in_small_and_large_catalogs() {
+        let mut toml = String::new();
+        for n in [0usize, 3, 20] {
+            for i in toml.matches("[providers.").count()..n {
+                toml.push_str(&format!(
+                    "[providers.crm-{i}]\nauthorize_url = \"https://a{i}/auth\"\ntoken_url = \"https://a{i}/token\"\n"
+                ));
+            }
+            let c = Catalog::from_toml(&toml, &no_env).unwrap();
+            for i in 0..n {
+                let id = format!("crm-{i}");
+                assert_eq!(c.get(&id).unwrap().token_url.as_str(), format!("https://a{i}/token"), "{n} added");
+            }
+            assert!(c.get("kartra").is_some(), "{n} added");
+            for missing in ["", "kartr", "kartraa", "Kartra", "crm-99", "crm-"] {
+                assert!(c.get(missing).is_none(), "`{missing}` with {n} added");
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+pub mod text;
 pub mod tokens;
 
 /// Installs rustls' process-wide crypto provider (ring). Idempotent.

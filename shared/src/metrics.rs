@@ -162,9 +162,9 @@ impl Registry {
                     && e.histogram.is_some() == histogram.is_some()
                     && e.key.0.len() == key.0.len()
                     && e.key.1.len() == key.1.len()
-                    && (std::ptr::eq(e.name, name) || e.name == name)
-                    && &*e.key.0 == key.0
-                    && &*e.key.1 == key.1
+                    && (std::ptr::eq(e.name, name) || crate::text::same_str(e.name, name))
+                    && crate::text::same_str(&e.key.0, key.0)
+                    && crate::text::same_str(&e.key.1, key.1)
             })?;
             found.counter.add(1);
             if let (Some(h), Some((_, secs))) = (&found.histogram, histogram) {

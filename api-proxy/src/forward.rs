@@ -9,7 +9,7 @@ use crate::h1_server::CallerBody;
 use crate::pool::{SendError, UpBody};
 use crate::server::Worker;
 use crate::ProxyState;
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -450,6 +450,31 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// Which of a caller's fields go on to the provider (see [`Outgoing::caller_filter`]).
+struct CallerFilter<'a> {
+    /// The body is held: its length is stated anew.
+    held: bool,
+    /// The call carries our own `traceparent`.
+    ours: bool,
+    /// The fields the caller's `Connection` names.
+    listed: Vec<&'a [u8]>,
+}
+
+impl CallerFilter<'_> {
+    fn keeps(&self, name: &[u8]) -> bool {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        // Told apart by length first: most fields are none of these.
+        let ours_to_state = match name.len() {
+            4 => is(b"host"),
+            13 => is(b"authorization"),
+            14 => self.held && is(b"content-length"),
+            11 => self.ours && is(b"traceparent"),
+            _ => false,
+        };
+        !(ours_to_state || hop_by_hop(name) || self.listed.iter().any(|l| l.eq_ignore_ascii_case(name)))
+    }
+}
+
 impl<'a> Outgoing<'a> {
     pub fn new(
         method: &'a Method,
@@ -467,8 +492,7 @@ impl<'a> Outgoing<'a> {
     /// `Authorization` (the bearer token replaces it), not its `traceparent` when the call
     /// carries our own, never a hop-by-hop field or one `Connection` names, and `Content-Length`
     /// only for a streamed body (a held one's is stated from the body).
-    pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
-        let held = matches!(self.body, UpstreamBody::Held(_));
+    fn caller_filter(&self) -> CallerFilter<'a> {
         let mut listed: Vec<&[u8]> = Vec::new();
         // Our server noted as it parsed whether `Connection` names fields (most name none).
         if !matches!(self.caller, Fields::Raw(raw) if !raw.may_list_fields()) {
@@ -478,22 +502,29 @@ impl<'a> Outgoing<'a> {
                 }
             });
         }
-        let ours = self.traceparent.is_some();
+        CallerFilter { held: matches!(self.body, UpstreamBody::Held(_)), ours: self.traceparent.is_some(), listed }
+    }
+
+    /// Calls `f` with each of the caller's fields the provider gets ([`Self::caller_filter`]).
+    pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        let filter = self.caller_filter();
         self.caller.for_each(|name, value| {
-            let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-            // Told apart by length first: most fields are none of these.
-            let ours_to_state = match name.len() {
-                4 => is(b"host"),
-                13 => is(b"authorization"),
-                14 => held && is(b"content-length"),
-                11 => ours && is(b"traceparent"),
-                _ => false,
-            };
-            if ours_to_state || hop_by_hop(name) || listed.iter().any(|l| l.eq_ignore_ascii_case(name)) {
-                return;
+            if filter.keeps(name) {
+                f(name, value)
             }
-            f(name, value);
         });
+    }
+
+    /// Writes the caller's fields the provider gets ([`Self::caller_filter`]) into a request's
+    /// head; fields our server read are copied as they arrived where they can be.
+    pub fn put_caller_fields(&self, out: &mut BytesMut) {
+        match self.caller {
+            Fields::Raw(raw) => {
+                let filter = self.caller_filter();
+                raw.put_fields(out, |name, _| filter.keeps(name));
+            }
+            Fields::Map(_) => self.for_each_caller_field(|name, value| crate::h1::put_field(out, name, value)),
+        }
     }
 
     /// The attempt as a request, its headers in a map of their own (for hyper's clients).

@@ -159,7 +159,7 @@ impl Conn {
         buf.clear();
         encode_request_line(&mut buf, out.method, |buf| out.target.write_path_and_query(buf));
         put_field(&mut buf, b"host", host.as_bytes());
-        out.for_each_caller_field(|name, value| put_field(&mut buf, name, value));
+        out.put_caller_fields(&mut buf);
         put_field(&mut buf, b"authorization", out.bearer.as_bytes());
         if let Some(tp) = &out.traceparent {
             put_field(&mut buf, b"traceparent", tp.as_bytes());
@@ -275,7 +275,7 @@ fn encode_request_line(out: &mut BytesMut, method: &Method, target: impl FnOnce(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 }
 
-fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
@@ -396,6 +396,40 @@ impl RawHead {
     /// Each field's name and value, in order.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.spans.iter().map(|&(ns, ne, vs, ve)| (&self.head[ns..ne], &self.head[vs..ve]))
+    }
+
+    /// Writes the fields `keep` accepts to `out`, in order, as `name: value` lines. A line that
+    /// arrived in exactly that form is copied as it arrived, and a run of such lines next to
+    /// each other in the head in one copy (most heads are written so): one copy for a message's
+    /// forwarded fields instead of two per field.
+    pub fn put_fields(&self, out: &mut BytesMut, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+        let h = &self.head[..];
+        // The lines waiting to be copied, as one range of the head.
+        let mut run: Option<(usize, usize)> = None;
+        let flush = |out: &mut BytesMut, run: &mut Option<(usize, usize)>| {
+            if let Some((start, end)) = run.take() {
+                out.extend_from_slice(&h[start..end]);
+            }
+        };
+        for &(ns, ne, vs, ve) in &self.spans {
+            let (name, value) = (&h[ns..ne], &h[vs..ve]);
+            if !keep(name, value) {
+                continue;
+            }
+            let as_written = vs == ne + 2 && h[ne..vs] == *b": " && h.get(ve..ve + 2) == Some(b"\r\n");
+            match run {
+                Some((_, ref mut end)) if as_written && *end == ns => *end = ve + 2,
+                _ => {
+                    flush(out, &mut run);
+                    if as_written {
+                        run = Some((ns, ve + 2));
+                    } else {
+                        put_field(out, name, value);
+                    }
+                }
+            }
+        }
+        flush(out, &mut run);
     }
 }
 
@@ -921,6 +955,35 @@ mod tests {
         assert_eq!(head.get(b"connection"), None);
         assert_eq!(head.get(b"x-a"), Some(&b"1"[..]));
         assert_eq!(head.fields().count(), 5);
+    }
+
+    /// A head's fields written through [`RawHead::put_fields`] read the same as written one by
+    /// one, whatever their spacing and whichever are left out.
+    #[test]
+    fn fields_copied_as_they_arrived_read_as_fields_written_one_by_one() {
+        let text: &[u8] =
+            b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB:2\r\nC:   3  \r\nD: 4\r\nE: 5\r\nDrop: x\r\nF: \r\nG: 7\r\n\r\n";
+        let mut buf = BytesMut::from(text);
+        let mut fields = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut fields);
+        let len = match req.parse(&buf).unwrap() {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => unreachable!(),
+        };
+        let spans = field_spans(&buf, req.headers);
+        let head = RawHead::new(buf.split_to(len).freeze(), spans);
+        let names: Vec<Vec<u8>> = head.fields().map(|(n, _)| n.to_vec()).collect();
+        // Every subset of the fields, by bit mask.
+        for mask in 0u32..(1 << names.len()) {
+            let keep = |name: &[u8]| names.iter().position(|n| n == name).is_some_and(|i| mask & (1 << i) != 0);
+            let mut copied = BytesMut::new();
+            head.put_fields(&mut copied, |name, _| keep(name));
+            let mut one_by_one = BytesMut::new();
+            for (name, value) in head.fields().filter(|(n, _)| keep(n)) {
+                put_field(&mut one_by_one, name, value);
+            }
+            assert_eq!(copied, one_by_one, "mask {mask:b}");
+        }
     }
 
     #[test]

@@ -686,21 +686,18 @@ fn encode_head(
         } else {
             Vec::new()
         };
-        for (name, value) in raw.fields() {
+        raw.put_fields(out, |name, _| {
             if crate::forward::hop_by_hop(name)
                 || (name.len() == 14
                     && name.eq_ignore_ascii_case(b"content-length")
                     && (framing != Framing::None || status == StatusCode::NO_CONTENT))
                 || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
             {
-                continue;
+                return false;
             }
             dated |= name.len() == 4 && name.eq_ignore_ascii_case(b"date");
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+            true
+        });
     }
     if !dated {
         put_date(out);

@@ -14,28 +14,38 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
     if n != b.len() {
         return false;
     }
-    let w8 = |s: &[u8], i: usize| {
-        u64::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3], s[i + 4], s[i + 5], s[i + 6], s[i + 7]])
-    };
-    let w4 = |s: &[u8], i: usize| u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     match n {
         0 => true,
         // First, middle and last byte cover every byte of a one-to-three-byte string.
         1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
         // Two words that may overlap cover the whole string.
-        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        4..=7 => word4(a, 0) == word4(b, 0) && word4(a, n - 4) == word4(b, n - 4),
         _ => {
             let mut i = 0;
-            while i + 8 <= n {
-                if w8(a, i) != w8(b, i) {
+            while i + 8 < n {
+                if word8(a, i) != word8(b, i) {
                     return false;
                 }
                 i += 8;
             }
             // The last word, overlapping the one before, covers what is left.
-            i == n || w8(a, n - 8) == w8(b, n - 8)
+            word8(a, n - 8) == word8(b, n - 8)
         }
     }
+}
+
+#[inline(always)]
+fn word8(s: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[at..at + 8]);
+    u64::from_ne_bytes(w)
+}
+
+#[inline(always)]
+fn word4(s: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&s[at..at + 4]);
+    u32::from_ne_bytes(w)
 }
 
 /// [`same`] for `str`s.

@@ -357,7 +357,9 @@ async fn handle(
         let call = forward::proxy_span(&span, &method);
         forward::proxy(worker, &memo, req).instrument(call).await.unwrap_or_else(|e| error_response(&e))
     } else {
-        other_route(worker, req, route, &method).instrument(span.clone()).await
+        // Boxed: the readiness probes' futures are larger than a proxied call's, and inline they
+        // would enlarge every request's future.
+        Box::pin(other_route(worker, req, route, &method)).instrument(span.clone()).await
     };
     shared::http::record_request(
         Some(&worker.metrics),

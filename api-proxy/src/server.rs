@@ -435,17 +435,26 @@ async fn readyz(worker: &Worker) -> Response<ResponseBody> {
 fn metrics(worker: &Worker) -> Response<ResponseBody> {
     let mut out = worker.metrics.render();
     let c = &worker.state.cache;
-    shared::metrics::gauge(
+    let (hits, misses) = (c.hits.get(), c.misses.get());
+    shared::metrics::counter(
         &mut out,
-        "authbridge_token_cache_hits",
+        "authbridge_token_cache_hits_total",
         "Proxied calls served a token from memory.",
-        c.hits.get() as f64,
+        hits,
     );
+    shared::metrics::counter(
+        &mut out,
+        "authbridge_token_cache_misses_total",
+        "Proxied calls that read the token from the database.",
+        misses,
+    );
+    // Since the process started; over a window: rate(hits_total) / (rate(hits_total) + rate(misses_total)).
+    let ratio = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
     shared::metrics::gauge(
         &mut out,
-        "authbridge_token_cache_misses",
-        "Proxied calls that read the token from the database.",
-        c.misses.get() as f64,
+        "authbridge_token_cache_hit_ratio",
+        "Share of proxied calls served a token from memory since the process started.",
+        ratio,
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
     full(StatusCode::OK, "text/plain; version=0.0.4", out.into())

@@ -132,7 +132,12 @@ async fn every_service_exposes_prometheus_metrics() {
         ),
         "{px}"
     );
-    assert!(px.contains("authbridge_token_cache_misses"), "{px}");
+    assert!(px.contains("# TYPE authbridge_token_cache_misses_total counter\n"), "{px}");
+    assert!(
+        px.contains("# TYPE authbridge_token_cache_hits_total counter\nauthbridge_token_cache_hits_total 0\n"),
+        "{px}"
+    );
+    assert!(px.contains("authbridge_token_cache_hit_ratio 0\n"), "one call, not served from memory: {px}");
     // After a scheduled refresh, the refresher reports its lateness and outcome.
     let rf = app.stack.refreshers[0].url();
     let refresher = crate::support::eventually("a scheduled refresh", std::time::Duration::from_secs(15), || {

@@ -193,7 +193,7 @@ async fn proxied_token(app: &TestApp, id: &str) -> Option<String> {
 async fn cache_hits(app: &TestApp) -> u64 {
     let text = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("authbridge_token_cache_hits "))
+        .find_map(|l| l.strip_prefix("authbridge_token_cache_hits_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or(0.0) as u64
 }
@@ -210,6 +210,13 @@ async fn the_proxy_serves_tokens_from_memory_and_forgets_them_the_moment_they_ch
         (cache_hits(&app).await > 0).then_some(())
     })
     .await;
+    let text = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
+    let ratio: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("authbridge_token_cache_hit_ratio "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0);
+    assert!(ratio > 0.0 && ratio <= 1.0, "a hit was counted, so the ratio is in (0, 1]: {ratio}");
     // A refresh by another process (the gateway) reaches the proxy's cache through NOTIFY,
     // long before the cache's 30 s TTL.
     let r = app.api(reqwest::Method::POST, "/v1/connections/mock/cached/refresh").await;

@@ -699,9 +699,9 @@ fn split_segment(path: &str) -> Option<(&str, &str)> {
 pub async fn proxy(
     worker: &Worker,
     memo: &std::cell::RefCell<shared::auth::ConnectionMemo>,
-    req: Request<CallerBody>,
+    parts: &http::request::Parts,
+    mut body: CallerBody,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let (parts, mut body) = req.into_parts();
     // Served by our HTTP/1.1 server (which takes the provider's fields as they arrived, and
     // hands over the caller's the same way), or by hyper.
     let raw_ok = matches!(body, CallerBody::Held(..));

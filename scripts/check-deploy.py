@@ -53,26 +53,23 @@ for name, svc in services.items():
         elif var not in image_env:
             problem(f"{name}: {var} is not a variable the image is known to read")
 
-# Each of our services listens on its default port; health checks and published ports use it.
-defaults = {}
-for crate, var in (("auth-gateway", "AUTHBRIDGE_GATEWAY_BIND"), ("api-proxy", "AUTHBRIDGE_PROXY_BIND"),
-                   ("token-refresher", "AUTHBRIDGE_REFRESHER_BIND")):
-    text = (ROOT / crate / "src" / "settings.rs").read_text()
+# Each of our services listens on its default port (or the one its bind variable sets here);
+# health checks, published ports and scrape targets use it.
+binds = {"auth-gateway": "AUTHBRIDGE_GATEWAY_BIND", "api-proxy": "AUTHBRIDGE_PROXY_BIND",
+         "token-refresher": "AUTHBRIDGE_REFRESHER_BIND"}
+listening = {}
+for name, var in binds.items():
+    text = (ROOT / name / "src" / "settings.rs").read_text()
     m = re.search(r'r\.string\(BIND, "0\.0\.0\.0:(\d+)"\)', text)
     if not m or f'"{var}"' not in text:
-        problem(f"{crate}: cannot find its default listening port in src/settings.rs")
+        problem(f"{name}: cannot find its default listening port in src/settings.rs")
         continue
-    defaults[crate] = m.group(1)
-for name, port in defaults.items():
     svc = services.get(name)
     if not svc:
         problem(f"docker-compose.yml has no service {name}")
         continue
     env = svc.get("environment") or {}
-    bind_var = {"auth-gateway": "AUTHBRIDGE_GATEWAY_BIND", "api-proxy": "AUTHBRIDGE_PROXY_BIND",
-                "token-refresher": "AUTHBRIDGE_REFRESHER_BIND"}[name]
-    if bind_var in env:
-        port = str(env[bind_var]).rsplit(":", 1)[-1]
+    port = listening[name] = str(env.get(var, f"0.0.0.0:{m.group(1)}")).rsplit(":", 1)[-1]
     test = " ".join(svc.get("healthcheck", {}).get("test", []))
     hm = re.search(r"http://localhost:(\d+)/readyz", test)
     if not hm or hm.group(1) != port:
@@ -120,11 +117,11 @@ for job in prom["scrape_configs"]:
         for target in sc["targets"]:
             host, port = target.rsplit(":", 1)
             scraped.add(host)
-            if host not in defaults:
+            if host not in listening:
                 problem(f"prometheus: scrapes {target}, not one of our services")
-            elif defaults[host] != port:
-                problem(f"prometheus: scrapes {target}, but {host} listens on {defaults[host]}")
-for name in defaults:
+            elif listening[host] != port:
+                problem(f"prometheus: scrapes {target}, but {host} listens on {listening[host]}")
+for name in listening:
     if name not in scraped:
         problem(f"prometheus: does not scrape {name}")
 
@@ -140,8 +137,7 @@ if not str(demo.get("authorize_url", "")).startswith(f"http://localhost:{mport}/
     problem("providers.demo.toml: authorize_url is not the mock provider's as a browser reaches it")
 if (demo.get("client_id"), demo.get("client_secret")) != (menv.get("MOCK_CLIENT_ID"), menv.get("MOCK_CLIENT_SECRET")):
     problem("providers.demo.toml: its client credentials are not the mock provider's")
-for example in ("providers.example.toml",):
-    tomllib.loads((ROOT / "deploy" / example).read_text())
+tomllib.loads((ROOT / "deploy" / "providers.example.toml").read_text())
 
 if problems:
     print("check-deploy: the deployment files disagree:", *problems, sep="\n  - ")

@@ -442,11 +442,13 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn for_each(self, mut f: impl FnMut(&'a [u8], &'a [u8])) {
-        match self {
-            Fields::Raw(r) => r.fields().for_each(|(n, v)| f(n, v)),
-            Fields::Map(m) => m.iter().for_each(|(n, v)| f(n.as_str().as_bytes(), v.as_bytes())),
-        }
+    /// Every field, name and value, in order.
+    fn iter(self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+        let (raw, map) = match self {
+            Fields::Raw(r) => (Some(r.fields()), None),
+            Fields::Map(m) => (None, Some(m.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))),
+        };
+        raw.into_iter().flatten().chain(map.into_iter().flatten())
     }
 }
 
@@ -493,26 +495,18 @@ impl<'a> Outgoing<'a> {
     /// carries our own, never a hop-by-hop field or one `Connection` names, and `Content-Length`
     /// only for a streamed body (a held one's is stated from the body).
     fn caller_filter(&self) -> CallerFilter<'a> {
-        let mut listed: Vec<&[u8]> = Vec::new();
         // Our server noted as it parsed whether `Connection` names fields (most name none).
-        if !matches!(self.caller, Fields::Raw(raw) if !raw.may_list_fields()) {
-            self.caller.for_each(|name, value| {
-                if name.eq_ignore_ascii_case(b"connection") {
-                    listed.extend(crate::h1::listed_fields(value));
-                }
-            });
-        }
+        let listed = match self.caller {
+            Fields::Raw(raw) if !raw.may_list_fields() => Vec::new(),
+            fields => crate::h1::connection_listed(fields.iter()),
+        };
         CallerFilter { held: matches!(self.body, UpstreamBody::Held(_)), ours: self.traceparent.is_some(), listed }
     }
 
     /// Calls `f` with each of the caller's fields the provider gets ([`Self::caller_filter`]).
     pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let filter = self.caller_filter();
-        self.caller.for_each(|name, value| {
-            if filter.keeps(name) {
-                f(name, value)
-            }
-        });
+        self.caller.iter().filter(|(name, _)| filter.keeps(name)).for_each(|(name, value)| f(name, value));
     }
 
     /// Writes the caller's fields the provider gets ([`Self::caller_filter`]) into a request's
@@ -521,7 +515,7 @@ impl<'a> Outgoing<'a> {
         match self.caller {
             Fields::Raw(raw) => {
                 let filter = self.caller_filter();
-                raw.put_fields(out, |name, _| filter.keeps(name));
+                raw.put_fields(out, |name| filter.keeps(name));
             }
             Fields::Map(_) => self.for_each_caller_field(|name, value| crate::h1::put_field(out, name, value)),
         }

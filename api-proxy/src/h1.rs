@@ -402,7 +402,7 @@ impl RawHead {
     /// arrived in exactly that form is copied as it arrived, and a run of such lines next to
     /// each other in the head in one copy (most heads are written so): one copy for a message's
     /// forwarded fields instead of two per field.
-    pub fn put_fields(&self, out: &mut BytesMut, mut keep: impl FnMut(&[u8], &[u8]) -> bool) {
+    pub fn put_fields(&self, out: &mut BytesMut, mut keep: impl FnMut(&[u8]) -> bool) {
         let h = &self.head[..];
         // The lines waiting to be copied, as one range of the head.
         let mut run: Option<(usize, usize)> = None;
@@ -412,8 +412,8 @@ impl RawHead {
             }
         };
         for &(ns, ne, vs, ve) in &self.spans {
-            let (name, value) = (&h[ns..ne], &h[vs..ve]);
-            if !keep(name, value) {
+            let name = &h[ns..ne];
+            if !keep(name) {
                 continue;
             }
             let as_written = vs == ne + 2 && h[ne..vs] == *b": " && h.get(ve..ve + 2) == Some(b"\r\n");
@@ -424,7 +424,7 @@ impl RawHead {
                     if as_written {
                         run = Some((ns, ve + 2));
                     } else {
-                        put_field(out, name, value);
+                        put_field(out, name, &h[vs..ve]);
                     }
                 }
             }
@@ -475,6 +475,12 @@ pub(crate) struct Notes {
 /// A `Connection` field's options (RFC 9110 §7.6.1), trimmed, empty ones skipped.
 pub fn connection_options(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty())
+}
+
+/// The fields a message's `Connection` fields name, among `fields` (all of a message's): they
+/// are hop-by-hop too (RFC 9110 §7.6.1).
+pub fn connection_listed<'a>(fields: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Vec<&'a [u8]> {
+    fields.filter(|(name, _)| name.eq_ignore_ascii_case(b"connection")).flat_map(|(_, v)| listed_fields(v)).collect()
 }
 
 /// The `Connection` options that name header fields (all but `close` and `keep-alive`): those
@@ -974,7 +980,7 @@ mod tests {
         for mask in 0u32..(1 << names.len()) {
             let keep = |name: &[u8]| names.iter().position(|n| n == name).is_some_and(|i| mask & (1 << i) != 0);
             let mut copied = BytesMut::new();
-            head.put_fields(&mut copied, |name, _| keep(name));
+            head.put_fields(&mut copied, keep);
             let mut one_by_one = BytesMut::new();
             for (name, value) in head.fields().filter(|(n, _)| keep(n)) {
                 put_field(&mut one_by_one, name, value);

@@ -678,15 +678,8 @@ fn encode_head(
     }
     if let Some((raw, lists_fields)) = raw {
         // Fields `Connection` names are not relayed either (rare: most name none).
-        let listed: Vec<&[u8]> = if lists_fields {
-            raw.fields()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-                .flat_map(|(_, v)| crate::h1::listed_fields(v))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        raw.put_fields(out, |name, _| {
+        let listed = if lists_fields { crate::h1::connection_listed(raw.fields()) } else { Vec::new() };
+        raw.put_fields(out, |name| {
             if crate::forward::hop_by_hop(name)
                 || (name.len() == 14
                     && name.eq_ignore_ascii_case(b"content-length")

@@ -160,8 +160,6 @@ impl Registry {
                 e.registry == self.id
                     && e.key.2 == key.2
                     && e.histogram.is_some() == histogram.is_some()
-                    && e.key.0.len() == key.0.len()
-                    && e.key.1.len() == key.1.len()
                     && (std::ptr::eq(e.name, name) || crate::text::same_str(e.name, name))
                     && crate::text::same_str(&e.key.0, key.0)
                     && crate::text::same_str(&e.key.1, key.1)
@@ -270,12 +268,12 @@ impl Registry {
     }
 }
 
-/// Appends one gauge sample.
 /// Appends one counter (a total kept elsewhere) in the text format.
 pub fn counter(out: &mut String, name: &str, help: &str, value: u64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
 }
 
+/// Appends one gauge sample.
 pub fn gauge(out: &mut String, name: &str, help: &str, value: f64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }

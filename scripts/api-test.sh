@@ -45,7 +45,9 @@ KEY="Authorization: Bearer $AUTHBRIDGE_DEV_API_KEY"
 url=$(curl -fs -X POST "$GW/v1/connect/sessions" -H "$KEY" -H 'Content-Type: application/json' \
   -d '{"provider":"mock","connection_id":"alice","return_url":"https://app.example/done"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_url"])')
-for _ in 1 2 3; do url=$(curl -s -o /dev/null -w '%{redirect_url}' "$url"); done
+jar=$(mktemp)
+for _ in 1 2 3; do url=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' "$url"); done
+rm -f "$jar"
 case "$url" in *status=connected*) ;; *) echo "seeding a connection failed: $url" >&2; exit 1 ;; esac
 
 status=0

@@ -673,7 +673,7 @@ fn relay(resp: Response<UpBody>, deadline: Deadline, raw_ok: bool) -> Response<R
 /// moves the call's whole future once more.
 pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
     tracing::info_span!(parent: request, "proxy", provider = tracing::field::Empty,
-        connection_id = tracing::field::Empty, method = %method, upstream_status = tracing::field::Empty)
+        connection_id = tracing::field::Empty, method = shared::http::method_label(method.as_str()), upstream_status = tracing::field::Empty)
 }
 
 /// The path after `/proxy/`, if it starts so.

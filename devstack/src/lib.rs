@@ -26,6 +26,7 @@ pub fn mock_provider_entry(id: &str, mock_url: &str, client_id: &str, client_sec
         authorize_url: u("/oauth/authorize"),
         token_url: u("/oauth/token"),
         revocation_url: Some(u("/oauth/revoke")),
+        issuer: Some(mock_url.trim_end_matches('/').to_owned()),
         api_base_url: Some(u("/api/")),
         scopes: vec!["read".into(), "write".into()],
         scope_separator: " ".into(),
@@ -158,6 +159,8 @@ impl Stack {
         json_variant.token_request_format = BodyFormat::Json;
         json_variant.client_auth = ClientAuth::Body;
         json_variant.pkce = false;
+        // No declared issuer: the `iss` the mock sends is checked against the authorize URL.
+        json_variant.issuer = None;
         common.catalog.insert(json_variant);
         // Same provider, but its API lives on a port where nothing listens.
         let mut down = mock_provider_entry("mockdown", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);

@@ -77,11 +77,13 @@ Walk the flow:
        -d '{{"provider":"mock","connection_id":"alice","return_url":"https://app.example/settings"}}'
 
   # 2. open the returned connect_url in a browser (the mock approves at once and you land on
-  #    https://app.example/settings?status=connected&...), or follow it with curl:
-  curl -sI <connect_url>        # 302 to the provider; follow the Location headers
+  #    https://app.example/settings?status=connected&...), or follow it with curl, keeping
+  #    the cookie that binds the flow to this "browser" (-b/-c), three redirects in all:
+  url=<connect_url>
+  for _ in 1 2 3; do url=$(curl -s -b jar -c jar -o /dev/null -w '%{{redirect_url}}' "$url"); echo "$url"; done
 
   # 3. call the provider's API through the proxy
-  curl -s {px}/proxy/mock/alice/contacts?limit=5 -H 'Authorization: Bearer {key}'
+  curl -s '{px}/proxy/mock/alice/contacts?limit=5' -H 'Authorization: Bearer {key}'
 
   # 4. watch the connection being refreshed
   curl -s {gw}/v1/connections/mock/alice -H 'Authorization: Bearer {key}'

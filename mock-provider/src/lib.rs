@@ -229,8 +229,13 @@ struct AuthorizeQuery {
     code_challenge_method: Option<String>,
 }
 
-async fn authorize(state: web::Data<MockState>, q: web::Query<AuthorizeQuery>) -> HttpResponse {
+async fn authorize(state: web::Data<MockState>, req: HttpRequest, q: web::Query<AuthorizeQuery>) -> HttpResponse {
     let q = q.into_inner();
+    // Our issuer identifier (RFC 8414): the origin we are reached at.
+    let issuer = {
+        let info = req.connection_info();
+        format!("{}://{}", info.scheme(), info.host())
+    };
     let mut g = state.0.lock().unwrap();
     // Errors about the client or redirect URI must not redirect (RFC 6749 §4.1.2.1).
     let Some(client) = q.client_id.as_ref().and_then(|id| g.clients.get(id)).cloned() else {
@@ -277,6 +282,8 @@ async fn authorize(state: web::Data<MockState>, q: web::Query<AuthorizeQuery>) -
     if let Some(s) = &q.state {
         pairs.push(("state", s.clone()));
     }
+    // Every authorization response names its issuer (RFC 9207), success and error alike.
+    pairs.push(("iss", issuer));
     target.query_pairs_mut().extend_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())));
     HttpResponse::Found().insert_header((header::LOCATION, target.to_string())).finish()
 }

@@ -106,6 +106,22 @@ impl Caller {
         }
     }
 
+    /// Whether this caller may manage a key limited to `providers` (empty: every provider): a key
+    /// limited to some providers manages only keys limited to some of those, so it can neither
+    /// see nor revoke a key that reaches further than it does.
+    pub fn may_manage(&self, providers: &[String]) -> bool {
+        match &self.providers {
+            None => true,
+            Some(own) => !providers.is_empty() && providers.iter().all(|p| own.iter().any(|o| o == p)),
+        }
+    }
+
+    /// Whether this caller may create a key with these scopes and providers: only a subset of
+    /// its own, so creating keys never widens what a caller can do.
+    pub fn may_grant(&self, scopes: &[Scope], providers: &[String]) -> bool {
+        scopes.iter().all(|s| self.has(*s)) && self.may_manage(providers)
+    }
+
     /// The providers the key is limited to, if it is.
     pub fn providers(&self) -> Option<&[String]> {
         self.providers.as_deref()

@@ -39,6 +39,9 @@ pub struct Provider {
     pub authorize_url: Url,
     pub token_url: Url,
     pub revocation_url: Option<Url>,
+    /// The authorization server's issuer identifier (RFC 8414), which its callbacks carry as
+    /// `iss` (RFC 9207). When set, a callback must carry exactly this `iss`.
+    pub issuer: Option<String>,
     pub api_base_url: Option<Url>,
     pub scopes: Vec<String>,
     pub scope_separator: String,
@@ -67,6 +70,7 @@ pub struct ProviderEntry {
     pub authorize_url: Option<String>,
     pub token_url: Option<String>,
     pub revocation_url: Option<String>,
+    pub issuer: Option<String>,
     pub api_base_url: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub scope_separator: Option<String>,
@@ -240,6 +244,7 @@ fn merge(base: ProviderEntry, over: ProviderEntry) -> ProviderEntry {
         authorize_url: over.authorize_url.or(base.authorize_url),
         token_url: over.token_url.or(base.token_url),
         revocation_url: over.revocation_url.or(base.revocation_url),
+        issuer: over.issuer.or(base.issuer),
         api_base_url: over.api_base_url.or(base.api_base_url),
         scopes: over.scopes.or(base.scopes),
         scope_separator: over.scope_separator.or(base.scope_separator),
@@ -274,6 +279,10 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
     let authorize_url = url("authorize_url", e.authorize_url, true)?.expect("required");
     let token_url = url("token_url", e.token_url, true)?.expect("required");
     let revocation_url = url("revocation_url", e.revocation_url, false)?;
+    // Checked as a URL but kept as written: RFC 9207 compares `iss` as a plain string, and
+    // parsing would normalise it (a trailing '/', the case of the host).
+    url("issuer", e.issuer.clone(), false)?;
+    let issuer = e.issuer;
     let mut api_base_url = url("api_base_url", e.api_base_url, false)?;
     if let Some(u) = api_base_url.as_mut() {
         if u.query().is_some() || u.fragment().is_some() {
@@ -295,6 +304,7 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         authorize_url,
         token_url,
         revocation_url,
+        issuer,
         api_base_url,
         scopes: e.scopes.unwrap_or_default(),
         scope_separator: e.scope_separator.unwrap_or_else(|| " ".into()),

@@ -130,6 +130,13 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// Whether two digests (or other secrets) are equal, in a time that depends on their length
+/// only.
+pub fn same_digest(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
 /// A fresh unguessable token: 32 random bytes, base64url without padding.
 pub fn random_token() -> String {
     let mut raw = [0u8; 32];

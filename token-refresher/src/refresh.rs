@@ -23,7 +23,7 @@ pub enum Disposition {
 /// Dead-letters a delivery with its reason: published to the dead-letter queue with the reason
 /// in a header, then acknowledged; if that publish fails, rejected (RabbitMQ dead-letters it
 /// without the header). Counted in `authbridge_dead_lettered_total`.
-async fn dead_letter(ctx: &Ctx, delivery: Delivery, reason: &str) -> Disposition {
+async fn dead_letter(ctx: &Ctx, delivery: Delivery, reason: &'static str) -> Disposition {
     ctx.metrics.inc("authbridge_dead_lettered_total", &format!("reason=\"{reason}\""));
     match ctx.core.broker.publish_dead(&delivery.data, reason).await {
         Ok(()) => {

@@ -18,7 +18,7 @@ pub struct CreateKey {
 
 /// `POST /v1/api-keys` → `201 {"id", "key", …}`; the key is shown this once.
 pub async fn create(
-    _: Authorized<scope::Admin>,
+    caller: Authorized<scope::Admin>,
     state: web::Data<AppState>,
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,6 +37,14 @@ pub async fn create(
     if let Some(bad) = body.providers.iter().find(|p| !valid_provider_id(p)) {
         return Err(ApiError::new(ErrorCode::InvalidRequest, format!("`{bad}` is not a provider id")));
     }
+    let scopes: Vec<Scope> = body.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+    if !caller.may_grant(&scopes, &body.providers) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "a key can only create keys with some of its own scopes and providers \
+             (a key limited to providers must name some of them)",
+        ));
+    }
     let id = format!("ak_{}", &shared::crypto::random_token()[..16]);
     let key = format!("abk_{}", shared::crypto::random_token());
     let record = state
@@ -49,19 +57,23 @@ pub async fn create(
     Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(v))
 }
 
-/// `GET /v1/api-keys`: every key, revoked ones included; never the keys themselves.
-pub async fn list(_: Authorized<scope::Admin>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let keys = state.core.store.list_api_keys().await?;
+/// `GET /v1/api-keys`: every key the caller may manage, revoked ones included; never the keys
+/// themselves.
+pub async fn list(caller: Authorized<scope::Admin>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut keys = state.core.store.list_api_keys().await?;
+    keys.retain(|k| caller.may_manage(&k.providers));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "api_keys": keys })))
 }
 
 /// `DELETE /v1/api-keys/{id}`: revoke; effective everywhere within the lookup cache time.
 pub async fn revoke(
-    _: Authorized<scope::Admin>,
+    caller: Authorized<scope::Admin>,
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.core.store.revoke_api_key(&id).await? {
+    // A key beyond the caller's reach answers as if it did not exist.
+    let reachable = state.core.store.get_api_key(&id).await?.is_some_and(|k| caller.may_manage(&k.providers));
+    if reachable && state.core.store.revoke_api_key(&id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(ErrorCode::NotFound, format!("no live API key `{id}`")))

@@ -3,10 +3,10 @@
 
 use crate::AppState;
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::Deserialize;
-use shared::auth::{scope, Authorized};
+use shared::auth::{scope, Authorized, Scope};
 use shared::catalog::valid_connection_id;
 use shared::crypto::{hash_secret, random_token};
 use shared::http::{ApiError, ErrorCode};
@@ -59,6 +59,16 @@ pub async fn create_session(
             "return_url is not an allowed http(s) URL (see AUTHBRIDGE_RETURN_URL_ALLOWLIST)",
         ));
     }
+    // Reconnecting replaces an existing connection's credentials: that is a write to the
+    // connection, which `connect` alone does not allow. Checked here for a clear answer, and
+    // again at the callback (the connection may appear meanwhile).
+    let may_replace = caller.has(Scope::ConnectionsWrite);
+    if !may_replace && state.core.store.get_connection(&provider.id, &body.connection_id).await?.is_some() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this connection exists already; reconnecting it needs the connections:write scope",
+        ));
+    }
     let token = random_token();
     let expires_at = Utc::now() + chrono::Duration::from_std(state.settings.session_ttl).unwrap_or_default();
     state
@@ -70,6 +80,7 @@ pub async fn create_session(
             connection_id: body.connection_id.clone(),
             return_url: return_url.to_string(),
             expires_at,
+            may_replace,
         })
         .await?;
     let connect_url = format!("{}/connect/{token}", state.settings.public_url.as_str().trim_end_matches('/'));
@@ -102,15 +113,56 @@ fn error_back(return_url: &str, code: &str) -> HttpResponse {
     back_to_app(return_url, &[("status", "error"), ("error", code)])
 }
 
-/// `GET /connect/{token}`: the browser opens the connect URL once; it is sent to the provider.
+/// The cookie that binds a flow to the browser that opened it (RFC 9700 §4.7.1). Without it,
+/// whoever opened a connect URL could hand the provider's authorize URL (which carries the
+/// state) to someone else, and that person's approval would land in the first one's
+/// connection. Its name is derived from the state, so one browser can run several flows at
+/// once; its value is a random nonce whose hash is stored with the session.
+fn binding_cookie_name(state_hash: &[u8]) -> String {
+    use base64::Engine;
+    let short = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&state_hash[..12]);
+    format!("authbridge_flow_{short}")
+}
+
+/// `Set-Cookie` for the binding: `HttpOnly` (no script reads it), `SameSite=Lax` (sent on the
+/// provider's top-level redirect back to us, never on a cross-site subrequest), limited to the
+/// callback's path, living as long as the flow, and `Secure` whenever the gateway is public over
+/// HTTPS.
+fn binding_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> String {
+    let path = url::Url::parse(&state.redirect_uri()).map(|u| u.path().to_owned()).unwrap_or_else(|_| "/".into());
+    let secure = if state.settings.public_url.scheme() == "https" { "; Secure" } else { "" };
+    format!("{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite=Lax{secure}")
+}
+
+/// The value of the cookie `name` in the request's `Cookie` fields, if there is one.
+fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// `GET /connect/{token}`: the browser opens the connect URL once; it is sent to the provider,
+/// carrying a cookie that only this browser has and the callback will ask for.
 #[tracing::instrument(skip_all)]
 pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let state_param = random_token();
+    let state_hash = hash_secret(&state_param);
+    let nonce = random_token();
     let (verifier, challenge) = pkce_pair();
     let started = state
         .core
         .store
-        .start_session(&hash_secret(&token), &hash_secret(&state_param), Some(&verifier), state.settings.session_ttl)
+        .start_session(
+            &hash_secret(&token),
+            &state_hash,
+            &hash_secret(&nonce),
+            Some(&verifier),
+            state.settings.session_ttl,
+        )
         .await?;
     let session = match started {
         Ok(s) => s,
@@ -128,7 +180,12 @@ pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) 
     let challenge = provider.pkce.then_some(challenge.as_str());
     let url = OAuthClient::authorize_url(provider, &state.redirect_uri(), &state_param, challenge)
         .map_err(|e| ApiError::new(ErrorCode::ProviderNotConfigured, e.to_string()))?;
-    Ok(redirect(url.as_str()))
+    let mut resp = redirect(url.as_str());
+    let set = binding_cookie(&state, &binding_cookie_name(&state_hash), &nonce, state.settings.session_ttl.as_secs());
+    if let Ok(v) = header::HeaderValue::from_str(&set) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -136,16 +193,36 @@ pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// The issuer of the authorization response (RFC 9207).
+    iss: Option<String>,
+}
+
+/// Whether a callback's `iss` is acceptable for `provider` (RFC 9207, the mix-up defence).
+/// An entry that declares its issuer requires exactly that `iss`. Without a declared issuer an
+/// `iss` is optional, but one that is sent must name the authorization server the browser was
+/// sent to (the authorize URL's origin), so a response from another server is refused.
+pub fn issuer_matches(provider: &shared::catalog::Provider, iss: Option<&str>) -> bool {
+    match (&provider.issuer, iss) {
+        (Some(expected), Some(got)) => expected == got,
+        (Some(_), None) => false,
+        (None, None) => true,
+        (None, Some(got)) => Url::parse(got).is_ok_and(|u| u.origin() == provider.authorize_url.origin()),
+    }
 }
 
 /// `GET /oauth/callback`: the provider sends the browser back with a code or an error.
 #[tracing::instrument(skip_all, fields(provider, connection_id, outcome))]
-pub async fn callback(state: web::Data<AppState>, q: web::Query<CallbackQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn callback(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<CallbackQuery>,
+) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let Some(state_param) = q.state.filter(|s| !s.is_empty() && s.len() <= 512) else {
         return Err(ApiError::new(ErrorCode::InvalidState, "the callback has no valid state parameter"));
     };
-    let consumed = state.core.store.consume_state(&hash_secret(&state_param)).await?;
+    let state_hash = hash_secret(&state_param);
+    let consumed = state.core.store.consume_state(&state_hash).await?;
     let session = match consumed {
         Ok(s) => s,
         Err(SessionLookup::Unknown) => {
@@ -160,28 +237,57 @@ pub async fn callback(state: web::Data<AppState>, q: web::Query<CallbackQuery>) 
     let span = tracing::Span::current();
     span.record("provider", session.provider.as_str());
     span.record("connection_id", session.connection_id.as_str());
+    // Whatever happens next, the flow is over: its cookie goes.
+    let cookie_name = binding_cookie_name(&state_hash);
+    let done = |mut resp: HttpResponse| {
+        if let Ok(v) = header::HeaderValue::from_str(&binding_cookie(&state, &cookie_name, "", 0)) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+        Ok(resp)
+    };
+    // The session was consumed above, so a callback refused here can never be replayed.
+    let same_browser = match (cookie(&req, &cookie_name), &session.browser_hash) {
+        (Some(nonce), Some(expected)) => shared::crypto::same_digest(&hash_secret(nonce), expected),
+        _ => false,
+    };
+    if !same_browser {
+        span.record("outcome", "browser_mismatch");
+        tracing::warn!("callback from a browser that did not open the flow; nothing stored");
+        return done(error_back(&session.return_url, "browser_mismatch"));
+    }
+    let Some(provider) = state.core.tokens.catalog.get(&session.provider) else {
+        return done(error_back(&session.return_url, "unknown_provider"));
+    };
+    if !issuer_matches(provider, q.iss.as_deref()) {
+        span.record("outcome", "issuer_mismatch");
+        tracing::warn!("callback with an unexpected iss; nothing stored");
+        return done(error_back(&session.return_url, "issuer_mismatch"));
+    }
     if let Some(err) = q.error {
         span.record("outcome", "provider_error");
-        return Ok(error_back(&session.return_url, &sanitize_code(&err)));
+        return done(error_back(&session.return_url, &sanitize_code(&err)));
     }
     let Some(code) = q.code.filter(|c| !c.is_empty()) else {
-        return Ok(error_back(&session.return_url, "invalid_request"));
+        return done(error_back(&session.return_url, "invalid_request"));
     };
-    let Some(provider) = state.core.tokens.catalog.get(&session.provider) else {
-        return Ok(error_back(&session.return_url, "unknown_provider"));
-    };
+    if !session.may_replace
+        && state.core.store.get_connection(&session.provider, &session.connection_id).await?.is_some()
+    {
+        span.record("outcome", "reconnect_not_allowed");
+        return done(error_back(&session.return_url, "reconnect_not_allowed"));
+    }
     let verifier = if provider.pkce { session.verifier.as_deref() } else { None };
     let resp = match state.core.tokens.oauth.exchange_code(provider, &code, &state.redirect_uri(), verifier).await {
         Ok(r) => r,
         Err(e) => {
             span.record("outcome", "exchange_failed");
             tracing::warn!(error = %e, "code exchange failed");
-            return Ok(error_back(&session.return_url, &e.code()));
+            return done(error_back(&session.return_url, &e.code()));
         }
     };
     state.core.tokens.store_authorized(&session.provider, &session.connection_id, resp).await?;
     span.record("outcome", "connected");
-    Ok(back_to_app(
+    done(back_to_app(
         &session.return_url,
         &[("status", "connected"), ("provider", &session.provider), ("connection_id", &session.connection_id)],
     ))

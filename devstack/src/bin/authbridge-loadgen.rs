@@ -66,10 +66,19 @@ async fn flow(http: &reqwest::Client, gateway: &str, api_key: &str, provider: &s
         .json()
         .await?;
     let connect_url = session["connect_url"].as_str().context("connect_url")?;
-    let authorize = location(&http.get(connect_url).send().await?)?;
+    let opened = http.get(connect_url).send().await?;
+    // The flow is bound to the browser that opened it: its cookie goes back with the callback.
+    let cookie = opened
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("the connect URL set no flow cookie")?
+        .to_owned();
+    let authorize = location(&opened)?;
     let callback = location(&http.get(&authorize).send().await?)?;
     let started = Instant::now();
-    let done = location(&http.get(&callback).send().await?)?;
+    let done = location(&http.get(&callback).header(reqwest::header::COOKIE, cookie).send().await?)?;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     if !done.contains("status=connected") {
         bail!("the flow ended in {done}");

@@ -63,8 +63,12 @@ async fn a_failed_code_exchange_returns_to_the_app_with_an_error() {
     let callback = app.follow(authorize.as_str()).await;
     // Tamper with the code: the provider refuses it with invalid_grant.
     let mut tampered = callback.clone();
-    let state = query_param(&callback, "state").unwrap();
-    tampered.set_query(Some(&format!("code=not-the-code&state={state}")));
+    let pairs: Vec<(String, String)> = callback
+        .query_pairs()
+        .into_owned()
+        .map(|(k, v)| if k == "code" { (k, "not-the-code".into()) } else { (k, v) })
+        .collect();
+    tampered.query_pairs_mut().clear().extend_pairs(pairs);
     let landed = app.follow(tampered.as_str()).await;
     assert_eq!(query_param(&landed, "status").as_deref(), Some("error"));
     assert_eq!(query_param(&landed, "error").as_deref(), Some("invalid_grant"));

@@ -145,7 +145,13 @@ async fn a_code_delivered_with_another_sessions_state_stores_nothing() {
     let victim = app.connect_url("mock", "victim").await;
     let victim_authorize = app.follow(&victim).await;
     let victim_state = query_param(&victim_authorize, "state").unwrap();
-    let forged = format!("{}?code={attacker_code}&state={victim_state}", app.gw("/oauth/callback"));
+    let mut forged = url::Url::parse(&app.gw("/oauth/callback")).unwrap();
+    forged
+        .query_pairs_mut()
+        .append_pair("code", &attacker_code)
+        .append_pair("state", &victim_state)
+        .append_pair("iss", &query_param(&attacker_callback, "iss").unwrap());
+    let forged = forged.to_string();
     let landed = app.follow(&forged).await;
     assert_eq!(query_param(&landed, "status").as_deref(), Some("error"));
     assert_eq!(query_param(&landed, "error").as_deref(), Some("invalid_grant"), "PKCE binds the code to its flow");
@@ -278,4 +284,241 @@ fn mismatched_or_missing_tls_files_stop_the_service_at_start_up() {
     env.set(shared::config::TLS_KEY_FILE, "/nonexistent/key.pem");
     let err = api_proxy::Settings::from_env(&env).unwrap_err().to_string();
     assert!(err.contains("cannot read certificates"), "{err}");
+}
+
+/// RFC 9700 §4.7.1: the attacker opens their own connect URL, keeps the provider's authorize
+/// URL it redirects to (which carries the state and the PKCE challenge) and gets a victim to
+/// approve it. The victim's browser arrives at the callback without the attacker's cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_finished_in_another_browser_stores_nothing() {
+    let app = TestApp::start().await;
+    let connect = app.connect_url("mock", "attacker").await;
+    let authorize = app.follow(&connect).await;
+    let cookies = app.cookies();
+    assert_eq!(cookies.len(), 1, "opening the flow binds it to this browser");
+    let callback = app.follow_as_stranger(authorize.as_str()).await;
+    let landed = app.follow_as_stranger(callback.as_str()).await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("error"));
+    assert_eq!(query_param(&landed, "error").as_deref(), Some("browser_mismatch"));
+    // A cookie of the right name with another value is no better.
+    let forged = app
+        .http
+        .get(callback.as_str())
+        .header("Cookie", format!("{}=forged-nonce", cookies[0].0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FOUND);
+    assert!(forged.headers()["location"].to_str().unwrap().contains("error=state_already_used"));
+    // The refused callback burnt the flow: the attacker's own browser cannot finish it either.
+    let late = app.follow(callback.as_str()).await;
+    assert_eq!(query_param(&late, "error").as_deref(), Some("state_already_used"));
+    let r = app.api(Method::GET, "/v1/connections").await;
+    assert_eq!(r.json::<Value>().await.unwrap()["connections"].as_array().unwrap().len(), 0);
+    assert_eq!(app.mock_stats().code_grants, 0, "the code was never exchanged");
+
+    // Another flow whose callback carries a wrong cookie value is refused the same way.
+    let connect = app.connect_url("mock", "attacker2").await;
+    let authorize = app.follow(&connect).await;
+    let name = app.cookies().into_iter().find(|(n, _)| !cookies.iter().any(|(c, _)| c == n)).unwrap().0;
+    let callback = app.follow_as_stranger(authorize.as_str()).await;
+    let r = app.http.get(callback.as_str()).header("Cookie", format!("{name}=not-the-nonce")).send().await.unwrap();
+    assert!(r.headers()["location"].to_str().unwrap().contains("error=browser_mismatch"));
+    assert_eq!(app.mock_stats().code_grants, 0);
+
+    // The legitimate case: the browser that opened the flow is the one that comes back.
+    let (landed, _) = app.connect("mock", "alice").await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_cookie_is_http_only_lax_and_limited_to_the_callback() {
+    let app = TestApp::start().await;
+    let connect = app.connect_url("mock", "u1").await;
+    let r = app.http.get(&connect).send().await.unwrap();
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("authbridge_flow_"), "{set}");
+    for attr in ["HttpOnly", "SameSite=Lax", "Path=/oauth/callback", "Max-Age=600"] {
+        assert!(set.contains(attr), "{attr} missing from {set}");
+    }
+    assert!(!set.contains("Secure"), "served over plain HTTP here: {set}");
+    // One browser can run two flows at once: each has its own cookie.
+    let (first, _) = app.connect("mock", "a").await;
+    let connect_b = app.connect_url("mock", "b").await;
+    let connect_c = app.connect_url("mock", "c").await;
+    let auth_b = app.follow(&connect_b).await;
+    let auth_c = app.follow(&connect_c).await;
+    let cb_c = app.follow(auth_c.as_str()).await;
+    let cb_b = app.follow(auth_b.as_str()).await;
+    for cb in [cb_c, cb_b] {
+        let landed = app.follow(cb.as_str()).await;
+        assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"), "{landed}");
+    }
+    assert_eq!(query_param(&first, "status").as_deref(), Some("connected"));
+    assert!(app.cookies().is_empty(), "every finished flow clears its cookie: {:?}", app.cookies());
+    app.stop().await;
+}
+
+/// RFC 9207: a callback whose `iss` names another authorization server (a mix-up attack) is
+/// refused before any code is exchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_whose_issuer_is_not_the_providers_store_nothing() {
+    let app = TestApp::start().await;
+    let mut n = 0;
+    let other = Some("https://other-as.example".to_owned());
+    // `mock` declares its issuer; `mockjson` does not, so `iss` must be the authorize URL's origin.
+    for (provider, iss) in [
+        ("mock", other.clone()),
+        ("mock", None),
+        ("mock", Some(format!("{}/", app.stack.mock.url()))),
+        ("mockjson", other),
+    ] {
+        n += 1;
+        let connect = app.connect_url(provider, &format!("u{n}")).await;
+        let authorize = app.follow(&connect).await;
+        let mut callback = app.follow(authorize.as_str()).await;
+        assert_eq!(query_param(&callback, "iss"), Some(app.stack.mock.url()), "the mock names its issuer");
+        let kept: Vec<(String, String)> = callback.query_pairs().into_owned().filter(|(k, _)| k != "iss").collect();
+        callback.query_pairs_mut().clear().extend_pairs(kept);
+        if let Some(iss) = &iss {
+            callback.query_pairs_mut().append_pair("iss", iss);
+        }
+        let landed = app.follow(callback.as_str()).await;
+        assert_eq!(query_param(&landed, "error").as_deref(), Some("issuer_mismatch"), "{provider} {iss:?}");
+    }
+    assert_eq!(app.mock_stats().code_grants, 0);
+    // The issuer each provider really sends is accepted.
+    for provider in ["mock", "mockjson"] {
+        let (landed, _) = app.connect(provider, "ok").await;
+        assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"), "{provider}");
+    }
+    app.stop().await;
+}
+
+/// Each request with a new method token must not create a metric series: 10,000 of them leave
+/// `/metrics` as it was, on the gateway and on the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_made_up_methods_do_not_grow_the_metrics() {
+    use futures_util::StreamExt;
+    let app = TestApp::start().await;
+    for base in [app.stack.gateway.url(), app.stack.proxy.url()] {
+        let metrics = || async { app.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap() };
+        let send = |i: usize| {
+            let method = Method::from_bytes(format!("M{i:05}{}", "X".repeat(i % 200)).as_bytes()).unwrap();
+            app.http.request(method, format!("{base}/proxy/mock/u/x")).send()
+        };
+        // Warm up every series these requests (and the scrape itself) can reach.
+        for i in 0..3 {
+            send(i).await.unwrap();
+        }
+        metrics().await;
+        let before = metrics().await;
+        let statuses: Vec<u16> = futures_util::stream::iter(0..10_000)
+            .map(|i| async move { send(i).await.unwrap().status().as_u16() })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        assert!(statuses.iter().all(|s| *s >= 400), "{base}");
+        let after = metrics().await;
+        assert!(!after.contains("M00042"), "{base}: a method token reached a label");
+        assert!(after.contains(r#"method="OTHER""#), "{base}: {after}");
+        let series = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(series(&after), series(&before), "{base}: no new series");
+        // The counters' digits may grow; the text no more than that.
+        assert!(after.len() < before.len() + 1024, "{base}: {} -> {} bytes", before.len(), after.len());
+    }
+    app.stop().await;
+}
+
+/// A key can only hand out what it has: an `admin` key limited to one provider mints no key
+/// that reaches further, and manages (lists, revokes) only keys within its providers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_admin_key_creates_and_manages_only_keys_within_its_own_reach() {
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    let (_, admin) = new_key(&app, &["admin", "proxy"], &["mockjson"]).await;
+    let (wide_id, wide) = new_key(&app, &["proxy"], &[]).await;
+    let as_admin = |method: Method, path: &str| {
+        app.http.request(method, app.gw(path)).header("Authorization", format!("Bearer {admin}"))
+    };
+    for (scopes, providers) in [
+        (json!(["admin", "proxy", "tokens:read", "connect", "connections:read", "connections:write"]), json!([])),
+        (json!(["proxy"]), json!([])),
+        (json!(["proxy"]), json!(["mock"])),
+        (json!(["proxy"]), json!(["mockjson", "mock"])),
+        (json!(["tokens:read"]), json!(["mockjson"])),
+    ] {
+        let body = json!({"name": "escalated", "scopes": scopes, "providers": providers});
+        let r = as_admin(Method::POST, "/v1/api-keys").json(&body).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap()["error"], "forbidden");
+    }
+    let r = as_admin(Method::POST, "/v1/api-keys")
+        .json(&json!({"name": "narrow", "scopes": ["proxy"], "providers": ["mockjson"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let narrow: Value = r.json().await.unwrap();
+    // It sees its own reach only: the narrow key and itself, not the unlimited key.
+    let r = as_admin(Method::GET, "/v1/api-keys").send().await.unwrap();
+    let listed: Vec<String> = r.json::<Value>().await.unwrap()["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(listed.contains(&narrow["id"].as_str().unwrap().to_owned()), "{listed:?}");
+    assert!(!listed.contains(&wide_id), "{listed:?}");
+    // Revoking a key beyond its reach answers as if there were none, and the key keeps working.
+    let r = as_admin(Method::DELETE, &format!("/v1/api-keys/{wide_id}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app.http.get(app.px("/proxy/mock/u1/x")).header("Authorization", format!("Bearer {wide}")).send().await;
+    assert_eq!(r.unwrap().status(), StatusCode::OK);
+    let r = as_admin(Method::DELETE, &format!("/v1/api-keys/{}", narrow["id"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    app.stop().await;
+}
+
+/// Reconnecting replaces an existing connection's tokens: `connect` alone may start flows for
+/// new connections, not take over existing ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_an_existing_connection_needs_connections_write() {
+    let app = TestApp::start().await;
+    app.connect("mock", "alice").await;
+    let token_before = app.token("mock", "alice").await;
+    let (_, connect_only) = new_key(&app, &["connect"], &[]).await;
+    let (_, writer) = new_key(&app, &["connect", "connections:write"], &[]).await;
+    let session = |key: String, id: &'static str| {
+        app.http
+            .post(app.gw("/v1/connect/sessions"))
+            .header("Authorization", format!("Bearer {key}"))
+            .json(&json!({"provider": "mock", "connection_id": id, "return_url": RETURN_URL}))
+            .send()
+    };
+    let r = session(connect_only.clone(), "alice").await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("connections:write"));
+    // A session made while the connection did not exist yet cannot replace it later.
+    let r = session(connect_only.clone(), "bob").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let late: Value = r.json().await.unwrap();
+    app.connect("mock", "bob").await;
+    let bob_token = app.token("mock", "bob").await;
+    let authorize = app.follow(late["connect_url"].as_str().unwrap()).await;
+    let callback = app.follow(authorize.as_str()).await;
+    let landed = app.follow(callback.as_str()).await;
+    assert_eq!(query_param(&landed, "error").as_deref(), Some("reconnect_not_allowed"));
+    assert_eq!(app.token("mock", "bob").await, bob_token);
+    // A key that may write connections reconnects.
+    let r = session(writer, "alice").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().await.unwrap();
+    let authorize = app.follow(v["connect_url"].as_str().unwrap()).await;
+    let callback = app.follow(authorize.as_str()).await;
+    let landed = app.follow(callback.as_str()).await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"));
+    assert_ne!(app.token("mock", "alice").await, token_before);
+    app.stop().await;
 }

@@ -9,6 +9,8 @@ use url::Url;
 pub struct TestApp {
     pub stack: Stack,
     pub http: reqwest::Client,
+    /// The end user's browser's cookies for the gateway (`follow` sends and keeps them).
+    jar: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 pub const RETURN_URL: &str = "https://app.example/settings?tab=integrations";
@@ -22,7 +24,7 @@ impl TestApp {
         shared::telemetry::init_for_tests();
         let stack = Stack::start(opts).await.expect("stack starts");
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-        Self { stack, http }
+        Self { stack, http, jar: Default::default() }
     }
 
     pub async fn stop(self) {
@@ -58,11 +60,46 @@ impl TestApp {
         body["connect_url"].as_str().unwrap().to_owned()
     }
 
-    /// GETs `url` and returns the redirect target.
+    /// GETs `url` as the end user's browser would (with its cookies for the gateway, keeping
+    /// any it is given) and returns the redirect target.
     pub async fn follow(&self, url: &str) -> Url {
+        let mut req = self.http.get(url);
+        if url.starts_with(&self.stack.gateway.url()) {
+            let jar = self.jar.lock().unwrap();
+            if !jar.is_empty() {
+                let line = jar.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+                req = req.header("Cookie", line);
+            }
+        }
+        let r = req.send().await.unwrap();
+        self.keep_cookies(&r);
+        assert_eq!(r.status(), StatusCode::FOUND, "GET {url} did not redirect: {}", r.text().await.unwrap_or_default());
+        Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    /// GETs `url` as a different browser would: without the end user's cookies.
+    pub async fn follow_as_stranger(&self, url: &str) -> Url {
         let r = self.http.get(url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FOUND, "GET {url} did not redirect: {}", r.text().await.unwrap_or_default());
         Url::parse(r.headers()["location"].to_str().unwrap()).unwrap()
+    }
+
+    /// The browser's cookies for the gateway, as `name=value` pairs.
+    pub fn cookies(&self) -> Vec<(String, String)> {
+        self.jar.lock().unwrap().clone()
+    }
+
+    fn keep_cookies(&self, r: &reqwest::Response) {
+        let mut jar = self.jar.lock().unwrap();
+        for v in r.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            jar.retain(|(n, _)| n != name);
+            if !attrs.to_ascii_lowercase().contains("max-age=0") {
+                jar.push((name.to_owned(), value.to_owned()));
+            }
+        }
     }
 
     /// Walks the whole browser flow and returns where the browser lands, plus the callback

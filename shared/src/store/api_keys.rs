@@ -59,6 +59,15 @@ impl Store {
         Ok(rows.iter().map(from_row).collect())
     }
 
+    /// A key by id, revoked or not.
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT id, name, scopes, providers, created_at, revoked_at FROM api_keys WHERE id = $1", &[&id])
+            .await?;
+        Ok(row.as_ref().map(from_row))
+    }
+
     /// Revokes a key; false when there is no such key or it was already revoked.
     pub async fn revoke_api_key(&self, id: &str) -> Result<bool, StoreError> {
         let client = self.client().await?;

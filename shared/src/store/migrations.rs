@@ -82,6 +82,17 @@ CREATE TRIGGER connections_notify AFTER UPDATE OR DELETE ON connections
     FOR EACH ROW EXECUTE FUNCTION authbridge_notify_connection();
 "#,
     ),
+    (
+        4,
+        r#"
+-- The SHA-256 of the nonce in the cookie set on the browser that opened the session: the
+-- callback must come from that browser (RFC 9700 §4.7.1).
+ALTER TABLE connect_sessions ADD COLUMN browser_hash BYTEA;
+-- Whether the session may replace the credentials of a connection that already exists: only
+-- when the key that created it may write connections.
+ALTER TABLE connect_sessions ADD COLUMN may_replace BOOLEAN NOT NULL DEFAULT true;
+"#,
+    ),
 ];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {

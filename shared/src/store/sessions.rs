@@ -15,6 +15,8 @@ pub struct NewSession {
     pub connection_id: String,
     pub return_url: String,
     pub expires_at: DateTime<Utc>,
+    /// Whether the flow may replace an existing connection's credentials (a reconnect).
+    pub may_replace: bool,
 }
 
 /// A session the browser just opened.
@@ -32,6 +34,10 @@ pub struct ConsumedSession {
     pub connection_id: String,
     pub return_url: String,
     pub verifier: Option<String>,
+    /// The SHA-256 of the browser-binding nonce set when the session was opened.
+    pub browser_hash: Option<Vec<u8>>,
+    /// Whether the flow may replace an existing connection's credentials.
+    pub may_replace: bool,
 }
 
 impl std::fmt::Debug for ConsumedSession {
@@ -60,11 +66,16 @@ impl Store {
         let client = self.client().await?;
         let insert = client
             .prepare_cached(
-                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at, may_replace)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .await?;
-        client.execute(&insert, &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at]).await?;
+        client
+            .execute(
+                &insert,
+                &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at, &s.may_replace],
+            )
+            .await?;
         // Housekeeping: sessions are worthless a day after they expire.
         let purge =
             client.prepare_cached("DELETE FROM connect_sessions WHERE expires_at < now() - interval '1 day'").await?;
@@ -72,12 +83,13 @@ impl Store {
         Ok(())
     }
 
-    /// Opens a session once: binds the state and verifier to it and restarts its clock for
-    /// the provider round trip.
+    /// Opens a session once: binds the state, the verifier and the browser (the hash of the
+    /// nonce in its cookie) to it and restarts its clock for the provider round trip.
     pub async fn start_session(
         &self,
         token_hash: &[u8],
         state_hash: &[u8],
+        browser_hash: &[u8],
         verifier: Option<&str>,
         flow_ttl: Duration,
     ) -> Result<Result<StartedSession, SessionLookup>, StoreError> {
@@ -87,7 +99,7 @@ impl Store {
         let stmt = client
             .prepare_cached(
                 "UPDATE connect_sessions SET started_at = now(), state_hash = $2, verifier_key_id = $3,
-                    verifier = $4, expires_at = now() + make_interval(secs => $5)
+                    verifier = $4, expires_at = now() + make_interval(secs => $5), browser_hash = $6
                  WHERE token_hash = $1 AND started_at IS NULL AND expires_at > now()
                  RETURNING provider, connection_id, return_url",
             )
@@ -101,6 +113,7 @@ impl Store {
                     &sealed.as_ref().map(|s| s.key_id.as_str()),
                     &sealed.as_ref().map(|s| s.blob.as_slice()),
                     &ttl_secs,
+                    &browser_hash,
                 ],
             )
             .await?;
@@ -127,7 +140,7 @@ impl Store {
             .prepare_cached(
                 "UPDATE connect_sessions SET consumed_at = now()
                  WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
-                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier",
+                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier, browser_hash, may_replace",
             )
             .await?;
         let row = client.query_opt(&stmt, &[&state_hash]).await?;
@@ -146,6 +159,8 @@ impl Store {
                 connection_id: r.get(1),
                 return_url: r.get(2),
                 verifier,
+                browser_hash: r.get(5),
+                may_replace: r.get(6),
             }));
         }
         let why = client

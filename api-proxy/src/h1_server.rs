@@ -37,6 +37,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Room made for a read of a request head; most are far smaller.
 const READ_SIZE: usize = 4 * 1024;
+/// The most a held body's read asks room for at a time.
+const BODY_READ: usize = 64 * 1024;
 /// Answer bodies up to this size are copied in with the head (or the chunks before them) and
 /// written in one call; larger ones are written on their own.
 const INLINE_BODY: usize = 16 * 1024;
@@ -85,19 +87,35 @@ impl CallerBody {
 }
 
 /// Tells a worker's connections to finish: idle ones close, busy ones close after the answer
-/// they are writing.
+/// they are writing. Also closes single connections that wait on their caller, oldest first,
+/// when the worker has more than it may keep ([`Stopping::shed_oldest`]).
 #[derive(Default)]
 pub struct Stopping {
     flag: Cell<bool>,
     /// The connections' tasks, each registered once (not once per idle wait).
-    waiting: RefCell<slab::Slab<Waker>>,
+    waiting: RefCell<slab::Slab<Entry>>,
+    /// Counts the starts of waits for a request, so the oldest wait is the smallest number.
+    waits: Cell<u64>,
 }
+
+/// A connection known to [`Stopping`].
+struct Entry {
+    waker: Waker,
+    /// When (in [`Stopping::waits`]' order) it began waiting for its caller's next request;
+    /// `BUSY` while it serves one.
+    since: u64,
+    /// Told to close.
+    shed: bool,
+}
+
+/// [`Entry::since`] of a connection serving a request (never shed for being idle).
+const BUSY: u64 = u64::MAX;
 
 impl Stopping {
     pub fn stop(&self) {
         self.flag.set(true);
         // Woken outside the borrow: a woken task may run code that registers.
-        let waiting: Vec<Waker> = self.waiting.borrow().iter().map(|(_, w)| w.clone()).collect();
+        let waiting: Vec<Waker> = self.waiting.borrow().iter().map(|(_, e)| e.waker.clone()).collect();
         waiting.into_iter().for_each(Waker::wake);
     }
 
@@ -105,10 +123,28 @@ impl Stopping {
         self.flag.get()
     }
 
+    /// Closes the connection that has waited longest for its caller (an idle kept-alive one, or
+    /// one whose head or held body is arriving slowly: what a slowloris holds). Connections
+    /// serving a request are never chosen. Whether there was one to close.
+    pub fn shed_oldest(&self) -> bool {
+        let waker = {
+            let mut waiting = self.waiting.borrow_mut();
+            let oldest = waiting.iter().filter(|(_, e)| e.since != BUSY && !e.shed).min_by_key(|(_, e)| e.since);
+            let Some((key, _)) = oldest else { return false };
+            let e = &mut waiting[key];
+            e.shed = true;
+            e.waker.clone()
+        };
+        waker.wake();
+        true
+    }
+
     /// Completes once [`Stopping::stop`] has been called. (Only ever awaited on the worker's
     /// thread, which also calls `stop`: no stop can slip in between check and wait.)
     async fn stopped(self: &Rc<Self>) {
-        let mut watch = Watch { stopping: self.clone(), key: None };
+        // hyper's connections are never shed: hyper keeps its own head timeout, and an HTTP/2
+        // connection carries many calls.
+        let mut watch = Watch { stopping: self.clone(), key: None, sheddable: false };
         std::future::poll_fn(|cx| if watch.stopped(cx.waker()) { Poll::Ready(()) } else { Poll::Pending }).await
     }
 }
@@ -116,13 +152,21 @@ impl Stopping {
 /// Serves one caller's connection: HTTP/1.1 here, handing it to hyper's HTTP/1.1 server for
 /// requests this one does not serve itself, or to hyper's HTTP/2 server when the caller opens
 /// with HTTP/2's preface (or `h2` is true: ALPN chose it).
-pub async fn serve<T, F, Fut, B>(io: T, h2: bool, handler: F, options: Rc<Options>, stopping: Rc<Stopping>)
-where
+pub async fn serve<T, F, Fut, B, G, GFut>(
+    io: T,
+    h2: bool,
+    handler: F,
+    gate: G,
+    options: Rc<Options>,
+    stopping: Rc<Stopping>,
+) where
     T: Io,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
     Fut: Future<Output = Response<B>> + 'static,
     B: Body<Data = Bytes> + RawFields + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Fn(&Request<()>, &RawHead) -> GFut,
+    GFut: Future<Output = Option<Response<B>>>,
 {
     if h2 {
         return serve_hyper(Rewind::new(io, Bytes::new()), Hyper::Http2, handler, &stopping).await;
@@ -135,15 +179,23 @@ where
         served: 0,
         armed_at: 0,
         timer: Box::pin(tokio::time::sleep(options.head_timeout)),
-        watch: Watch { stopping: stopping.clone(), key: None },
+        watch: Watch { stopping: stopping.clone(), key: None, sheddable: true },
     };
     let mut first = true;
     loop {
-        let next = conn.next_request(first, &options, &stopping).await;
+        conn.watch.waiting(true);
+        let next = conn.next_request(first, &options, &stopping, &gate).await;
+        conn.watch.waiting(false);
         first = false;
         let (req, keep_alive) = match next {
             Next::Request(req, keep_alive) => (req, keep_alive),
             Next::Closed => return,
+            Next::Answer(resp, head_request, v11) => {
+                // Refused before its body was read: the body's bytes are still on their way, so
+                // the connection cannot serve another request.
+                let _ = conn.write_response(resp, head_request, v11, false).await;
+                return conn.close().await;
+            }
             Next::Refuse(status, message) => return conn.refuse(status, message).await,
             Next::ToHyper(prefix) => {
                 let http1 = Hyper::Http1(options.head_timeout);
@@ -239,9 +291,12 @@ where
 /// What the connection does next. (Returned once per request and taken apart at once: boxing
 /// the request to shrink it would cost an allocation per request.)
 #[allow(clippy::large_enum_variant)]
-enum Next {
+enum Next<B> {
     /// Serve this request; keep the connection alive after it if `true`.
     Request(Request<CallerBody>, bool),
+    /// Write this answer (to a request that was a `HEAD`, over HTTP/1.1), then close: the gate
+    /// refused the request before its body was read.
+    Answer(Response<B>, bool, bool),
     /// The caller closed the connection, or let it idle past the head timeout.
     Closed,
     /// Answer with this status and message, then close.
@@ -257,22 +312,50 @@ enum Next {
 struct Watch {
     stopping: Rc<Stopping>,
     key: Option<usize>,
+    /// Whether [`Stopping::shed_oldest`] may choose this connection.
+    sheddable: bool,
 }
 
 impl Watch {
-    /// Whether the worker is stopping; if not, `waker`'s task is woken when it does (registered
-    /// once; replaced only if the connection's task changes).
+    /// Whether the worker is stopping (or this connection was shed); if not, `waker`'s task is
+    /// woken when it does (registered once; replaced only if the connection's task changes).
     fn stopped(&mut self, waker: &Waker) -> bool {
         if self.stopping.is_stopping() {
             return true;
         }
         let mut waiting = self.stopping.waiting.borrow_mut();
         match self.key {
-            Some(k) if waiting[k].will_wake(waker) => {}
-            Some(k) => waiting[k] = waker.clone(),
-            None => self.key = Some(waiting.insert(waker.clone())),
+            Some(k) if waiting[k].shed => return true,
+            Some(k) if waiting[k].waker.will_wake(waker) => {}
+            Some(k) => waiting[k].waker = waker.clone(),
+            None => {
+                let since = if self.sheddable { self.stopping.next_wait() } else { BUSY };
+                self.key = Some(waiting.insert(Entry { waker: waker.clone(), since, shed: false }));
+            }
         }
         false
+    }
+
+    /// Whether this connection was told to close.
+    fn shed(&self) -> bool {
+        self.key.is_some_and(|k| self.stopping.waiting.borrow()[k].shed)
+    }
+
+    /// Notes that the connection begins waiting for its caller's next request (`true`) or
+    /// serves one (`false`).
+    fn waiting(&self, waiting: bool) {
+        if let Some(k) = self.key {
+            let since = if waiting { self.stopping.next_wait() } else { BUSY };
+            self.stopping.waiting.borrow_mut()[k].since = since;
+        }
+    }
+}
+
+impl Stopping {
+    fn next_wait(&self) -> u64 {
+        let n = self.waits.get();
+        self.waits.set(n + 1);
+        n
     }
 }
 
@@ -324,7 +407,8 @@ impl<T: Io> Conn<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            if idle && self.watch.stopped(cx.waker()) {
+            // Registered on every wait, so a shed reaches a connection whatever it waits for.
+            if self.watch.stopped(cx.waker()) && (idle || self.watch.shed()) {
                 return Poll::Ready(Ok(Read::Stopping));
             }
             while self.timer.as_mut().poll(cx).is_ready() {
@@ -341,7 +425,17 @@ impl<T: Io> Conn<T> {
     }
 
     /// Waits for the next request's head (and its held body) and decides how it is served.
-    async fn next_request(&mut self, first: bool, options: &Options, stopping: &Stopping) -> Next {
+    async fn next_request<B, G, GFut>(
+        &mut self,
+        first: bool,
+        options: &Options,
+        stopping: &Stopping,
+        gate: &G,
+    ) -> Next<B>
+    where
+        G: Fn(&Request<()>, &RawHead) -> GFut,
+        GFut: Future<Output = Option<Response<B>>>,
+    {
         loop {
             if !self.buf.is_empty() {
                 if first && self.buf.starts_with(H2_PREFACE) {
@@ -351,7 +445,9 @@ impl<T: Io> Conn<T> {
                     // Perhaps HTTP/2's preface: wait for the rest of it.
                 } else {
                     match parse_request(&mut self.buf) {
-                        Parsed::Head(head, raw, req, notes) => return self.admit(head, raw, req, notes, options).await,
+                        Parsed::Head(head, raw, req, notes) => {
+                            return self.admit(head, raw, req, notes, options, gate).await
+                        }
                         Parsed::Partial if self.buf.len() > MAX_HEAD => {
                             return Next::Refuse(
                                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -377,15 +473,36 @@ impl<T: Io> Conn<T> {
         }
     }
 
-    /// Checks a parsed request's framing and reads its held body; or hands it on.
-    async fn admit(&mut self, head: Bytes, raw: RawHead, req: Request<()>, notes: Notes, options: &Options) -> Next {
+    /// Checks a parsed request's framing and reads its held body (once the gate let it in);
+    /// or hands it on.
+    async fn admit<B, G, GFut>(
+        &mut self,
+        head: Bytes,
+        raw: RawHead,
+        req: Request<()>,
+        notes: Notes,
+        options: &Options,
+        gate: &G,
+    ) -> Next<B>
+    where
+        G: Fn(&Request<()>, &RawHead) -> GFut,
+        GFut: Future<Output = Option<Response<B>>>,
+    {
         let (length, keep_alive) = match admission(req.version(), &notes, options.held_body) {
             Admission::Held { length, keep_alive } => (length, keep_alive),
             Admission::ToHyper => return Next::ToHyper(head),
             Admission::Refuse(message) => return Next::Refuse(StatusCode::BAD_REQUEST, message),
         };
+        // A body is read (and memory given to it) only for a request the gate admits from its
+        // head alone: a caller without a valid key cannot make the proxy hold bodies.
+        if length > self.buf.len() {
+            if let Some(refused) = gate(&req, &raw).await {
+                return Next::Answer(refused, req.method() == Method::HEAD, req.version() == Version::HTTP_11);
+            }
+        }
         while self.buf.len() < length {
-            match self.read(length - self.buf.len(), false).await {
+            // In pieces: the buffer grows with what arrives, not with what the head announced.
+            match self.read((length - self.buf.len()).min(BODY_READ), false).await {
                 Ok(Read::Some) => {}
                 Ok(Read::TimedOut) => {
                     return Next::Refuse(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
@@ -394,6 +511,11 @@ impl<T: Io> Conn<T> {
             }
         }
         let body = if length == 0 { Bytes::new() } else { self.buf.split_to(length).freeze() };
+        if self.buf.capacity() > BODY_READ {
+            // What follows the body moves to a buffer of its own, so the large one is freed with
+            // the body once the call is done instead of staying with the connection.
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
         drop(head);
         let (parts, ()) = req.into_parts();
         Next::Request(Request::from_parts(parts, CallerBody::Held(body, Some(raw))), keep_alive)
@@ -1004,10 +1126,26 @@ mod tests {
         tokio::task::spawn_local(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::task::spawn_local(serve(stream, false, echo, options.clone(), stopping.clone()));
+                tokio::task::spawn_local(serve(stream, false, echo, gate, options.clone(), stopping.clone()));
             }
         });
         (addr, stop)
+    }
+
+    /// Answers 401 to requests that carry `authorization: bad`; lets in the bodies of others.
+    async fn gate_for(authorized: bool) -> Option<Response<Frames>> {
+        if authorized {
+            return None;
+        }
+        let body =
+            Frames { frames: [Bytes::from_static(b"refused")].into(), exact: None, fail: false, slow: None, raw: None };
+        let mut resp = Response::new(body.exact());
+        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        Some(resp)
+    }
+
+    fn gate(_: &Request<()>, fields: &RawHead) -> impl Future<Output = Option<Response<Frames>>> {
+        gate_for(fields.get(b"authorization") != Some(b"bad"))
     }
 
     /// Writes `input` (in pieces of `split` bytes, if given) and reads until the server closes
@@ -1334,6 +1472,75 @@ mod tests {
                 let n = sock.read(&mut buf).await.unwrap();
                 assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
             }
+        });
+    }
+
+    #[test]
+    fn a_body_is_read_only_once_the_gate_admits_its_head() {
+        run(async {
+            let (addr, _) = server(Duration::from_secs(5)).await;
+            // Refused at once, with the body never sent: the server did not wait for it.
+            let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+            sock.write_all(b"POST /a HTTP/1.1\r\nHost: h\r\nauthorization: bad\r\nContent-Length: 1000\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(2), sock.read_to_end(&mut out))
+                .await
+                .expect("answered and closed before the body arrived")
+                .unwrap();
+            let t = undated(&out);
+            assert!(t.starts_with("HTTP/1.1 401 "), "{t}");
+            assert!(t.contains("connection: close"), "{t}");
+            // Admitted: read and served as before; bodiless requests never ask the gate.
+            let body = "x".repeat(1000);
+            let t = exchange(
+                addr,
+                format!(
+                    "GET /b HTTP/1.1\r\nHost: h\r\n\r\n\
+                     POST /a HTTP/1.1\r\nHost: h\r\nauthorization: yes\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n{body}"
+                )
+                .as_bytes(),
+                Some(300),
+            )
+            .await;
+            assert!(t.starts_with("HTTP/1.1 200 OK"), "{t}");
+            assert!(t.contains(&format!("held={body}")), "{t}");
+        });
+    }
+
+    #[test]
+    fn when_shedding_the_connection_waiting_longest_for_its_caller_is_closed_first() {
+        run(async {
+            let (addr, stop) = server(Duration::from_secs(5)).await;
+            // Two slow heads, then a kept-alive connection that was just answered.
+            let mut oldest = tokio::net::TcpStream::connect(addr).await.unwrap();
+            oldest.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut older = tokio::net::TcpStream::connect(addr).await.unwrap();
+            older.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut used = tokio::net::TcpStream::connect(addr).await.unwrap();
+            used.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            let mut buf = vec![0u8; 1024];
+            let n = used.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let closed = |mut s: tokio::net::TcpStream| async move {
+                let mut out = Vec::new();
+                tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await.is_ok()
+            };
+            assert!(stop.shed_oldest());
+            assert!(stop.shed_oldest());
+            assert!(closed(oldest).await, "the oldest wait is closed first");
+            assert!(closed(older).await);
+            // The connection that was answered most recently is still served.
+            used.write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            let n = used.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
+            assert!(stop.shed_oldest());
+            assert!(closed(used).await);
+            assert!(!stop.shed_oldest(), "nothing left to shed");
         });
     }
 

@@ -38,9 +38,6 @@ use tracing::Instrument;
 /// The route label of proxied calls.
 pub const PROXY_ROUTE: &str = "/proxy/{provider}/{connection_id}/{path}";
 
-/// How long a caller has to send a request's head, counted from when the connection starts
-/// waiting for it (so it is also how long an idle kept-alive connection stays open).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a caller has to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -262,8 +259,10 @@ async fn serve_worker(
         upstream,
     });
     let load = Rc::new(load);
-    let options =
-        Rc::new(h1_server::Options { head_timeout: HEAD_TIMEOUT, held_body: worker.state.settings.retry_body });
+    let settings = &worker.state.settings;
+    let options = Rc::new(h1_server::Options { head_timeout: settings.head_timeout, held_body: settings.retry_body });
+    // Each worker keeps its share of the connection cap (the acceptor spreads connections evenly).
+    let cap = settings.max_connections.div_ceil(load.all.len()).max(1);
     let stopping = Rc::new(Stopping::default());
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
@@ -277,6 +276,11 @@ async fn serve_worker(
         };
         // The acceptor counted it already; from here the connection's own guard does.
         load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
+        if load.all[load.mine].load(Ordering::Relaxed) >= cap && !stopping.shed_oldest() {
+            // At the cap with every connection serving a request: the newcomer waits for none.
+            tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
+            continue;
+        }
         let serving = Serving::new(&load, &alive);
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
@@ -313,18 +317,81 @@ async fn serve_connection(
     let memo = Rc::new(RefCell::new(ConnectionMemo::default()));
     // The request's future is `handle`'s own (no wrapper around it, which would be one more
     // copy of it per request).
+    let gate = {
+        let (worker, memo) = (worker.clone(), memo.clone());
+        move |req: &Request<()>, fields: &crate::h1::RawHead| {
+            let route = route_of(req.uri().path());
+            let presented = fields.get(b"authorization").and_then(shared::http::bearer_credential).map(str::to_owned);
+            let method = req.method().clone();
+            let (worker, memo) = (worker.clone(), memo.clone());
+            async move { admit_body(&worker, &memo, route, &method, presented.as_deref()).await }
+        }
+    };
     let handler = move |req| handle(worker.clone(), memo.clone(), req);
     match tls {
-        None => h1_server::serve(stream, false, handler, options, stopping).await,
+        None => h1_server::serve(stream, false, handler, gate, options, stopping).await,
         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                h1_server::serve(stream, h2, handler, options, stopping).await
+                h1_server::serve(stream, h2, handler, gate, options, stopping).await
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
         },
     }
+}
+
+/// The route pattern a path belongs to.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        p if p == "/proxy" || forward::strip_proxy_prefix(p).is_some() => PROXY_ROUTE,
+        _ => shared::http::UNMATCHED,
+    }
+}
+
+/// Whether a request whose body is still to come may send it: a proxied call only with an API
+/// key that may proxy (decided from the head, so an unauthenticated caller cannot make the
+/// proxy hold a body); the other routes take no body. `None` admits it; otherwise the answer.
+/// Rate limits are left to the call itself, which checks the key again (from the connection's
+/// memo, without a lookup).
+async fn admit_body(
+    worker: &Worker,
+    memo: &RefCell<ConnectionMemo>,
+    route: &'static str,
+    method: &Method,
+    presented: Option<&str>,
+) -> Option<Response<ResponseBody>> {
+    let start = Instant::now();
+    let refused = match route {
+        PROXY_ROUTE => match worker.auth.authorize_on(memo, presented, shared::auth::Scope::Proxy, None).await {
+            Ok(_) => return None,
+            Err(e) => e,
+        },
+        shared::http::UNMATCHED => ApiError::new(ErrorCode::NotFound, "no such route"),
+        _ if method != Method::GET && method != Method::HEAD => {
+            ApiError::new(ErrorCode::MethodNotAllowed, format!("{route} answers GET and HEAD, not {method}"))
+        }
+        _ => ApiError::new(ErrorCode::InvalidRequest, format!("{route} takes no request body")),
+    };
+    let mut resp = error_response(&refused);
+    if refused.code == ErrorCode::MethodNotAllowed {
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    let span = tracing::Span::none();
+    let quiet = route != PROXY_ROUTE && route != shared::http::UNMATCHED;
+    shared::http::record_request(
+        Some(&worker.metrics),
+        &span,
+        method.as_str(),
+        route,
+        resp.status().as_u16(),
+        start.elapsed(),
+        quiet,
+    );
+    Some(resp)
 }
 
 /// One request: routed, answered, and recorded as every service records requests.
@@ -337,13 +404,7 @@ async fn handle(
     let start = Instant::now();
     shared::clock::request_started(start);
     let path = req.uri().path();
-    let route = match path {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/metrics" => "/metrics",
-        p if p == "/proxy" || forward::strip_proxy_prefix(p).is_some() => PROXY_ROUTE,
-        _ => shared::http::UNMATCHED,
-    };
+    let route = route_of(path);
     let quiet = shared::http::is_quiet(path);
     let method = req.method().clone();
     let traceparent = match req.body().fields() {

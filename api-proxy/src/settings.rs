@@ -16,6 +16,12 @@ pub const RETRY_BODY: &str = "AUTHBRIDGE_PROXY_RETRY_BODY_BYTES";
 /// How long a decrypted token may be served from memory (seconds); changes invalidate it at
 /// once regardless. 0 turns the cache off. Default: 30.
 pub const TOKEN_CACHE: &str = "AUTHBRIDGE_PROXY_TOKEN_CACHE_SECONDS";
+/// How long a caller has to send a request's head (and a held body), from when the connection
+/// opens or its previous answer was written (seconds, 1-60). Default: 10.
+pub const HEAD_TIMEOUT: &str = "AUTHBRIDGE_PROXY_HEAD_TIMEOUT_SECONDS";
+/// The most caller connections open at once; beyond it the connection that has waited longest
+/// for its caller is closed. Default: three quarters of the process's open-files limit.
+pub const MAX_CONNECTIONS: &str = "AUTHBRIDGE_PROXY_MAX_CONNECTIONS";
 /// HTTP worker threads. Default: the number of CPUs.
 pub const WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
 
@@ -29,6 +35,8 @@ pub struct Settings {
     pub retry_body: usize,
     pub workers: usize,
     pub token_cache_ttl: Duration,
+    pub head_timeout: Duration,
+    pub max_connections: usize,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
 }
@@ -44,6 +52,14 @@ impl Settings {
         let retry_body = r.parse(RETRY_BODY, 1024 * 1024usize);
         let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
         let token_cache_ttl = r.seconds(TOKEN_CACHE, 30);
+        let head_timeout = r.seconds(HEAD_TIMEOUT, 10);
+        if head_timeout.is_zero() || head_timeout > Duration::from_secs(60) {
+            r.fail(format!("{HEAD_TIMEOUT} must be 1-60 seconds"));
+        }
+        let max_connections = r.parse(MAX_CONNECTIONS, default_max_connections());
+        if max_connections == 0 {
+            r.fail(format!("{MAX_CONNECTIONS} must be at least 1"));
+        }
         let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {
@@ -55,7 +71,21 @@ impl Settings {
             retry_body: retry_body.min(max_body),
             workers: workers.max(1),
             token_cache_ttl,
+            head_timeout,
+            max_connections,
             tls,
         })
     }
+}
+
+/// Three quarters of the open-files limit (the rest is for upstream and database connections),
+/// or 4096 where the limit cannot be read.
+pub fn default_max_connections() -> usize {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<usize>().ok());
+    soft.map_or(4096, |n| (n / 4 * 3).max(64))
 }

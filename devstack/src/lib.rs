@@ -68,6 +68,9 @@ pub struct StackOptions {
     pub mock_api_base: Option<String>,
     /// Serve the gateway and the proxy over HTTPS with these files.
     pub tls: Option<shared::config::TlsFiles>,
+    /// The proxy's head timeout and connection cap.
+    pub proxy_head_timeout: Duration,
+    pub proxy_max_connections: usize,
 }
 
 impl Default for StackOptions {
@@ -92,6 +95,8 @@ impl Default for StackOptions {
             rate_limit_per_connection: 0,
             tls: None,
             mock_api_base: None,
+            proxy_head_timeout: Duration::from_secs(10),
+            proxy_max_connections: api_proxy::settings::default_max_connections(),
         }
     }
 }
@@ -195,6 +200,8 @@ impl Stack {
             retry_body: 64 * 1024,
             workers: opts.http_workers,
             token_cache_ttl: Duration::from_secs(30),
+            head_timeout: opts.proxy_head_timeout,
+            max_connections: opts.proxy_max_connections,
             tls: opts.tls.clone(),
         })
         .await?;

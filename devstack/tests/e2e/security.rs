@@ -522,3 +522,76 @@ async fn reconnecting_an_existing_connection_needs_connections_write() {
     assert_ne!(app.token("mock", "alice").await, token_before);
     app.stop().await;
 }
+
+/// A caller without a valid key cannot make the proxy hold request bodies: it is answered from
+/// the head, before any of the body is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_bodies_are_refused_before_they_are_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    let addr = app.stack.proxy.url().trim_start_matches("http://").to_owned();
+    // Held bodies go up to 64 KiB here: this one would be held.
+    for auth in ["", "Authorization: Bearer not-a-key-0123456789\r\n"] {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!("POST /proxy/mock/u1/x HTTP/1.1\r\nHost: p\r\n{auth}Content-Length: 60000\r\n\r\n");
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out))
+            .await
+            .expect("answered without waiting for the body")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+        assert!(text.contains("\"error\":\"unauthorized\""), "{text}");
+    }
+    // With a key, the same body is read and forwarded.
+    let r = app.proxy(Method::POST, "mock/u1/echo").body(vec![b'x'; 60000]).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+/// Slowloris: sockets holding half-sent heads cannot crowd out callers. The proxy keeps at most
+/// its cap of connections, closing those that have waited longest for their caller, so callers
+/// that send whole requests keep being served while the attack holds five times the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_past_the_connection_cap_does_not_keep_callers_out() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::start_with(StackOptions { proxy_max_connections: 100, ..Default::default() }).await;
+    app.connect("mock", "u1").await;
+    let addr = app.stack.proxy.url().trim_start_matches("http://").to_owned();
+    let kept_alive = reqwest::Client::new();
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let call = |client: &reqwest::Client| {
+        client.get(app.px("/proxy/mock/u1/x")).header("Authorization", format!("Bearer {}", app.stack.api_key)).send()
+    };
+    assert_eq!(call(&kept_alive).await.unwrap().status(), StatusCode::OK);
+    let mut attack = Vec::new();
+    let (mut served_fresh, mut served_kept) = (0, 0);
+    for round in 0..10 {
+        for _ in 0..50 {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            s.write_all(b"GET /proxy/mock/u1/x HTTP/1.1\r\nHost: p\r\nX-Slow: ").await.unwrap();
+            attack.push(s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..3 {
+            if call(&fresh).await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                served_fresh += 1;
+            }
+            if call(&kept_alive).await.is_ok_and(|r| r.status() == StatusCode::OK) {
+                served_kept += 1;
+            }
+        }
+        assert!(attack.len() == (round + 1) * 50);
+    }
+    assert_eq!(attack.len(), 500, "the attack holds five times the cap");
+    assert_eq!((served_fresh, served_kept), (30, 30), "every caller's call was served during the attack");
+    // The proxy closed the attack's oldest sockets to stay at its cap.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut buf = [0u8; 64];
+    let closed = attack.iter().filter(|s| s.try_read(&mut buf).is_ok_and(|n| n == 0)).count();
+    assert!(closed >= 500 - 100, "{closed} of 500 attack sockets closed by the proxy");
+    assert!(!attack.last().map(|s| s.try_read(&mut buf).is_ok_and(|n| n == 0)).unwrap(), "the newest ones are kept");
+    app.stop().await;
+}

@@ -152,26 +152,37 @@ fn has_control(bytes: &[u8]) -> bool {
 }
 
 /// The upstream target for `tail` under `base`, or why not. The result always has the base's
-/// scheme, host and port, and a path under the base's path: dot segments (plain or
-/// percent-encoded), backslashes, empty segments (`//host`), and control characters are refused.
+/// scheme, host and port, and a path under the base's path. Refused, because some server
+/// between us and the provider's code could read them as a step out of the base: dot segments,
+/// plain, percent-encoded or encoded twice (`%252e%252e`), or with path parameters (`..;/`,
+/// which Tomcat and Spring read as `..`); empty segments (`a//b`, `//host`; a trailing `/` is
+/// kept); backslashes; encoded slashes that start a path or sit beside dots; control characters.
 pub fn upstream_url<'a>(base: &'a Url, raw_tail: &'a str, query: &'a str) -> Result<Target<'a>, &'static str> {
     if raw_tail.starts_with('/') {
         return Err("the path must not start with '/'");
     }
-    for seg in raw_tail.as_bytes().split(|&b| b == b'/') {
-        // Most segments hold no escapes: check them as they are, decode only when needed.
-        if seg.contains(&b'%') {
-            let seg = std::str::from_utf8(seg).map_err(|_| "the path is not valid UTF-8")?;
-            let decoded = url::form_urlencoded::parse(format!("s={}", seg.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_default();
-            check_segment(decoded.as_bytes())?;
-            if decoded.contains('/') && (decoded.starts_with('/') || decoded.contains("..")) {
+    let mut segments = raw_tail.as_bytes().split(|&b| b == b'/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg.is_empty() && segments.peek().is_some() {
+            return Err("empty segments ('//') are not allowed in the path");
+        }
+        check_segment(seg)?;
+        // Most segments hold no escapes: decoded only when needed, and again while decoding
+        // still changes them (a server that decodes twice must see nothing worse).
+        let mut decoded = std::borrow::Cow::Borrowed(seg);
+        for _ in 0..3 {
+            if !decoded.contains(&b'%') {
+                break;
+            }
+            let next = percent_decode(&decoded);
+            if next == *decoded {
+                break;
+            }
+            check_segment(&next)?;
+            if next.contains(&b'/') && (next.starts_with(b"/") || next.windows(2).any(|w| w == b"..")) {
                 return Err("encoded slashes are not allowed here");
             }
-        } else {
-            check_segment(seg)?;
+            decoded = std::borrow::Cow::Owned(next);
         }
     }
     if has_control(query.as_bytes()) {
@@ -184,11 +195,33 @@ pub fn upstream_url<'a>(base: &'a Url, raw_tail: &'a str, query: &'a str) -> Res
     Ok(Target { origin: base_origin(base)?, base_path: base.path(), tail: raw_tail, query })
 }
 
-/// A path segment (decoded) that may be forwarded: not a dot segment, no backslash, no
-/// control character.
+/// `%XX` escapes decoded; anything else (a `%` not followed by two hex digits too) kept.
+fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+/// A path segment (as sent or decoded) that may be forwarded: not a dot segment, even with path
+/// parameters after it (`..;x`); no backslash, no control character.
 fn check_segment(seg: &[u8]) -> Result<(), &'static str> {
-    if seg == b"." || seg == b".." {
-        return Err("dot segments are not allowed in the path");
+    if seg.first() == Some(&b'.') {
+        let name = seg.split(|&b| b == b';').next().unwrap_or(seg);
+        if name == b"." || name == b".." {
+            return Err("dot segments are not allowed in the path");
+        }
     }
     if seg.contains(&b'\\') || has_control(seg) {
         return Err("backslashes and control characters are not allowed in the path");
@@ -910,6 +943,21 @@ mod tests {
             "%5c..%5cx",
             "a%0d%0aHost:%20x",
             "%2f%2fevil.com",
+            // Path parameters after dots (Tomcat, Spring), plain and encoded.
+            "..;/admin",
+            "a/..;jsessionid=x/b",
+            ".;/x",
+            "%2e%2e;/x",
+            "..%3b/x",
+            // Empty segments.
+            "a//b",
+            "http://evil.com/x",
+            // Double (and triple) encoding.
+            "%252e%252e/x",
+            "%25252e%25252e/x",
+            "a/%252E%252E/b",
+            "%255c",
+            "%252f%252fevil.com",
         ] {
             assert!(upstream_url(&base(), bad, "").is_err(), "{bad} was accepted");
         }
@@ -920,8 +968,15 @@ mod tests {
         );
         let u = upstream_url(&base(), "@evil.com/x", "").unwrap().uri().unwrap();
         assert_eq!(u.host(), Some("api.example.com"));
-        let u = upstream_url(&base(), "http://evil.com/x", "").unwrap().uri().unwrap();
+        let u = upstream_url(&base(), "http:/evil.com/x", "").unwrap().uri().unwrap();
         assert_eq!(u.host(), Some("api.example.com"));
+        // A trailing slash is a path of its own at many APIs: kept.
+        assert_eq!(upstream_url(&base(), "contacts/", "").unwrap().to_string(), "https://api.example.com/v1/contacts/");
+        // Escapes that decode to nothing dangerous are forwarded as sent.
+        assert_eq!(
+            upstream_url(&base(), "100%25/%2541/a%2Fb", "").unwrap().to_string(),
+            "https://api.example.com/v1/100%25/%2541/a%2Fb"
+        );
         // Non-ASCII and control-free bytes are escaped whole; C1 controls are refused.
         assert_eq!(
             upstream_url(&base(), "caf\u{e9}/\u{1F600}", "q=\u{e9}").unwrap().to_string(),

@@ -314,7 +314,7 @@ async fn serve_connection(
     _serving: Serving,
 ) {
     // The API key this connection presented last, and the decision for it.
-    let memo = Rc::new(RefCell::new(ConnectionMemo::default()));
+    let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(stream.peer_addr().ok().map(|a| a.ip()))));
     // The request's future is `handle`'s own (no wrapper around it, which would be one more
     // copy of it per request).
     let gate = {
@@ -521,6 +521,7 @@ fn metrics(worker: &Worker) -> Response<ResponseBody> {
         ratio,
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
+    worker.auth.render_metrics(&mut out);
     full(StatusCode::OK, "text/plain; version=0.0.4", out.into())
 }
 

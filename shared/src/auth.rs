@@ -130,8 +130,47 @@ impl Caller {
 
 const CACHE_LIMIT: usize = 10_000;
 
-/// Digest of a presented key → the caller it named (or `None`: no such live key), and when.
+/// What a run-time key starts with; the rest is 43 characters of randomness (base64url of 32
+/// bytes) and 6 of checksum, so a key that was never issued is told from one that may have been
+/// without a database lookup. Keys issued before the checksum (`abk_` and 43 characters) are
+/// still looked up.
+pub const KEY_PREFIX: &str = "abk1_";
+const LEGACY_PREFIX: &str = "abk_";
+const KEY_RANDOM: usize = 43;
+const KEY_CHECK: usize = 6;
+
+/// A new run-time API key.
+pub fn new_api_key() -> String {
+    let random = crate::crypto::random_token();
+    format!("{KEY_PREFIX}{random}{}", key_checksum(&random))
+}
+
+fn key_checksum(random: &str) -> String {
+    use base64::Engine;
+    let digest = Sha256::digest(format!("authbridge api key v1:{random}").as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..4])
+}
+
+/// Whether `presented` could be a run-time key, and so is worth looking up: the current format
+/// with a valid checksum, or the legacy format.
+pub fn may_be_issued(presented: &str) -> bool {
+    let b64 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if let Some(rest) = presented.strip_prefix(KEY_PREFIX) {
+        return rest.len() == KEY_RANDOM + KEY_CHECK
+            && b64(rest)
+            && crate::crypto::same_digest(
+                key_checksum(&rest[..KEY_RANDOM]).as_bytes(),
+                &rest.as_bytes()[KEY_RANDOM..],
+            );
+    }
+    presented.strip_prefix(LEGACY_PREFIX).is_some_and(|rest| rest.len() == KEY_RANDOM && b64(rest))
+}
+
+/// Digest of a presented key → the caller it named, and when it was looked up.
 type LookupCache = foldhash::HashMap<[u8; 32], (Option<Caller>, Instant)>;
+/// Digests of keys a lookup found no live key for, and when (kept apart from the hits, so a
+/// flood of unknown keys can only ever evict other unknown keys).
+type MissCache = foldhash::HashMap<[u8; 32], Instant>;
 /// The same, per thread, for every authenticator in the process (keyed by its id too).
 type LocalCache = foldhash::HashMap<(u64, [u8; 32]), (Option<Caller>, Instant)>;
 
@@ -155,10 +194,18 @@ pub struct Authenticator {
     ttl: Duration,
     /// Read on every request by every worker, written only on a miss.
     cache: RwLock<LookupCache>,
+    misses: RwLock<MissCache>,
+    /// Failed lookups per client address; past the limit, an address's unknown keys are refused
+    /// (429) until the time noted in `blocked`, without a lookup.
+    failures: Option<crate::limits::Limiter>,
+    blocked: std::sync::Mutex<foldhash::HashMap<std::net::IpAddr, Instant>>,
+    lookups: std::sync::atomic::AtomicU64,
 }
 
 impl Authenticator {
-    pub fn new(bootstrap: ApiKeys, store: Store, ttl: Duration) -> Self {
+    /// `failures_per_address`: failed lookups per second one client address may cause (0: no
+    /// limit).
+    pub fn new(bootstrap: ApiKeys, store: Store, ttl: Duration, failures_per_address: u32) -> Self {
         Self {
             id: NEXT_AUTHENTICATOR.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             bootstrap,
@@ -166,13 +213,36 @@ impl Authenticator {
             store,
             ttl,
             cache: RwLock::new(LookupCache::default()),
+            misses: RwLock::new(MissCache::default()),
+            failures: crate::limits::Limiter::new(failures_per_address, "client address's failed authentications"),
+            blocked: Default::default(),
+            lookups: Default::default(),
         }
     }
 
-    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Caller, ApiError> {
+    /// How many keys were looked up in the database so far.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The authenticator's metrics, in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        crate::metrics::counter(
+            out,
+            "authbridge_api_key_lookups_total",
+            "API keys looked up in the database (keys not in memory that could have been issued).",
+            self.lookups(),
+        );
+    }
+
+    pub async fn authenticate(
+        &self,
+        presented: Option<&str>,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ApiError> {
         match self.authenticate_now(presented) {
             Ok(done) => done,
-            Err(digest) => self.look_up(digest).await,
+            Err(digest) => self.look_up(digest, client).await,
         }
     }
 
@@ -201,9 +271,12 @@ impl Authenticator {
         let (decision, at) = match self.decide_now(presented) {
             Ok(decided) => decided,
             // Boxed: the database lookup is the cold path.
-            Err(digest) => Box::pin(self.look_up_decision(digest)).await?,
+            Err(digest) => {
+                let client = memo.borrow().client;
+                Box::pin(self.look_up_decision(digest, client)).await?
+            }
         };
-        memo.borrow_mut().0 = Some(Remembered {
+        memo.borrow_mut().remembered = Some(Remembered {
             authenticator: self.id,
             presented: presented.as_bytes().into(),
             decision: decision.clone(),
@@ -240,36 +313,86 @@ impl Authenticator {
             self.cache.read().unwrap().get(&digest).filter(|(_, at)| now.duration_since(*at) < self.ttl).cloned()
         };
         let Some((hit, at)) = shared else {
+            let missed = self.misses.read().unwrap().get(&digest).copied();
+            if let Some(at) = missed.filter(|at| now.duration_since(*at) < self.ttl) {
+                return Ok((None, at));
+            }
+            // A key we cannot have issued is refused without a lookup (and without a cache
+            // entry: deciding it again is as cheap).
+            if !may_be_issued(presented) {
+                return Ok((None, now));
+            }
             return Err(digest);
         };
+        // Only keys that name a caller are copied per thread: unknown keys, of which there can
+        // be any number, never push out the ones in use.
         let copy = hit.as_ref().map(Caller::deep_copy);
-        LOCAL.with(|l| {
-            let mut l = l.borrow_mut();
-            if l.len() >= CACHE_LIMIT {
-                l.clear();
-            }
-            l.insert((self.id, digest), (copy.clone(), at));
-        });
+        if copy.is_some() {
+            LOCAL.with(|l| {
+                let mut l = l.borrow_mut();
+                if l.len() >= CACHE_LIMIT {
+                    l.clear();
+                }
+                l.insert((self.id, digest), (copy.clone(), at));
+            });
+        }
         Ok((copy, at))
     }
 
-    async fn look_up(&self, digest: [u8; 32]) -> Result<Caller, ApiError> {
-        self.look_up_decision(digest).await?.0.ok_or_else(unauthorized)
+    async fn look_up(&self, digest: [u8; 32], client: Option<std::net::IpAddr>) -> Result<Caller, ApiError> {
+        self.look_up_decision(digest, client).await?.0.ok_or_else(unauthorized)
     }
 
-    async fn look_up_decision(&self, digest: [u8; 32]) -> Result<(Option<Caller>, Instant), ApiError> {
+    async fn look_up_decision(
+        &self,
+        digest: [u8; 32],
+        client: Option<std::net::IpAddr>,
+    ) -> Result<(Option<Caller>, Instant), ApiError> {
+        let now = crate::clock::recent();
+        // A key that named a caller before (its entry expired) is looked up even from a blocked
+        // address: callers sharing an address with a flood keep working.
+        let known = self.cache.read().unwrap().contains_key(&digest);
+        if let Some(ip) = client.filter(|_| !known) {
+            if let Some(until) = self.blocked.lock().unwrap().get(&ip).copied().filter(|u| *u > now) {
+                let mut e = ApiError::new(ErrorCode::RateLimited, "too many failed authentications from this address");
+                e.retry_after = Some((until - now).max(Duration::from_secs(1)));
+                return Err(e);
+            }
+        }
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
             key_id: r.id.into(),
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
             providers: (!r.providers.is_empty()).then(|| r.providers.into()),
         });
         let at = crate::clock::recent();
-        {
+        if found.is_some() {
             let mut cache = self.cache.write().unwrap();
+            // Hits are bounded by the keys that exist; the guard is for a store of many keys.
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();
             }
             cache.insert(digest, (found.clone(), at));
+        } else {
+            {
+                let mut misses = self.misses.write().unwrap();
+                if misses.len() >= CACHE_LIMIT {
+                    misses.retain(|_, t| at.duration_since(*t) < self.ttl);
+                    if misses.len() >= CACHE_LIMIT {
+                        misses.clear();
+                    }
+                }
+                misses.insert(digest, at);
+            }
+            if let (Some(ip), Some(limit)) = (client, &self.failures) {
+                if let Err(e) = limit.check(&ip.to_string()) {
+                    let mut blocked = self.blocked.lock().unwrap();
+                    if blocked.len() >= CACHE_LIMIT {
+                        blocked.retain(|_, u| *u > at);
+                    }
+                    blocked.insert(ip, at + e.retry_after.unwrap_or(Duration::from_secs(1)));
+                }
+            }
         }
         Ok((found, at))
     }
@@ -283,7 +406,17 @@ fn valid_length(presented: &str) -> bool {
 /// The key one connection presented last, and the decision for it (see
 /// [`Authenticator::authorize_on`]).
 #[derive(Default)]
-pub struct ConnectionMemo(Option<Remembered>);
+pub struct ConnectionMemo {
+    remembered: Option<Remembered>,
+    /// The address the connection comes from (for the limit on failed authentications).
+    client: Option<std::net::IpAddr>,
+}
+
+impl ConnectionMemo {
+    pub fn for_client(client: Option<std::net::IpAddr>) -> Self {
+        Self { remembered: None, client }
+    }
+}
 
 struct Remembered {
     authenticator: u64,
@@ -294,7 +427,7 @@ struct Remembered {
 
 impl ConnectionMemo {
     fn recall(&self, auth: &Authenticator, presented: &[u8], now: Instant) -> Option<Option<Caller>> {
-        let r = self.0.as_ref()?;
+        let r = self.remembered.as_ref()?;
         let same =
             r.authenticator == auth.id && same_secret(&r.presented, presented) && now.duration_since(r.at) < auth.ttl;
         same.then(|| r.decision.clone())
@@ -325,7 +458,12 @@ pub fn app_data(
     store: &Store,
 ) -> (web::Data<Authenticator>, web::Data<crate::limits::RateLimits>) {
     (
-        web::Data::new(Authenticator::new(keys.clone(), store.clone(), common.api_key_cache)),
+        web::Data::new(Authenticator::new(
+            keys.clone(),
+            store.clone(),
+            common.api_key_cache,
+            common.auth_failures_per_address,
+        )),
         web::Data::new(crate::limits::RateLimits::new(common.rate_limit_per_key, common.rate_limit_per_connection)),
     )
 }
@@ -389,8 +527,9 @@ impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
             Ok(done) => Either::Left(ready(Self::finish(done, limits.map(|l| &***l)))),
             Err(digest) => {
                 let (auth, limits) = (auth.clone(), limits.cloned());
+                let client = req.peer_addr().map(|a| a.ip());
                 Either::Right(Box::pin(async move {
-                    Self::finish(auth.look_up(digest).await, limits.as_ref().map(|l| &***l))
+                    Self::finish(auth.look_up(digest, client).await, limits.as_ref().map(|l| &***l))
                 }))
             }
         }
@@ -446,7 +585,25 @@ mod tests {
             crate::crypto::Keyring::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", None, &[]).unwrap();
         // Never connects: bootstrap keys are decided without the database.
         let store = Store::new("postgres://postgres@127.0.0.1:9/none", 1, keyring).unwrap();
-        Authenticator::new(ApiKeys::new(keys), store, ttl)
+        Authenticator::new(ApiKeys::new(keys), store, ttl, 0)
+    }
+
+    #[test]
+    fn only_keys_that_could_have_been_issued_are_worth_a_lookup() {
+        for _ in 0..100 {
+            let key = new_api_key();
+            assert!(may_be_issued(&key), "{key}");
+            // Any one character changed breaks the checksum (or the format).
+            let i = KEY_PREFIX.len() + (key.len() - KEY_PREFIX.len()) / 2;
+            let mut bytes = key.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            assert!(!may_be_issued(std::str::from_utf8(&bytes).unwrap()), "{key}");
+        }
+        let legacy = format!("abk_{}", crate::crypto::random_token());
+        assert!(may_be_issued(&legacy), "keys issued before the checksum are still looked up");
+        for bad in ["", "abk1_", "abk_short", "random-key-0123456789", &format!("abk1_{}", "A".repeat(49))] {
+            assert!(!may_be_issued(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub const RETRY_MAX: &str = "AUTHBRIDGE_RETRY_MAX_SECONDS";
 pub const API_KEY_CACHE: &str = "AUTHBRIDGE_API_KEY_CACHE_SECONDS";
 /// Requests per second one API key may make to the gateway or the proxy (0: no limit). Default: 0.
 pub const RATE_LIMIT_PER_KEY: &str = "AUTHBRIDGE_RATE_LIMIT_PER_KEY";
+/// Failed authentications per second one client address may cause before its unknown keys are
+/// refused with 429 without a lookup (0: no limit). Default: 20.
+pub const AUTH_FAILURES_PER_ADDRESS: &str = "AUTHBRIDGE_AUTH_FAILURES_PER_ADDRESS";
 /// Proxied requests per second for one connection (0: no limit). Default: 0.
 pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTION";
 /// PEM certificate chain to serve HTTPS with (the gateway and the proxy). Default: plain HTTP.
@@ -240,6 +243,7 @@ pub struct CommonSettings {
     pub api_key_cache: Duration,
     pub rate_limit_per_key: u32,
     pub rate_limit_per_connection: u32,
+    pub auth_failures_per_address: u32,
 }
 
 impl CommonSettings {
@@ -287,6 +291,7 @@ impl CommonSettings {
         let api_key_cache = r.seconds(API_KEY_CACHE, 5);
         let rate_limit_per_key = r.parse(RATE_LIMIT_PER_KEY, 0u32);
         let rate_limit_per_connection = r.parse(RATE_LIMIT_PER_CONNECTION, 0u32);
+        let auth_failures_per_address = r.parse(AUTH_FAILURES_PER_ADDRESS, 20u32);
         if !(1..=1024).contains(&database_pool_size) {
             r.fail(format!("{DATABASE_POOL_SIZE} must be between 1 and 1024"));
         }
@@ -310,6 +315,7 @@ impl CommonSettings {
             api_key_cache,
             rate_limit_per_key,
             rate_limit_per_connection,
+            auth_failures_per_address,
         })
     }
 
@@ -332,6 +338,7 @@ impl CommonSettings {
             api_key_cache: Duration::from_millis(300),
             rate_limit_per_key: 0,
             rate_limit_per_connection: 0,
+            auth_failures_per_address: 0,
         }
     }
 }

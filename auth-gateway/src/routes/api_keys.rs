@@ -46,7 +46,7 @@ pub async fn create(
         ));
     }
     let id = format!("ak_{}", &shared::crypto::random_token()[..16]);
-    let key = format!("abk_{}", shared::crypto::random_token());
+    let key = shared::auth::new_api_key();
     let record = state
         .core
         .store

@@ -32,8 +32,13 @@ async fn readyz(state: web::Data<crate::AppState>) -> HttpResponse {
     ])
 }
 
-async fn metrics(state: web::Data<crate::AppState>, registry: web::Data<shared::metrics::Registry>) -> HttpResponse {
+async fn metrics(
+    state: web::Data<crate::AppState>,
+    registry: web::Data<shared::metrics::Registry>,
+    auth: web::Data<shared::auth::Authenticator>,
+) -> HttpResponse {
     let mut out = registry.render();
+    auth.render_metrics(&mut out);
     if let Ok(counts) = state.core.store.count_by_status().await {
         out.push_str("# HELP authbridge_connections Connections by status.\n# TYPE authbridge_connections gauge\n");
         for (status, n) in counts {

@@ -595,3 +595,67 @@ async fn a_slowloris_past_the_connection_cap_does_not_keep_callers_out() {
     assert!(!attack.last().map(|s| s.try_read(&mut buf).is_ok_and(|n| n == 0)).unwrap(), "the newest ones are kept");
     app.stop().await;
 }
+
+/// Unknown keys are cheap: those that cannot have been issued cost no database lookup, and an
+/// address whose lookups keep failing is refused (429) without lookups, while keys that work
+/// keep working, even from that address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unknown_keys_costs_no_lookups_and_is_limited_per_address() {
+    use futures_util::StreamExt;
+    let app = TestApp::start_with(StackOptions { auth_failures_per_address: 10, ..Default::default() }).await;
+    app.connect("mock", "u1").await;
+    let (_, key) = new_key(&app, &["proxy"], &[]).await;
+    assert!(key.starts_with(shared::auth::KEY_PREFIX), "{key}");
+    let call =
+        |k: String| app.http.get(app.px("/proxy/mock/u1/x")).header("Authorization", format!("Bearer {k}")).send();
+    assert_eq!(call(key.clone()).await.unwrap().status(), StatusCode::OK);
+    let lookups = || async {
+        let text = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("authbridge_api_key_lookups_total ")).unwrap().to_owned();
+        line.split(' ').nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    let before = lookups().await;
+    // Keys of no issued shape, and current-format keys with a wrong checksum.
+    let forged: Vec<String> = (0..2_000)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("random-key-{}", uuid::Uuid::new_v4())
+            } else {
+                let mut k = shared::auth::new_api_key();
+                k.replace_range(10..11, if &k[10..11] == "A" { "B" } else { "A" });
+                k
+            }
+        })
+        .collect();
+    let statuses: Vec<u16> = futures_util::stream::iter(forged)
+        .map(|k| async move { call(k).await.unwrap().status().as_u16() })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 401));
+    assert_eq!(lookups().await, before, "no lookup for a key we cannot have issued");
+    // Keys of the legacy shape are looked up, until the address has failed too often.
+    let started = std::time::Instant::now();
+    let mut limited = 0;
+    for _ in 0..200 {
+        let r = call(format!("abk_{}", shared::crypto::random_token())).await.unwrap();
+        match r.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(r.headers().contains_key("retry-after"));
+                limited += 1;
+            }
+            s => panic!("{s}"),
+        }
+        // A key that works still works from the same address, mid-flood.
+        if limited == 50 {
+            assert_eq!(call(key.clone()).await.unwrap().status(), StatusCode::OK);
+        }
+    }
+    let looked_up = lookups().await - before;
+    let allowed = 10 + 10 * started.elapsed().as_secs() + 10;
+    assert!(limited > 100, "{limited} of 200 refused without a lookup");
+    assert!(looked_up <= allowed, "{looked_up} lookups in {:?}", started.elapsed());
+    assert_eq!(call(key).await.unwrap().status(), StatusCode::OK);
+    app.stop().await;
+}

@@ -23,6 +23,17 @@ use std::time::{Duration, Instant};
 pub struct Token {
     pub creds: Credentials,
     pub bearer: http::HeaderValue,
+    /// Names the credential among all the proxy carries (a keyed hash of the access token): the
+    /// upstream pool keeps a connection for the credential whose call it carried last.
+    pub tenant: u64,
+}
+
+/// A keyed hash of a credential (the key is random per process, so two credentials cannot be
+/// chosen to collide).
+pub fn tenant_of(credential: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEY: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
+    KEY.get_or_init(Default::default).hash_one(credential)
 }
 
 impl Token {
@@ -30,14 +41,15 @@ impl Token {
         let mut bearer = http::HeaderValue::try_from(format!("Bearer {}", creds.access_token))
             .map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
         bearer.set_sensitive(true);
-        Ok(Self { creds, bearer })
+        let tenant = tenant_of(&creds.access_token);
+        Ok(Self { creds, bearer, tenant })
     }
 
     /// A copy sharing no memory with this one (so no reference count is touched by two threads).
     fn private_copy(&self) -> Self {
         let mut bearer = http::HeaderValue::from_bytes(self.bearer.as_bytes()).unwrap_or_else(|_| self.bearer.clone());
         bearer.set_sensitive(true);
-        Self { creds: self.creds.clone(), bearer }
+        Self { creds: self.creds.clone(), bearer, tenant: self.tenant }
     }
 }
 

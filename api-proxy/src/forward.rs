@@ -455,6 +455,8 @@ pub struct Outgoing<'a> {
     pub target: &'a Target<'a>,
     caller: Fields<'a>,
     pub bearer: &'a HeaderValue,
+    /// The credential the call is made with (see [`crate::cache::Token::tenant`]).
+    pub tenant: u64,
     pub traceparent: Option<HeaderValue>,
     pub body: UpstreamBody,
 }
@@ -516,11 +518,12 @@ impl<'a> Outgoing<'a> {
         target: &'a Target<'a>,
         caller: Fields<'a>,
         bearer: &'a HeaderValue,
+        tenant: u64,
         body: UpstreamBody,
     ) -> Self {
         // The upstream call is a child of this proxied call's span (W3C trace context).
         let traceparent = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok());
-        Self { method, target, caller, bearer, traceparent, body }
+        Self { method, target, caller, bearer, tenant, traceparent, body }
     }
 
     /// The caller's header fields the provider gets (its end-to-end ones): not `Host`, not its
@@ -601,7 +604,7 @@ async fn send(
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let outgoing = Outgoing::new(method, target, caller, &token.bearer, attempt);
+        let outgoing = Outgoing::new(method, target, caller, &token.bearer, token.tenant, attempt);
         let result = tokio::select! {
             biased;
             r = upstream.send(outgoing, fresh_only) => r,

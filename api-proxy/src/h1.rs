@@ -70,7 +70,8 @@ impl std::ops::DerefMut for Conn {
 /// Where a connection goes once an answer has been read to its end (if it can carry another
 /// call): back to its pool, as host `.1` (no allocation). Tests may hand it to a function.
 pub enum Done {
-    Pool(crate::pool::Pool, usize),
+    /// Back to the pool, for this host and credential.
+    Pool(crate::pool::Pool, usize, u64),
     #[cfg(test)]
     Call(Box<dyn FnOnce(Conn)>),
 }
@@ -84,7 +85,7 @@ impl Done {
 
     fn give(self, conn: Conn) {
         match self {
-            Done::Pool(pool, host) => pool.put(host, conn),
+            Done::Pool(pool, host, tenant) => pool.put(host, tenant, conn),
             #[cfg(test)]
             Done::Call(f) => f(conn),
         }

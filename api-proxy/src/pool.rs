@@ -4,7 +4,11 @@
 //! taken and given back on the worker's own thread. HTTP/1.1 connections carry one call at a
 //! time, spoken by our own client ([`crate::h1`]) in the call's task, and go back to the pool
 //! the moment the provider's answer has been read to its end; an HTTP/2 connection (negotiated
-//! by ALPN over TLS) is shared by all calls to its host (hyper). A connection that the provider
+//! by ALPN over TLS) is shared by all calls to its host (hyper). A kept-alive HTTP/1.1
+//! connection is given again only to calls made with the credential whose call it carried:
+//! whatever a provider does to a connection's framing (late bytes, an answer to a request
+//! smuggled in a body it ignored), what reaches a caller was produced for a request made with
+//! that caller's own credentials. (HTTP/2 frames every answer in its own stream.) A connection that the provider
 //! closed while idle is noticed when it is taken. A call whose body streams from the caller
 //! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
@@ -50,7 +54,8 @@ struct Host {
     /// The `Host` header for HTTP/1.1 calls (the authority; default ports are never in it,
     /// because base URLs are normalised by the catalog).
     host_header: http::HeaderValue,
-    idle: Vec<(Conn, Instant)>,
+    /// Free connections, the credential whose call each carried last, and since when.
+    idle: Vec<(Conn, Instant, u64)>,
     h2: Option<http2::SendRequest<UpstreamBody>>,
 }
 
@@ -132,7 +137,8 @@ impl Pool {
         }
         let host = self.host_index(out.target)?;
         let streamed = matches!(out.body, UpstreamBody::Streamed(_));
-        let sender = match (!fresh_only).then(|| self.take(host, streamed)).flatten() {
+        let tenant = out.tenant;
+        let sender = match (!fresh_only).then(|| self.take(host, streamed, tenant)).flatten() {
             Some(s) => (s, true),
             None => {
                 let uri = out.target.uri().map_err(SendError::BadUri)?;
@@ -143,7 +149,7 @@ impl Pool {
             // The common case: the request is written straight from the caller's headers.
             (Sender::H1(conn), reused) => {
                 let host_header = self.inner.borrow().hosts[host].host_header.clone();
-                match conn.call_proxied(out, &host_header, Done::Pool(self.clone(), host)).await {
+                match conn.call_proxied(out, &host_header, Done::Pool(self.clone(), host, tenant)).await {
                     Ok(resp) => Ok(resp.map(UpBody::Raw)),
                     Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                     Err(e) => Err(SendError::Call(e.into())),
@@ -154,7 +160,7 @@ impl Pool {
                 // Boxed: hyper's clients (HTTP/2, streamed bodies) are the cold path here, and
                 // their state inline would make every call's future several KiB larger (and
                 // copied as such).
-                Box::pin(self.send_request(req, host, Some((sender, reused)))).await
+                Box::pin(self.send_request(req, host, tenant, Some((sender, reused)))).await
             }
         }
     }
@@ -164,6 +170,7 @@ impl Pool {
         &self,
         mut req: http::Request<UpstreamBody>,
         host: usize,
+        tenant: u64,
         mut first: Option<(Sender, bool)>,
     ) -> Result<http::Response<UpBody>, SendError> {
         let streamed = matches!(req.body(), UpstreamBody::Streamed(_));
@@ -171,7 +178,7 @@ impl Pool {
         loop {
             let (sender, reused) = match first
                 .take()
-                .or_else(|| (!fresh_only).then(|| self.take(host, streamed)).flatten().map(|s| (s, true)))
+                .or_else(|| (!fresh_only).then(|| self.take(host, streamed, tenant)).flatten().map(|s| (s, true)))
             {
                 Some(s) => s,
                 // Boxed: connecting (TCP, TLS, handshake) is the cold path, and its state would
@@ -181,7 +188,7 @@ impl Pool {
             let (error, back) = match sender {
                 Sender::H1(conn) => {
                     self.to_origin_form(host, &mut req);
-                    return match conn.call(req, Done::Pool(self.clone(), host)).await {
+                    return match conn.call(req, Done::Pool(self.clone(), host, tenant)).await {
                         Ok(resp) => Ok(resp.map(UpBody::Raw)),
                         Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                         Err(e) => Err(SendError::Call(e.into())),
@@ -240,9 +247,10 @@ impl Pool {
         Ok(inner.hosts.len() - 1)
     }
 
-    /// A kept-alive connection to the host, if one is open and free (never for a streamed body
-    /// over HTTP/1.1, which gets a connection of its own).
-    fn take(&self, host: usize, streamed: bool) -> Option<Sender> {
+    /// A kept-alive connection to the host, if one is open and free (an HTTP/1.1 one only from
+    /// the calls of `tenant`'s credential; never for a streamed body over HTTP/1.1, which gets a
+    /// connection of its own).
+    fn take(&self, host: usize, streamed: bool, tenant: u64) -> Option<Sender> {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
         // An HTTP/2 connection is shared while it is open; if it cannot take the request after
@@ -256,25 +264,33 @@ impl Pool {
         if streamed {
             return None;
         }
-        // Most recently used first: it is the one least likely to have been closed. Closed or
-        // long-idle ones are dropped (which closes them).
+        // Most recently used first: it is the one least likely to have been closed. Long-idle
+        // ones met on the way, and the credential's own that were closed, are dropped (which
+        // closes them); only the credential's own are probed.
         let now = shared::clock::recent();
-        while let Some((mut conn, since)) = h.idle.pop() {
-            if now.duration_since(since) < self.idle_timeout && !conn.is_closed() {
-                return Some(Sender::H1(conn));
+        let mut i = h.idle.len();
+        while i > 0 {
+            i -= 1;
+            if now.duration_since(h.idle[i].1) >= self.idle_timeout {
+                h.idle.remove(i);
+            } else if h.idle[i].2 == tenant {
+                let (mut conn, ..) = h.idle.remove(i);
+                if !conn.is_closed() {
+                    return Some(Sender::H1(conn));
+                }
             }
         }
         None
     }
 
-    pub(crate) fn put(&self, host: usize, conn: Conn) {
+    pub(crate) fn put(&self, host: usize, tenant: u64, conn: Conn) {
         let mut inner = self.inner.borrow_mut();
         let h = &mut inner.hosts[host];
         if h.idle.len() >= self.max_idle_per_host {
             // Drop the longest idle one; dropping it closes it.
             h.idle.remove(0);
         }
-        h.idle.push((conn, shared::clock::recent()));
+        h.idle.push((conn, shared::clock::recent(), tenant));
     }
 
     /// Opens a connection (TCP, TLS where the scheme says so) and, for HTTP/2 (chosen by the
@@ -411,10 +427,90 @@ mod tests {
         req: http::Request<UpstreamBody>,
         fresh_only: bool,
     ) -> Result<http::Response<UpBody>, SendError> {
+        send_as(pool, req, fresh_only, "t").await
+    }
+
+    /// Sends a request with the credential `token`, as the proxy would.
+    async fn send_as(
+        pool: &Pool,
+        req: http::Request<UpstreamBody>,
+        fresh_only: bool,
+        token: &str,
+    ) -> Result<http::Response<UpBody>, SendError> {
         let (parts, body) = req.into_parts();
-        let bearer = http::HeaderValue::from_static("Bearer t");
+        let bearer = http::HeaderValue::try_from(format!("Bearer {token}")).unwrap();
         let target = Target::try_from(&parts.uri).unwrap();
-        pool.send(Outgoing::new(&parts.method, &target, Fields::Map(&parts.headers), &bearer, body), fresh_only).await
+        let tenant = crate::cache::tenant_of(token);
+        let out = Outgoing::new(&parts.method, &target, Fields::Map(&parts.headers), &bearer, tenant, body);
+        pool.send(out, fresh_only).await
+    }
+
+    /// A hostile provider: answers each request with the token it was made with, then, a moment
+    /// later, sends an answer no request asked for (`late-<token>`) on the same connection, as a
+    /// server does that ignored a body holding a second request.
+    async fn desyncing_provider() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match sock.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf).into_owned();
+                        buf.clear();
+                        let token = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("authorization: Bearer "))
+                            .unwrap_or("none")
+                            .to_owned();
+                        let answer =
+                            |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if sock.write_all(answer(&token).as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        if sock.write_all(answer(&format!("late-{token}")).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn no_caller_receives_an_answer_produced_for_another_credential_whatever_the_provider_sends() {
+        run(async {
+            let addr = desyncing_provider().await;
+            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            for round in 0..20 {
+                for token in ["tenant-a", "tenant-b", "tenant-c"] {
+                    let resp = match send_as(&pool, get(addr), false, token).await {
+                        Err(SendError::Reused(_)) => send_as(&pool, get(addr), true, token).await,
+                        other => other,
+                    };
+                    let Ok(resp) = resp else { continue };
+                    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                    let body = String::from_utf8(bytes.to_vec()).unwrap();
+                    // What a credential's caller may get: its own answer, or (the provider's
+                    // fault, on the connection its own call left) its own late one.
+                    assert!(body == token || body == format!("late-{token}"), "round {round}: {token} got {body}");
+                    tokio::task::yield_now().await;
+                }
+                if round % 5 == 0 {
+                    tokio::time::sleep(Duration::from_millis(35)).await;
+                }
+            }
+        });
     }
 
     fn get(addr: std::net::SocketAddr) -> http::Request<UpstreamBody> {

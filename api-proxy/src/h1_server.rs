@@ -149,9 +149,10 @@ impl Stopping {
     }
 }
 
-/// Serves one caller's connection: HTTP/1.1 here, handing it to hyper's HTTP/1.1 server for
-/// requests this one does not serve itself, or to hyper's HTTP/2 server when the caller opens
-/// with HTTP/2's preface (or `h2` is true: ALPN chose it).
+/// Serves one caller's connection: HTTP/1.1 here, handing it to hyper's HTTP/1.1 server for a
+/// request this one does not serve itself (the connection's last), or to hyper's HTTP/2 server
+/// when the caller opens with HTTP/2's preface (or `h2` is true: ALPN chose it). The body of a
+/// request this server holds is read only once `gate` admits the request from its head.
 pub async fn serve<T, F, Fut, B, G, GFut>(
     io: T,
     h2: bool,
@@ -236,8 +237,11 @@ where
     let (io, service) = (TokioIo::new(io), hyper_service(handler));
     match protocol {
         Hyper::Http1(head_timeout) => {
+            // One request, then the connection closes: that request passed our framing rules
+            // before it was handed over, and no later request may reach hyper's more lenient
+            // ones (which accept, for one, a request with two `Host` fields).
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout);
+            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(false);
             until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await
         }
         Hyper::Http2 => {
@@ -1418,19 +1422,29 @@ mod tests {
     }
 
     #[test]
-    fn chunked_bodies_and_expect_go_to_hyper_which_serves_the_rest_of_the_connection() {
+    fn chunked_bodies_and_expect_go_to_hyper_for_that_request_alone_and_the_connection_closes_after_it() {
         run(async {
             let (addr, _) = server(Duration::from_secs(5)).await;
-            let t = exchange(
-                addr,
-                b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
-                  GET /next HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-                None,
-            )
-            .await
-            .to_ascii_lowercase();
-            assert!(t.contains("post /up http/1.1 host=h streamed=abcde"), "{t}");
-            assert!(t.contains("get /next http/1.1 host=h streamed="), "{t}");
+            // What follows a streamed request is never served: not a well-formed request, nor
+            // ones our rules refuse (no Host, two Hosts, both framings at once).
+            for next in [
+                "GET /next HTTP/1.1\r\nHost: h\r\n\r\n",
+                "GET /next HTTP/1.1\r\n\r\n",
+                "GET /next HTTP/1.1\r\nHost: h\r\nHost: evil\r\n\r\n",
+                "POST /next HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            ] {
+                let t = exchange(
+                    addr,
+                    format!("POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n{next}")
+                        .as_bytes(),
+                    None,
+                )
+                .await
+                .to_ascii_lowercase();
+                assert!(t.contains("post /up http/1.1 host=h streamed=abcde"), "{t}");
+                assert!(t.contains("connection: close"), "{t}");
+                assert!(!t.contains("/next"), "{next:?} was served: {t}");
+            }
             let t = exchange(
                 addr,
                 b"POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",

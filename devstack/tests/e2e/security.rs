@@ -659,3 +659,34 @@ async fn a_flood_of_unknown_keys_costs_no_lookups_and_is_limited_per_address() {
     assert_eq!(call(key).await.unwrap().status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// The framing rules hold for every request of a connection: after a request whose body
+/// streams, nothing more is served on that connection, so no later request escapes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_after_a_streamed_one_escapes_the_framing_rules() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    app.connect("mock", "u1").await;
+    let addr = app.stack.proxy.url().trim_start_matches("http://").to_owned();
+    let key = &app.stack.api_key;
+    for next in [
+        "GET /proxy/mock/u1/second HTTP/1.1\r\n",
+        "GET /proxy/mock/u1/second HTTP/1.1\r\nHost: p\r\nHost: evil\r\n",
+        "POST /proxy/mock/u1/second HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+    ] {
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let input = format!(
+            "POST /proxy/mock/u1/first HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {key}\r\n\
+             Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+             {next}Authorization: Bearer {key}\r\n\r\n0\r\n\r\n"
+        );
+        sock.write_all(input.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut out)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{next:?} was served: {text}");
+        assert!(!text.contains("/second"), "{text}");
+    }
+    app.stop().await;
+}

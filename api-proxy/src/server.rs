@@ -459,7 +459,20 @@ async fn other_route(
         }
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readyz(worker).await,
-        _ => metrics(worker),
+        _ => {
+            let presented = match req.body().fields() {
+                Some(raw) => raw.get(b"authorization"),
+                None => req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            };
+            if shared::http::metrics_allowed(worker.state.settings.common.metrics_token.as_ref(), presented) {
+                metrics(worker)
+            } else {
+                error_response(&ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "/metrics needs Authorization: Bearer <AUTHBRIDGE_METRICS_TOKEN>",
+                ))
+            }
+        }
     }
 }
 

@@ -79,6 +79,7 @@ impl Application {
         let addr = server.addrs()[0];
         let server = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, public_url = %state.settings.public_url, "auth-gateway listening");
+        state.settings.warn_about_open_return_urls();
         Ok(Self { addr, server, state })
     }
 

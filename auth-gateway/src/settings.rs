@@ -70,6 +70,17 @@ impl Settings {
         })
     }
 
+    /// Says at start-up what an empty allowlist means, loudly: any site may be a flow's
+    /// destination.
+    pub fn warn_about_open_return_urls(&self) {
+        if self.return_url_allowlist.is_empty() {
+            tracing::warn!(
+                "{RETURN_URL_ALLOWLIST} is not set: connect sessions may return end users to any https URL \
+                 (and http only on this machine); set it to your product's URLs"
+            );
+        }
+    }
+
     /// A return URL is acceptable if it is an absolute http(s) URL without credentials and,
     /// when an allowlist is configured, matches one entry's scheme, host, port and path prefix.
     pub fn return_url_allowed(&self, u: &Url) -> bool {
@@ -81,7 +92,9 @@ impl Settings {
             return false;
         }
         if self.return_url_allowlist.is_empty() {
-            return true;
+            // Without an allowlist, plain HTTP only to this machine (development): a flow's
+            // outcome sent over the network in clear could be read or altered on the way.
+            return u.scheme() == "https" || is_loopback(u);
         }
         self.return_url_allowlist.iter().any(|a| {
             a.scheme() == u.scheme()
@@ -89,5 +102,56 @@ impl Settings {
                 && a.port_or_known_default() == u.port_or_known_default()
                 && u.path().starts_with(a.path())
         })
+    }
+}
+
+/// Whether a URL's host is this machine (`localhost`, 127.0.0.0/8, `::1`).
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(allow: &[&str]) -> Settings {
+        let env = Env::from_pairs([
+            (shared::config::ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            (shared::config::API_KEYS, "0123456789abcdef0123"),
+            (RETURN_URL_ALLOWLIST, &allow.join(",")),
+        ]);
+        Settings::from_env(&env).unwrap()
+    }
+
+    #[test]
+    fn without_an_allowlist_return_urls_are_https_or_on_this_machine() {
+        let s = settings(&[]);
+        let ok = |u: &str| s.return_url_allowed(&Url::parse(u).unwrap());
+        assert!(ok("https://app.example/settings"));
+        assert!(ok("http://localhost:3000/done"));
+        assert!(ok("http://127.0.0.1/done"));
+        assert!(ok("http://[::1]:8000/"));
+        assert!(!ok("http://app.example/settings"), "plain HTTP over the network");
+        assert!(!ok("http://192.168.1.5/done"));
+        assert!(!ok("https://user:pw@app.example/"));
+        assert!(!ok("javascript:alert(1)"));
+    }
+
+    #[test]
+    fn an_allowlist_matches_scheme_host_port_and_path_prefix() {
+        let s = settings(&["https://app.example/settings", "http://intranet.example/cb"]);
+        let ok = |u: &str| s.return_url_allowed(&Url::parse(u).unwrap());
+        assert!(ok("https://app.example/settings/integrations?x=1"));
+        assert!(ok("http://intranet.example/cb"), "an operator may allow plain HTTP explicitly");
+        assert!(!ok("https://app.example/other"));
+        assert!(!ok("https://app.example:8443/settings"));
+        assert!(!ok("http://app.example/settings"));
     }
 }

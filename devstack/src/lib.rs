@@ -66,6 +66,8 @@ pub struct StackOptions {
     pub rate_limit_per_connection: u32,
     /// Failed key lookups per second per client address (0: no limit).
     pub auth_failures_per_address: u32,
+    /// The token `/metrics` asks for, if any.
+    pub metrics_token: Option<String>,
     /// Where the `mock` provider's API lives, when not at the mock provider itself.
     pub mock_api_base: Option<String>,
     /// Serve the gateway and the proxy over HTTPS with these files.
@@ -96,6 +98,7 @@ impl Default for StackOptions {
             rate_limit_per_key: 0,
             rate_limit_per_connection: 0,
             auth_failures_per_address: 0,
+            metrics_token: None,
             tls: None,
             mock_api_base: None,
             proxy_head_timeout: Duration::from_secs(10),
@@ -159,6 +162,7 @@ impl Stack {
         common.rate_limit_per_key = opts.rate_limit_per_key;
         common.rate_limit_per_connection = opts.rate_limit_per_connection;
         common.auth_failures_per_address = opts.auth_failures_per_address;
+        common.metrics_token = opts.metrics_token.clone().map(Secret::new);
         let mut mock_entry = mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         if let Some(base) = &opts.mock_api_base {
             mock_entry.api_base_url = Some(Url::parse(base)?);

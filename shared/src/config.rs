@@ -51,6 +51,10 @@ pub const RATE_LIMIT_PER_KEY: &str = "AUTHBRIDGE_RATE_LIMIT_PER_KEY";
 /// Failed authentications per second one client address may cause before its unknown keys are
 /// refused with 429 without a lookup (0: no limit). Default: 20.
 pub const AUTH_FAILURES_PER_ADDRESS: &str = "AUTHBRIDGE_AUTH_FAILURES_PER_ADDRESS";
+/// When set, `/metrics` on every service answers only requests carrying
+/// `Authorization: Bearer <this token>` (Prometheus: `authorization: {credentials: …}`).
+/// Default: unset (open, for a private network).
+pub const METRICS_TOKEN: &str = "AUTHBRIDGE_METRICS_TOKEN";
 /// Proxied requests per second for one connection (0: no limit). Default: 0.
 pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTION";
 /// PEM certificate chain to serve HTTPS with (the gateway and the proxy). Default: plain HTTP.
@@ -244,6 +248,7 @@ pub struct CommonSettings {
     pub rate_limit_per_key: u32,
     pub rate_limit_per_connection: u32,
     pub auth_failures_per_address: u32,
+    pub metrics_token: Option<Secret<String>>,
 }
 
 impl CommonSettings {
@@ -292,6 +297,10 @@ impl CommonSettings {
         let rate_limit_per_key = r.parse(RATE_LIMIT_PER_KEY, 0u32);
         let rate_limit_per_connection = r.parse(RATE_LIMIT_PER_CONNECTION, 0u32);
         let auth_failures_per_address = r.parse(AUTH_FAILURES_PER_ADDRESS, 20u32);
+        let metrics_token = r.optional(METRICS_TOKEN).filter(|t| !t.is_empty());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            r.fail(format!("{METRICS_TOKEN} must be at least 16 characters"));
+        }
         if !(1..=1024).contains(&database_pool_size) {
             r.fail(format!("{DATABASE_POOL_SIZE} must be between 1 and 1024"));
         }
@@ -316,6 +325,7 @@ impl CommonSettings {
             rate_limit_per_key,
             rate_limit_per_connection,
             auth_failures_per_address,
+            metrics_token: metrics_token.map(Secret::new),
         })
     }
 
@@ -339,6 +349,7 @@ impl CommonSettings {
             rate_limit_per_key: 0,
             rate_limit_per_connection: 0,
             auth_failures_per_address: 0,
+            metrics_token: None,
         }
     }
 }

@@ -351,6 +351,21 @@ pub fn record_request(
     }
 }
 
+/// Whether a `/metrics` request may be answered: always when no token is configured
+/// (`AUTHBRIDGE_METRICS_TOKEN`), otherwise only with `Authorization: Bearer <token>`.
+pub fn metrics_allowed(token: Option<&crate::config::Secret<String>>, authorization: Option<&[u8]>) -> bool {
+    let Some(token) = token else { return true };
+    authorization
+        .and_then(bearer_credential)
+        .is_some_and(|presented| crate::crypto::same_digest(presented.as_bytes(), token.expose().as_bytes()))
+}
+
+/// The answer to a `/metrics` request without the metrics token.
+pub fn metrics_refused() -> HttpResponse {
+    ApiError::new(ErrorCode::Unauthorized, "/metrics needs Authorization: Bearer <AUTHBRIDGE_METRICS_TOKEN>")
+        .error_response()
+}
+
 /// A `/metrics` answer in the Prometheus text format.
 pub fn metrics_response(body: String) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)

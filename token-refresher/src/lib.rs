@@ -123,7 +123,11 @@ async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
     ])
 }
 
-async fn metrics(ctx: web::Data<Ctx>) -> HttpResponse {
+async fn metrics(req: actix_web::HttpRequest, ctx: web::Data<Ctx>) -> HttpResponse {
+    let presented = req.headers().get(actix_web::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !shared::http::metrics_allowed(ctx.settings.common.metrics_token.as_ref(), presented) {
+        return shared::http::metrics_refused();
+    }
     let mut out = ctx.metrics.render();
     let topo = &ctx.core.broker.topology;
     let broker = &ctx.core.broker;

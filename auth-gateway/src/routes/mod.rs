@@ -33,10 +33,15 @@ async fn readyz(state: web::Data<crate::AppState>) -> HttpResponse {
 }
 
 async fn metrics(
+    req: actix_web::HttpRequest,
     state: web::Data<crate::AppState>,
     registry: web::Data<shared::metrics::Registry>,
     auth: web::Data<shared::auth::Authenticator>,
 ) -> HttpResponse {
+    let presented = req.headers().get(actix_web::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+    if !shared::http::metrics_allowed(state.settings.common.metrics_token.as_ref(), presented) {
+        return shared::http::metrics_refused();
+    }
     let mut out = registry.render();
     auth.render_metrics(&mut out);
     if let Ok(counts) = state.core.store.count_by_status().await {

@@ -690,3 +690,28 @@ async fn no_request_after_a_streamed_one_escapes_the_framing_rules() {
     }
     app.stop().await;
 }
+
+/// With `AUTHBRIDGE_METRICS_TOKEN` set, every service's `/metrics` answers only that token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_closed_to_all_but_the_scraper() {
+    let token = "scraper-token-0123456789";
+    let app = TestApp::start_with(StackOptions { metrics_token: Some(token.into()), ..Default::default() }).await;
+    for base in [app.stack.gateway.url(), app.stack.proxy.url(), app.stack.refreshers[0].url()] {
+        let url = format!("{base}/metrics");
+        for presented in [None, Some("wrong-token-0123456789"), Some(app.stack.api_key.as_str())] {
+            let mut req = app.http.get(&url);
+            if let Some(p) = presented {
+                req = req.header("Authorization", format!("Bearer {p}"));
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{url} {presented:?}");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
+        }
+        let r = app.http.get(&url).header("Authorization", format!("Bearer {token}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{url}");
+        assert!(r.text().await.unwrap().contains("# TYPE"), "{url}");
+        // Health and readiness stay open for the orchestrator.
+        assert_eq!(app.http.get(format!("{base}/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    }
+    app.stop().await;
+}

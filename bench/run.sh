@@ -83,7 +83,8 @@ url=$(curl -fs -X POST http://127.0.0.1:18180/v1/connect/sessions -H "Authorizat
   -H 'Content-Type: application/json' \
   -d '{"provider":"mock","connection_id":"bench-user","return_url":"https://app.example/done"}' |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_url"])')
-for _ in 1 2 3; do url=$(curl -s -o /dev/null -w '%{redirect_url}' "$url"); done
+jar="$work/cookies"
+for _ in 1 2 3; do url=$(curl -s -b "$jar" -c "$jar" -o /dev/null -w '%{redirect_url}' "$url"); done
 case "$url" in *status=connected*) ;; *) echo "could not create the benchmark connection: $url" >&2; exit 1 ;; esac
 # Internal services call the proxy with a key issued through the management API (scoped to
 # `proxy` and the provider), not with a bootstrap key: the proxy checks it as it would theirs.

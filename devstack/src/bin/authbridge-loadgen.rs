@@ -10,6 +10,15 @@
 //! authbridge-loadgen due <provider> <id-prefix> <in-seconds>
 //!     Makes every connection under the prefix fall due at one instant, <in-seconds> from now, and
 //!     schedules their expiry events through the outbox, as the gateway would.
+//! authbridge-loadgen calls <url> <api-key> <concurrency> <seconds>
+//!     Calls <url> with the key from <concurrency> kept-alive connections for <seconds>, and
+//!     reports calls/s (2xx answers), other answers and errors, and the latency percentiles.
+//! authbridge-loadgen slowloris <host:port> <sockets> <seconds>
+//!     Holds <sockets> connections that each send a head's first line and then one more byte every
+//!     five seconds, never finishing it; opens a new one whenever the server closes one.
+//! authbridge-loadgen keyflood <url> <per-second> <seconds>
+//!     Sends <per-second> requests a second with made-up API keys (no issued shape, a current
+//!     shape with a wrong checksum, the legacy shape), and reports the answers by status.
 //! authbridge-loadgen drain <provider> <id-prefix> <due-at> <scheduled-at> <timeout-seconds>
 //!     Waits until every connection under the prefix was refreshed after <scheduled-at> (when
 //!     `due` ran), and reports refreshes/s and the lateness behind <due-at> (negative: ahead of
@@ -272,6 +281,144 @@ async fn drain(args: &[String]) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
+async fn calls(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [url, api_key, concurrency, seconds] = args else {
+        bail!("calls <url> <api-key> <concurrency> <seconds>");
+    };
+    let (concurrency, seconds): (usize, u64) = (concurrency.parse()?, seconds.parse()?);
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        // One client each: one kept-alive connection each, as services keep theirs.
+        let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+        let (url, auth) = (url.clone(), format!("Bearer {api_key}"));
+        tasks.spawn(async move {
+            let (mut ok, mut other, mut errors) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < until {
+                let started = Instant::now();
+                match http.get(&url).header("Authorization", &auth).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        let _ = r.bytes().await;
+                        ok.push(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    Ok(_) => other += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            (ok, other, errors)
+        });
+    }
+    let (mut ok, mut other, mut errors) = (Vec::new(), 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        let (o, n, e) = r?;
+        ok.extend(o);
+        other += n;
+        errors += e;
+    }
+    Ok(serde_json::json!({
+        "calls": ok.len(),
+        "calls_per_second": ok.len() as f64 / seconds as f64,
+        "other_answers": other,
+        "errors": errors,
+        "latency_ms": summary(ok),
+    }))
+}
+
+async fn slowloris(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let [addr, sockets, seconds] = args else {
+        bail!("slowloris <host:port> <sockets> <seconds>");
+    };
+    let (sockets, seconds): (usize, u64) = (sockets.parse()?, seconds.parse()?);
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let (opened, closed_by_server, held) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..sockets {
+        let (addr, opened, closed, held, peak) =
+            (addr.clone(), opened.clone(), closed_by_server.clone(), held.clone(), peak.clone());
+        tasks.spawn(async move {
+            // Spread the first connects over the first second, as two processes opening ten
+            // thousand sockets each would.
+            tokio::time::sleep(Duration::from_micros((i as u64 * 100) % 1_000_000)).await;
+            while tokio::time::Instant::now() < until {
+                let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                opened.fetch_add(1, Ordering::Relaxed);
+                let now = held.fetch_add(1, Ordering::Relaxed) + 1;
+                peak.fetch_max(now, Ordering::Relaxed);
+                let mut alive = s.write_all(b"GET /proxy/mock/x/y HTTP/1.1\r\nHost: p\r\nX-a: ").await.is_ok();
+                let mut scrap = [0u8; 512];
+                while alive && tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        r = s.read(&mut scrap) => alive = matches!(r, Ok(n) if n > 0),
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => alive = s.write_all(b"a").await.is_ok(),
+                    }
+                }
+                held.fetch_sub(1, Ordering::Relaxed);
+                if !alive {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    Ok(serde_json::json!({
+        "sockets": sockets,
+        "seconds": seconds,
+        "connections_opened": opened.load(Ordering::Relaxed),
+        "closed_by_server": closed_by_server.load(Ordering::Relaxed),
+        "peak_held": peak.load(Ordering::Relaxed),
+    }))
+}
+
+async fn keyflood(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [url, per_second, seconds] = args else {
+        bail!("keyflood <url> <per-second> <seconds>");
+    };
+    let (per_second, seconds): (u64, u64) = (per_second.parse()?, seconds.parse()?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second.max(1) as f64));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else { continue };
+        let key = match sent % 3 {
+            0 => format!("random-{}", uuid::Uuid::new_v4()),
+            1 => {
+                let mut k = shared::auth::new_api_key();
+                k.replace_range(12..13, if &k[12..13] == "A" { "B" } else { "A" });
+                k
+            }
+            _ => format!("abk_{}", shared::crypto::random_token()),
+        };
+        sent += 1;
+        let (http, url, statuses) = (http.clone(), url.clone(), statuses.clone());
+        tokio::spawn(async move {
+            let status = match http.get(&url).header("Authorization", format!("Bearer {key}")).send().await {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            *statuses.lock().unwrap().entry(status).or_default() += 1;
+            drop(permit);
+        });
+    }
+    let _ = in_flight.acquire_many(256).await;
+    let by_status = statuses.lock().unwrap().clone();
+    Ok(serde_json::json!({
+        "sent": sent,
+        "per_second": sent as f64 / started.elapsed().as_secs_f64(),
+        "by_status": by_status,
+    }))
+}
+
 fn main() -> anyhow::Result<()> {
     shared::install_crypto_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -282,7 +429,12 @@ fn main() -> anyhow::Result<()> {
             Some("seed") => seed(&args[1..]).await,
             Some("due") => due(&args[1..]).await,
             Some("drain") => drain(&args[1..]).await,
-            _ => bail!("usage: authbridge-loadgen connect|seed|due|drain …  (see the source's header)"),
+            Some("calls") => calls(&args[1..]).await,
+            Some("slowloris") => slowloris(&args[1..]).await,
+            Some("keyflood") => keyflood(&args[1..]).await,
+            _ => bail!(
+                "usage: authbridge-loadgen connect|seed|due|drain|calls|slowloris|keyflood …  (see the source's header)"
+            ),
         }
     })?;
     println!("{out}");

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# api-proxy under attack: legitimate callers' throughput while a slowloris holds 20,000 sockets
+# (two processes of 10,000, each socket sending a byte of a never-finished head every five
+# seconds and reopening when closed), and while a flood of made-up API keys arrives at a fixed
+# rate, each against the same callers with no attack, in alternating rounds of one run.
+# Writes docs/benchmarks-attacks.md.
+# Usage: bench/attacks.sh   (ATTACK_ROUNDS=3 ATTACK_SECONDS=10 ATTACK_CONCURRENCY=32
+#                            ATTACK_SOCKETS=10000 (per process, two processes) ATTACK_FLOOD_RATE=4200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ATTACK_ROUNDS:-3}
+SECONDS_EACH=${ATTACK_SECONDS:-10}
+CONC=${ATTACK_CONCURRENCY:-32}
+SOCKETS=${ATTACK_SOCKETS:-10000}
+RATE=${ATTACK_FLOOD_RATE:-4200}
+GW=18380 PRX_DEV=18381 RF=18382 MOCK=18390 PRX=18393
+
+bash scripts/services.sh
+cargo build --release --locked -p devstack -p api-proxy
+bin=${CARGO_TARGET_DIR:-target}/release
+
+work=$(mktemp -d)
+run_id="attack_$$"
+db="authbridge_$run_id"
+KEY=$(head -c 32 /dev/urandom | base64)
+API_KEY="attack-bench-key-0123456789"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+  rabbitmqctl -q list_queues name 2>/dev/null | grep "^authbridge-$run_id" | while read -r q; do
+    rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.2; done; echo "$1 did not come up" >&2; return 1; }
+
+# The mock provider (its API is the upstream) and one real connection, made through the flow.
+AUTHBRIDGE_ENCRYPTION_KEY=$KEY AUTHBRIDGE_DEV_DATABASE=$db AUTHBRIDGE_DEV_QUEUE_PREFIX="authbridge-$run_id" \
+AUTHBRIDGE_DEV_API_KEY=$API_KEY AUTHBRIDGE_DEV_TOKEN_TTL_SECONDS=86400 \
+AUTHBRIDGE_DEV_GATEWAY_PORT=$GW AUTHBRIDGE_DEV_PROXY_PORT=$PRX_DEV AUTHBRIDGE_DEV_REFRESHER_PORT=$RF \
+AUTHBRIDGE_DEV_MOCK_PORT=$MOCK RUST_LOG=warn "$bin/authbridge-dev" > "$work/dev.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$GW/readyz"
+url=$(curl -fs -X POST "http://127.0.0.1:$GW/v1/connect/sessions" -H "Authorization: Bearer $API_KEY" \
+  -H 'Content-Type: application/json' \
+  -d '{"provider":"mock","connection_id":"caller","return_url":"https://app.example/done"}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_url"])')
+for _ in 1 2 3; do url=$(curl -s -b "$work/jar" -c "$work/jar" -o /dev/null -w '%{redirect_url}' "$url"); done
+case "$url" in *status=connected*) ;; *) echo "could not create the connection: $url" >&2; exit 1 ;; esac
+PROXY_KEY=$(curl -fs -X POST "http://127.0.0.1:$GW/v1/api-keys" -H "Authorization: Bearer $API_KEY" \
+  -H 'Content-Type: application/json' -d '{"name":"attack-bench","scopes":["proxy"],"providers":["mock"]}' |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+
+# The api-proxy binary on its own (its own process, file-descriptor limit and cores), as deployed.
+cat > "$work/providers.toml" <<TOML
+[providers.mock]
+authorize_url = "http://127.0.0.1:$MOCK/oauth/authorize"
+token_url = "http://127.0.0.1:$MOCK/oauth/token"
+api_base_url = "http://127.0.0.1:$MOCK/api/"
+client_id = "authbridge-client"
+client_secret = "s3cret:with&odd=chars"
+TOML
+AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" AUTHBRIDGE_ENCRYPTION_KEY=$KEY \
+AUTHBRIDGE_API_KEYS=$API_KEY AUTHBRIDGE_PROVIDERS_FILE="$work/providers.toml" \
+AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$PRX" RUST_LOG=warn \
+  "$bin/api-proxy" > "$work/api-proxy.log" 2>&1 &
+proxy_pid=$!
+pids+=($proxy_pid)
+wait_http "http://127.0.0.1:$PRX/readyz"
+TARGET="http://127.0.0.1:$PRX/proxy/mock/caller/contacts/42"
+curl -fs "$TARGET" -H "Authorization: Bearer $PROXY_KEY" >/dev/null
+limit=$(awk '/Max open files/ {print $4}' "/proc/$proxy_pid/limits")
+
+calls() { "$bin/authbridge-loadgen" calls "$TARGET" "$PROXY_KEY" "$CONC" "$SECONDS_EACH"; }
+lookups() { curl -s "http://127.0.0.1:$PRX/metrics" | awk '/^authbridge_api_key_lookups_total / {print $2}'; }
+rss() { awk '/VmHWM/ {print $2}' "/proc/$proxy_pid/status"; }
+
+results="$work/results.jsonl"
+: > "$results"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round: no attack"
+  echo "{\"round\":$round,\"phase\":\"none\",\"calls\":$(calls)}" >> "$results"
+
+  echo "round $round: slowloris, $((2 * SOCKETS)) sockets"
+  hold=$((SECONDS_EACH + 8))
+  "$bin/authbridge-loadgen" slowloris "127.0.0.1:$PRX" "$SOCKETS" "$hold" > "$work/sl1.json" &
+  a=$!
+  "$bin/authbridge-loadgen" slowloris "127.0.0.1:$PRX" "$SOCKETS" "$hold" > "$work/sl2.json" &
+  b=$!
+  sleep 4 # the sockets are open by now
+  c=$(calls)
+  wait "$a" "$b"
+  echo "{\"round\":$round,\"phase\":\"slowloris\",\"calls\":$c,\"attack\":[$(cat "$work/sl1.json"),$(cat "$work/sl2.json")]}" >> "$results"
+
+  echo "round $round: no attack"
+  echo "{\"round\":$round,\"phase\":\"none\",\"calls\":$(calls)}" >> "$results"
+
+  echo "round $round: made-up keys at $RATE/s"
+  before=$(lookups)
+  "$bin/authbridge-loadgen" keyflood "$TARGET" "$RATE" $((SECONDS_EACH + 4)) > "$work/kf.json" &
+  a=$!
+  sleep 2
+  c=$(calls)
+  wait "$a"
+  after=$(lookups)
+  echo "{\"round\":$round,\"phase\":\"keyflood\",\"calls\":$c,\"attack\":$(cat "$work/kf.json"),\"lookups\":$((after - before))}" >> "$results"
+done
+
+python3 - "$results" "$limit" "$(rss)" "$CONC" "$SECONDS_EACH" "$SOCKETS" "$RATE" <<'PY'
+import json, statistics, sys
+path, limit, rss, conc, secs, sockets, rate = sys.argv[1:]
+rows = [json.loads(l) for l in open(path)]
+rounds = sorted({r["round"] for r in rows})
+def rate_of(r): return r["calls"]["calls_per_second"]
+out = []
+w = out.append
+w("# api-proxy under attack\n")
+w("Written by `bench/attacks.sh`. Legitimate callers: %s kept-alive connections calling the proxy "
+  "(a real connection, its API key checked, the mock provider's API behind it) for %s s per phase; "
+  "each attack phase is compared with the phases without an attack around it, in the same run on "
+  "the same machine (2 cores shared by the proxy, the callers, the attackers and the mock).\n" % (conc, secs))
+w("- **slowloris**: two processes holding %s sockets each (%s in all), each sending a byte of a "
+  "head it never finishes every 5 s and reopening when closed. The proxy's open-files limit was %s, "
+  "so its connection cap was %s." % (sockets, 2 * int(sockets), limit, int(limit) // 4 * 3))
+w("- **made-up keys**: %s requests/s with API keys that were never issued (a third of no issued "
+  "shape, a third of the current shape with a wrong checksum, a third of the legacy shape), from "
+  "one address.\n" % rate)
+w("| round | no attack (calls/s) | slowloris (calls/s) | ratio | no attack (calls/s) | made-up keys (calls/s) | ratio |")
+w("|---|---|---|---|---|---|---|")
+ratios = {"slowloris": [], "keyflood": []}
+for n in rounds:
+    rr = [r for r in rows if r["round"] == n]
+    base1, sl, base2, kf = rr
+    r1 = rate_of(sl) / rate_of(base1)
+    r2 = rate_of(kf) / rate_of(base2)
+    ratios["slowloris"].append(r1)
+    ratios["keyflood"].append(r2)
+    w("| %d | %.0f | %.0f | %.2f | %.0f | %.0f | %.2f |" % (n, rate_of(base1), rate_of(sl), r1, rate_of(base2), rate_of(kf), r2))
+w("")
+w("Median ratio: **%.2f** during the slowloris, **%.2f** during the flood of made-up keys." %
+  (statistics.median(ratios["slowloris"]), statistics.median(ratios["keyflood"])))
+w("")
+w("Failed legitimate calls (non-2xx answers or errors) by phase:\n")
+w("| round | phase | calls | other answers | errors | p50 ms | p99 ms |")
+w("|---|---|---|---|---|---|---|")
+for r in rows:
+    c = r["calls"]
+    w("| %d | %s | %d | %d | %d | %.2f | %.2f |" % (r["round"], r["phase"], c["calls"], c["other_answers"], c["errors"], c["latency_ms"]["p50"], c["latency_ms"]["p99"]))
+w("")
+w("What the attacks saw:\n")
+for r in rows:
+    if r["phase"] == "slowloris":
+        held = sum(a["peak_held"] for a in r["attack"])
+        opened = sum(a["connections_opened"] for a in r["attack"])
+        closed = sum(a["closed_by_server"] for a in r["attack"])
+        w("- round %d, slowloris: %d sockets held at the peak (both processes), %d connections opened, %d closed by the proxy" % (r["round"], held, opened, closed))
+    if r["phase"] == "keyflood":
+        a = r["attack"]
+        w("- round %d, made-up keys: %d sent (%.0f/s), answers %s, database lookups %d" % (r["round"], a["sent"], a["per_second"], json.dumps(a["by_status"]), r["lookups"]))
+w("\nPeak RSS of api-proxy over the run: %.0f MiB." % (int(rss) / 1024))
+open("docs/benchmarks-attacks.md", "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+PY

@@ -449,7 +449,7 @@ async fn read_body(body: Incoming, max: u64) -> Result<Bytes, ApiError> {
 
 /// One upstream attempt: the caller's request as the provider is to get it. Its headers are not
 /// copied into a map of their own: our HTTP/1.1 client writes them straight from the caller's
-/// ([`Outgoing::for_each_header`]); a map is built only for hyper ([`Outgoing::into_request`]).
+/// ([`Outgoing::put_caller_fields`]); a map is built only for hyper ([`Outgoing::into_request`]).
 pub struct Outgoing<'a> {
     pub method: &'a Method,
     pub target: &'a Target<'a>,
@@ -539,13 +539,13 @@ impl<'a> Outgoing<'a> {
         CallerFilter { held: matches!(self.body, UpstreamBody::Held(_)), ours: self.traceparent.is_some(), listed }
     }
 
-    /// Calls `f` with each of the caller's fields the provider gets ([`Self::caller_filter`]).
+    /// Calls `f` with each of the caller's fields the provider gets (its end-to-end ones).
     pub fn for_each_caller_field(&self, mut f: impl FnMut(&[u8], &[u8])) {
         let filter = self.caller_filter();
         self.caller.iter().filter(|(name, _)| filter.keeps(name)).for_each(|(name, value)| f(name, value));
     }
 
-    /// Writes the caller's fields the provider gets ([`Self::caller_filter`]) into a request's
+    /// Writes the caller's fields the provider gets (its end-to-end ones) into a request's
     /// head; fields our server read are copied as they arrived where they can be.
     pub fn put_caller_fields(&self, out: &mut BytesMut) {
         match self.caller {
@@ -868,6 +868,31 @@ mod tests {
 
     fn base() -> Url {
         Url::parse("https://api.example.com/v1/").unwrap()
+    }
+
+    #[test]
+    fn every_hop_by_hop_field_and_only_those_are_known_as_such_whatever_their_case() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "x-authbridge-error",
+            "x-authbridge-anything",
+        ] {
+            for spelled in [name.to_owned(), name.to_ascii_uppercase()] {
+                assert!(hop_by_hop(spelled.as_bytes()), "{spelled}");
+            }
+        }
+        for name in ["tea", "t", "trailers", "content-type", "content-length", "authorization", "x-authbridge", "host"]
+        {
+            assert!(!hop_by_hop(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

@@ -692,6 +692,9 @@ impl RawBody {
                         let b = buf[0];
                         buf.advance(1);
                         match b {
+                            // CRLF only: a bare LF is read as a line's end by some parsers and
+                            // not by others, which is how chunked bodies are smuggled.
+                            b'\n' if !*cr => return Err(CallError::Malformed("a chunk size line not ended by CRLF")),
                             b'\n' => {
                                 if *digits == 0 {
                                     return Err(CallError::Malformed("a chunk without a size"));
@@ -725,8 +728,10 @@ impl RawBody {
                         buf.advance(1);
                         match b {
                             b'\r' if !*cr => *cr = true,
-                            b'\n' => *chunk = Chunk::Size { value: 0, digits: 0, ext: false, cr: false },
-                            _ => return Err(CallError::Malformed("chunk data longer than its size")),
+                            b'\n' if *cr => *chunk = Chunk::Size { value: 0, digits: 0, ext: false, cr: false },
+                            // Exactly CRLF after the data: anything else (a bare LF included)
+                            // means the size was wrong.
+                            _ => return Err(CallError::Malformed("chunk data not followed by CRLF")),
                         }
                     }
                     Chunk::Trailers { line } => {
@@ -1101,6 +1106,12 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\rabc\r\n0\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffff\r\n", true),
+            // After chunk data, exactly CRLF: not another byte before the LF, not a bare LF.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcX\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\rX0\r\n\r\n", true),
+            // A chunk size line ends with CRLF too.
+            (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", true),
             // Cut short.
             (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
             (b"HTTP/1.1 200 OK\r\ncontent-le", false),

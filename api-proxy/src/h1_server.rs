@@ -96,6 +96,7 @@ pub struct Stopping {
     waiting: RefCell<slab::Slab<Entry>>,
     /// Counts the starts of waits for a request, so the oldest wait is the smallest number.
     waits: Cell<u64>,
+    shed_pending: Cell<usize>,
 }
 
 /// A connection known to [`Stopping`].
@@ -123,20 +124,38 @@ impl Stopping {
         self.flag.get()
     }
 
-    /// Closes the connection that has waited longest for its caller (an idle kept-alive one, or
-    /// one whose head or held body is arriving slowly: what a slowloris holds). Connections
-    /// serving a request are never chosen. Whether there was one to close.
-    pub fn shed_oldest(&self) -> bool {
-        let waker = {
+    /// Closes up to `n` of the connections that have waited longest for their callers (idle
+    /// kept-alive ones, or ones whose head or held body is arriving slowly: what a slowloris
+    /// holds), oldest first. Connections serving a request are never chosen. How many it chose.
+    /// (One scan chooses the whole batch, so shedding costs a scan per batch, not per
+    /// connection.)
+    pub fn shed_oldest(&self, n: usize) -> usize {
+        let wakers: Vec<Waker> = {
             let mut waiting = self.waiting.borrow_mut();
-            let oldest = waiting.iter().filter(|(_, e)| e.since != BUSY && !e.shed).min_by_key(|(_, e)| e.since);
-            let Some((key, _)) = oldest else { return false };
-            let e = &mut waiting[key];
-            e.shed = true;
-            e.waker.clone()
+            let mut oldest: Vec<(u64, usize)> =
+                waiting.iter().filter(|(_, e)| e.since != BUSY && !e.shed).map(|(key, e)| (e.since, key)).collect();
+            if oldest.len() > n {
+                oldest.select_nth_unstable(n);
+                oldest.truncate(n);
+            }
+            oldest
+                .into_iter()
+                .map(|(_, key)| {
+                    let e = &mut waiting[key];
+                    e.shed = true;
+                    e.waker.clone()
+                })
+                .collect()
         };
-        waker.wake();
-        true
+        let chosen = wakers.len();
+        self.shed_pending.set(self.shed_pending.get() + chosen);
+        wakers.into_iter().for_each(Waker::wake);
+        chosen
+    }
+
+    /// Connections chosen by [`Stopping::shed_oldest`] that have not closed yet.
+    pub fn shed_pending(&self) -> usize {
+        self.shed_pending.get()
     }
 
     /// Completes once [`Stopping::stop`] has been called. (Only ever awaited on the worker's
@@ -366,7 +385,9 @@ impl Stopping {
 impl Drop for Watch {
     fn drop(&mut self) {
         if let Some(k) = self.key {
-            self.stopping.waiting.borrow_mut().remove(k);
+            if self.stopping.waiting.borrow_mut().remove(k).shed {
+                self.stopping.shed_pending.set(self.stopping.shed_pending.get().saturating_sub(1));
+            }
         }
     }
 }
@@ -1544,17 +1565,18 @@ mod tests {
                 let mut out = Vec::new();
                 tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await.is_ok()
             };
-            assert!(stop.shed_oldest());
-            assert!(stop.shed_oldest());
+            assert_eq!(stop.shed_oldest(2), 2);
+            assert_eq!(stop.shed_pending(), 2);
             assert!(closed(oldest).await, "the oldest wait is closed first");
             assert!(closed(older).await);
             // The connection that was answered most recently is still served.
             used.write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
             let n = used.read(&mut buf).await.unwrap();
             assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
-            assert!(stop.shed_oldest());
+            assert_eq!(stop.shed_pending(), 0, "both have closed");
+            assert_eq!(stop.shed_oldest(5), 1, "only one is left to shed");
             assert!(closed(used).await);
-            assert!(!stop.shed_oldest(), "nothing left to shed");
+            assert_eq!(stop.shed_oldest(1), 0, "nothing left to shed");
         });
     }
 

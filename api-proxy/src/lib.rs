@@ -88,8 +88,7 @@ impl Application {
     }
 
     pub fn url(&self) -> String {
-        let scheme = if self.state.settings.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        shared::http::base_url(self.addr, self.state.settings.tls.is_some())
     }
 
     pub async fn stop(self) {
@@ -97,11 +96,5 @@ impl Application {
         if let Ok(mut state) = Arc::try_unwrap(self.state) {
             state.core.stop().await;
         }
-    }
-
-    pub async fn run_until_stopped(self) {
-        shared::http::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.stop().await;
     }
 }

@@ -7,7 +7,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     shared::http::run_service("api-proxy", api_proxy::Settings::from_env, |settings| async {
-        api_proxy::Application::build(settings).await?.run_until_stopped().await;
+        let app = api_proxy::Application::build(settings).await?;
+        shared::http::stop_on_signal(|| app.stop()).await;
         Ok(())
     })
 }

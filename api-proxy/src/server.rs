@@ -263,6 +263,7 @@ async fn serve_worker(
     let options = Rc::new(h1_server::Options { head_timeout: settings.head_timeout, held_body: settings.retry_body });
     // Each worker keeps its share of the connection cap (the acceptor spreads connections evenly).
     let cap = settings.max_connections.div_ceil(load.all.len()).max(1);
+    let shed_batch = (cap / 64).max(1);
     let stopping = Rc::new(Stopping::default());
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
@@ -276,8 +277,13 @@ async fn serve_worker(
         };
         // The acceptor counted it already; from here the connection's own guard does.
         load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
-        if load.all[load.mine].load(Ordering::Relaxed) >= cap && !stopping.shed_oldest() {
-            // At the cap with every connection serving a request: the newcomer waits for none.
+        // At the cap, the connections that have waited longest for their callers make room, a
+        // batch at a time (a few more than the cap may be open until they have closed); with
+        // every connection serving a request, the newcomer is refused.
+        if load.all[load.mine].load(Ordering::Relaxed) >= cap
+            && stopping.shed_pending() == 0
+            && stopping.shed_oldest(shed_batch) == 0
+        {
             tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
             continue;
         }

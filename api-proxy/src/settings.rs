@@ -22,8 +22,6 @@ pub const HEAD_TIMEOUT: &str = "AUTHBRIDGE_PROXY_HEAD_TIMEOUT_SECONDS";
 /// The most caller connections open at once; beyond it the connection that has waited longest
 /// for its caller is closed. Default: three quarters of the process's open-files limit.
 pub const MAX_CONNECTIONS: &str = "AUTHBRIDGE_PROXY_MAX_CONNECTIONS";
-/// HTTP worker threads. Default: the number of CPUs.
-pub const WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -50,7 +48,7 @@ impl Settings {
         let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
         let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
         let retry_body = r.parse(RETRY_BODY, 1024 * 1024usize);
-        let workers = r.parse(WORKERS, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let workers = r.parse(shared::config::HTTP_WORKERS, shared::config::default_http_workers());
         let token_cache_ttl = r.seconds(TOKEN_CACHE, 30);
         let head_timeout = r.seconds(HEAD_TIMEOUT, 10);
         if head_timeout.is_zero() || head_timeout > Duration::from_secs(60) {

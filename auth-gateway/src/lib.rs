@@ -84,8 +84,7 @@ impl Application {
     }
 
     pub fn url(&self) -> String {
-        let scheme = if self.state.settings.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        shared::http::base_url(self.addr, self.state.settings.tls.is_some())
     }
 
     /// Stops taking requests, finishes in-flight ones (bounded by the grace period), then
@@ -95,12 +94,5 @@ impl Application {
         if let Ok(mut state) = Arc::try_unwrap(self.state) {
             state.core.stop().await;
         }
-    }
-
-    /// Runs until SIGTERM or Ctrl-C, then stops gracefully.
-    pub async fn run_until_stopped(self) {
-        shared::http::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.stop().await;
     }
 }

@@ -2,7 +2,8 @@
 
 fn main() -> anyhow::Result<()> {
     shared::http::run_service("auth-gateway", auth_gateway::Settings::from_env, |settings| async {
-        auth_gateway::Application::build(settings).await?.run_until_stopped().await;
+        let app = auth_gateway::Application::build(settings).await?;
+        shared::http::stop_on_signal(|| app.stop()).await;
         Ok(())
     })
 }

@@ -13,8 +13,6 @@ pub const PUBLIC_URL: &str = "AUTHBRIDGE_PUBLIC_URL";
 pub const SESSION_TTL: &str = "AUTHBRIDGE_SESSION_TTL_SECONDS";
 /// Comma-separated URL prefixes a `return_url` must start with. Default: empty (any http(s) URL).
 pub const RETURN_URL_ALLOWLIST: &str = "AUTHBRIDGE_RETURN_URL_ALLOWLIST";
-/// HTTP worker threads. Default: the number of CPUs.
-pub const WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -27,10 +25,6 @@ pub struct Settings {
     pub workers: usize,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
-}
-
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
 impl Settings {
@@ -55,7 +49,7 @@ impl Settings {
                 Err(e) => r.fail(format!("{RETURN_URL_ALLOWLIST}: {a:?} is not a URL ({e})")),
             }
         }
-        let workers = r.parse(WORKERS, default_workers());
+        let workers = r.parse(shared::config::HTTP_WORKERS, shared::config::default_http_workers());
         let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {

@@ -61,6 +61,14 @@ pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTIO
 pub const TLS_CERT_FILE: &str = "AUTHBRIDGE_TLS_CERT_FILE";
 /// PEM private key matching `AUTHBRIDGE_TLS_CERT_FILE`.
 pub const TLS_KEY_FILE: &str = "AUTHBRIDGE_TLS_KEY_FILE";
+/// HTTP worker threads of the gateway and the proxy. Default: the number of CPUs.
+pub const HTTP_WORKERS: &str = "AUTHBRIDGE_HTTP_WORKERS";
+
+/// The default number of HTTP workers: one per CPU.
+pub fn default_http_workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
 /// `json` for structured logs, `pretty` for development. Default: `pretty`.
 pub const LOG_FORMAT: &str = "AUTHBRIDGE_LOG_FORMAT";
 

@@ -130,8 +130,8 @@ pub fn hash_secret(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
-/// Whether two digests (or other secrets) are equal, in a time that depends on their length
-/// only.
+/// Whether two digests (or other secrets, such as API keys) are equal, in a time that depends
+/// on their length only.
 pub fn same_digest(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
@@ -147,6 +147,20 @@ pub fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_compared_whole() {
+        for (a, b, same) in [
+            (&b""[..], &b""[..], true),
+            (b"abc", b"abc", true),
+            (b"abc", b"abd", false),
+            (b"0123456789abcdef-x", b"0123456789abcdef-x", true),
+            (b"0123456789abcdef-x", b"0123456789abcdeF-x", false),
+            (b"0123456789abcdef", b"0123456789abcdef-", false),
+        ] {
+            assert_eq!(same_digest(a, b), same, "{a:?} {b:?}");
+        }
+    }
 
     #[test]
     fn sealed_secret_opens_with_same_aad_only() {

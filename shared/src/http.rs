@@ -455,6 +455,18 @@ where
     tokio::runtime::Runtime::new()?.block_on(run(settings))
 }
 
+/// Waits for SIGTERM or Ctrl-C, then runs a service's graceful `stop`.
+pub async fn stop_on_signal<Fut: std::future::Future<Output = ()>>(stop: impl FnOnce() -> Fut) {
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop().await;
+}
+
+/// The base URL a service listening on `addr` answers at.
+pub fn base_url(addr: std::net::SocketAddr, https: bool) -> String {
+    format!("{}://{addr}", if https { "https" } else { "http" })
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     #[cfg(unix)]

@@ -32,7 +32,7 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// A monotonic counter, sharded (see [`SHARDS`]).
+/// A monotonic counter, sharded (one shard per thread, summed when read).
 #[derive(Default)]
 pub struct Counter {
     shards: [Padded<AtomicU64>; SHARDS],
@@ -55,7 +55,7 @@ struct HistogramShard {
     sum_micros: AtomicU64,
 }
 
-/// One histogram series, sharded (see [`SHARDS`]). Each observation lands in exactly one
+/// One histogram series, sharded as a [`Counter`] is. Each observation lands in exactly one
 /// bucket (the first whose bound holds it, none if it exceeds them all); the cumulative counts
 /// Prometheus expects are summed when rendering, so recording costs three atomic additions
 /// whatever the value.

@@ -78,7 +78,7 @@ impl Application {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        shared::http::base_url(self.addr, false)
     }
 
     /// Stops consuming, lets in-flight refreshes finish (bounded by the grace period); messages
@@ -105,12 +105,6 @@ impl Application {
         if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
             ctx.core.abort();
         }
-    }
-
-    pub async fn run_until_stopped(self) {
-        shared::http::shutdown_signal().await;
-        tracing::info!("shutting down");
-        self.stop().await;
     }
 }
 

@@ -2,7 +2,8 @@
 
 fn main() -> anyhow::Result<()> {
     shared::http::run_service("token-refresher", token_refresher::Settings::from_env, |settings| async {
-        token_refresher::Application::build(settings).await?.run_until_stopped().await;
+        let app = token_refresher::Application::build(settings).await?;
+        shared::http::stop_on_signal(|| app.stop()).await;
         Ok(())
     })
 }

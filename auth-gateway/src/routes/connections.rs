@@ -142,8 +142,7 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = existing_ids(path.into_inner())?;
-    caller.require_provider(&provider)?;
+    let (provider, id) = reachable(&caller, path)?;
     let c =
         state.core.store.get_connection(&provider, &id).await?.ok_or_else(|| connection_not_found(&provider, &id))?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
@@ -156,8 +155,7 @@ pub async fn token(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = existing_ids(path.into_inner())?;
-    caller.require_provider(&provider)?;
+    let (provider, id) = reachable(&caller, path)?;
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -177,8 +175,7 @@ pub async fn refresh(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = existing_ids(path.into_inner())?;
-    caller.require_provider(&provider)?;
+    let (provider, id) = reachable(&caller, path)?;
     let (c, _) = usable(state.core.tokens.refresh(&provider, &id, Trigger::Force).await?, &provider, &id)?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
 }
@@ -191,8 +188,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (provider, id) = existing_ids(path.into_inner())?;
-    caller.require_provider(&provider)?;
+    let (provider, id) = reachable(&caller, path)?;
     let c = state
         .core
         .store
@@ -211,12 +207,14 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// A connection's ids from the path: ids no connection can have (a NUL byte, say, which the
-/// database refuses in text) name no connection, so they get the 404 any unknown one gets.
-fn existing_ids((provider, id): (String, String)) -> Result<(String, String), ApiError> {
-    if valid_provider_id(&provider) && valid_connection_id(&id) {
-        Ok((provider, id))
-    } else {
-        Err(connection_not_found(&provider, &id))
+/// A connection's ids from the path, if the caller's key may reach its provider: ids no
+/// connection can have (a NUL byte, say, which the database refuses in text) name no
+/// connection, so they get the 404 any unknown one gets.
+fn reachable(caller: &shared::auth::Caller, path: web::Path<(String, String)>) -> Result<(String, String), ApiError> {
+    let (provider, id) = path.into_inner();
+    if !valid_provider_id(&provider) || !valid_connection_id(&id) {
+        return Err(connection_not_found(&provider, &id));
     }
+    caller.require_provider(&provider)?;
+    Ok((provider, id))
 }

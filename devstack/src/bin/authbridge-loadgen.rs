@@ -343,7 +343,9 @@ async fn slowloris(args: &[String]) -> anyhow::Result<serde_json::Value> {
             // thousand sockets each would.
             tokio::time::sleep(Duration::from_micros((i as u64 * 100) % 1_000_000)).await;
             while tokio::time::Instant::now() < until {
-                let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await else {
+                let Ok(Ok(mut s)) =
+                    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await
+                else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
@@ -376,47 +378,107 @@ async fn slowloris(args: &[String]) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn keyflood(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let [url, per_second, seconds] = args else {
         bail!("keyflood <url> <per-second> <seconds>");
     };
     let (per_second, seconds): (u64, u64) = (per_second.parse()?, seconds.parse()?);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
-    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second.max(1) as f64));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
-    let started = Instant::now();
-    let mut sent = 0u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        let Ok(permit) = in_flight.clone().try_acquire_owned() else { continue };
-        let key = match sent % 3 {
-            0 => format!("random-{}", uuid::Uuid::new_v4()),
-            1 => {
-                let mut k = shared::auth::new_api_key();
-                k.replace_range(12..13, if &k[12..13] == "A" { "B" } else { "A" });
-                k
+    let url = url::Url::parse(url)?;
+    let addr = format!("{}:{}", url.host_str().context("host")?, url.port_or_known_default().context("port")?);
+    // Raw, kept-alive connections, each sending its share of requests on a fixed schedule and
+    // counting the answers' status lines: a flood that costs its sender next to nothing.
+    const CONNECTIONS: u64 = 48;
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..CONNECTIONS {
+        let (addr, path) = (addr.clone(), url.path().to_owned());
+        tasks.spawn(async move {
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            let mut sent = 0u64;
+            let every = Duration::from_secs_f64(CONNECTIONS as f64 / per_second.max(1) as f64);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sock: Option<tokio::net::TcpStream> = None;
+            let mut buf = Vec::new();
+            let mut chunk = vec![0u8; 16 * 1024];
+            while Instant::now() < until {
+                tick.tick().await;
+                if sock.is_none() {
+                    sock = tokio::net::TcpStream::connect(&addr).await.ok();
+                }
+                let Some(s) = sock.as_mut() else { continue };
+                let key = match (sent * CONNECTIONS + c) % 3 {
+                    0 => format!("random-{}", uuid::Uuid::new_v4()),
+                    1 => {
+                        let mut k = shared::auth::new_api_key();
+                        k.replace_range(12..13, if &k[12..13] == "A" { "B" } else { "A" });
+                        k
+                    }
+                    _ => format!("abk_{}", shared::crypto::random_token()),
+                };
+                sent += 1;
+                let req = format!("GET {path} HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {key}\r\n\r\n");
+                if s.write_all(req.as_bytes()).await.is_err() {
+                    sock = None;
+                    *counts.entry("closed".into()).or_default() += 1;
+                    continue;
+                }
+                // Read what has arrived, without waiting for every answer (the flood does not
+                // wait for its answers).
+                loop {
+                    match tokio::time::timeout(Duration::from_micros(1), s.read(&mut chunk)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            sock = None;
+                            break;
+                        }
+                        Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                        Err(_) => break,
+                    }
+                }
+                count_statuses(&mut buf, &mut counts);
             }
-            _ => format!("abk_{}", shared::crypto::random_token()),
-        };
-        sent += 1;
-        let (http, url, statuses) = (http.clone(), url.clone(), statuses.clone());
-        tokio::spawn(async move {
-            let status = match http.get(&url).header("Authorization", format!("Bearer {key}")).send().await {
-                Ok(r) => r.status().as_u16().to_string(),
-                Err(_) => "error".to_owned(),
-            };
-            *statuses.lock().unwrap().entry(status).or_default() += 1;
-            drop(permit);
+            if let Some(mut s) = sock {
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                })
+                .await;
+                count_statuses(&mut buf, &mut counts);
+            }
+            (sent, counts)
         });
     }
-    let _ = in_flight.acquire_many(256).await;
-    let by_status = statuses.lock().unwrap().clone();
-    Ok(serde_json::json!({
-        "sent": sent,
-        "per_second": sent as f64 / started.elapsed().as_secs_f64(),
-        "by_status": by_status,
-    }))
+    let (mut sent, mut by_status) = (0, std::collections::BTreeMap::<String, u64>::new());
+    while let Some(r) = tasks.join_next().await {
+        let (n, counts) = r?;
+        sent += n;
+        for (k, v) in counts {
+            *by_status.entry(k).or_default() += v;
+        }
+    }
+    Ok(serde_json::json!({ "sent": sent, "per_second": sent as f64 / seconds as f64, "by_status": by_status }))
+}
+
+/// Counts the status lines (`HTTP/1.1 401`) in `buf`, keeping a partial one for later.
+fn count_statuses(buf: &mut Vec<u8>, counts: &mut std::collections::BTreeMap<String, u64>) {
+    const LINE: &[u8] = b"HTTP/1.1 ";
+    let mut last = 0;
+    let mut i = 0;
+    while i + LINE.len() + 3 <= buf.len() {
+        if &buf[i..i + LINE.len()] == LINE {
+            let code = String::from_utf8_lossy(&buf[i + LINE.len()..i + LINE.len() + 3]).into_owned();
+            *counts.entry(code).or_default() += 1;
+            i += LINE.len() + 3;
+            last = i;
+        } else {
+            i += 1;
+        }
+    }
+    buf.drain(..last.max(buf.len().saturating_sub(LINE.len() + 2)).min(buf.len()));
 }
 
 fn main() -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 #[allow(dead_code)]
 mod support;
 
+use base64::Engine;
 use devstack::StackOptions;
 use reqwest::Method;
 use std::io::Write;
@@ -44,10 +45,21 @@ async fn a_full_flow_logs_no_secret_at_debug_level() {
         }))
         .init();
 
-    let opts = StackOptions { token_ttl: Duration::from_secs(3), ..Default::default() };
-    let encryption_key_probe = format!("{:?}", opts.keyring);
+    // A key we know, so the logs can be searched for it in every spelling.
+    let key_bytes: [u8; 32] = rand::random();
+    let key_b64 = base64::engine::general_purpose::STANDARD.encode(key_bytes);
+    let keyring = shared::crypto::Keyring::from_base64(&key_b64, None, &[]).unwrap();
+    let opts = StackOptions { token_ttl: Duration::from_secs(3), keyring, ..Default::default() };
+    let keyring_debug = format!("{:?}", opts.keyring);
+    let key_hex: String = key_bytes.iter().map(|b| format!("{b:02x}")).collect();
     let app = TestApp::start_with(opts).await;
     let mut secrets: Vec<String> = vec![app.stack.api_key.clone(), devstack::MOCK_CLIENT_SECRET.to_owned()];
+    secrets.extend([
+        key_b64.clone(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key_bytes),
+        key_hex.clone(),
+        format!("{key_bytes:?}"),
+    ]);
 
     // Connect two users, keeping the session tokens and states.
     for id in ["alice", "bob"] {
@@ -56,6 +68,8 @@ async fn a_full_flow_logs_no_secret_at_debug_level() {
         secrets.push(v["token"].as_str().unwrap().to_owned());
         let authorize = app.follow(v["connect_url"].as_str().unwrap()).await;
         secrets.push(query_param(&authorize, "state").unwrap());
+        // The nonce that binds the flow to this browser.
+        secrets.extend(app.cookies().into_iter().map(|(_, v)| v));
         let callback = app.follow(authorize.as_str()).await;
         let landed = app.follow(callback.as_str()).await;
         assert!(landed.as_str().contains("status=connected"));
@@ -116,8 +130,8 @@ async fn a_full_flow_logs_no_secret_at_debug_level() {
             leaked.push(s.clone());
         }
     }
-    // The keyring prints only key ids.
-    assert!(!encryption_key_probe.contains("key:"), "{encryption_key_probe}");
+    // The keyring prints only key ids (the logs were searched for the key above).
+    assert!(!keyring_debug.contains(&key_b64) && !keyring_debug.contains(&key_hex), "{keyring_debug}");
     assert!(
         leaked.is_empty(),
         "{} secrets appear in the logs, e.g. {:?}",

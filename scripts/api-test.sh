@@ -20,7 +20,7 @@ export AUTHBRIDGE_DEV_REFRESHER_PORT=18082 AUTHBRIDGE_DEV_MOCK_PORT=19090
 export AUTHBRIDGE_DEV_API_KEY=apitest-key-0123456789 RUST_LOG=warn
 GW=http://127.0.0.1:18080 PX=http://127.0.0.1:18081
 log=$(mktemp)
-target/debug/authbridge-dev >"$log" 2>&1 &
+"${CARGO_TARGET_DIR:-target}/debug/authbridge-dev" >"$log" 2>&1 &
 pid=$!
 cleanup() {
   kill -INT "$pid" 2>/dev/null

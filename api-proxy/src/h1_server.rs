@@ -189,7 +189,7 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     GFut: Future<Output = Option<Response<B>>>,
 {
     if h2 {
-        return serve_hyper(Rewind::new(io, Bytes::new()), Hyper::Http2, handler, &stopping).await;
+        return Box::pin(serve_hyper(Rewind::new(io, Bytes::new()), Hyper::Http2, handler, &stopping)).await;
     }
     let mut conn = Conn {
         io,
@@ -201,12 +201,35 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
         timer: Box::pin(tokio::time::sleep(options.head_timeout)),
         watch: Watch { stopping: stopping.clone(), key: None, sheddable: true },
     };
-    let mut first = true;
+    // The first head is waited for by this future alone; what serves requests (the handler's
+    // future among it) is allocated only once one has arrived, so a connection that never sends
+    // a whole head, as a slowloris's do not, holds little memory.
+    let first = conn.next_request(true, &options, &stopping, &gate).await;
+    if matches!(first, Next::Closed) {
+        return;
+    }
+    Box::pin(serve_requests(conn, first, handler, gate, options, stopping)).await
+}
+
+/// Serves a connection's requests, from its first (`next`) on.
+async fn serve_requests<T, F, Fut, B, G, GFut>(
+    mut conn: Conn<T>,
+    mut next: Next<B>,
+    handler: F,
+    gate: G,
+    options: Rc<Options>,
+    stopping: Rc<Stopping>,
+) where
+    T: Io,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + RawFields + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Fn(&Request<()>, &RawHead) -> GFut,
+    GFut: Future<Output = Option<Response<B>>>,
+{
     loop {
-        conn.watch.waiting(true);
-        let next = conn.next_request(first, &options, &stopping, &gate).await;
         conn.watch.waiting(false);
-        first = false;
         let (req, keep_alive) = match next {
             Next::Request(req, keep_alive) => (req, keep_alive),
             Next::Closed => return,
@@ -217,11 +240,15 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
                 return conn.close().await;
             }
             Next::Refuse(status, message) => return conn.refuse(status, message).await,
+            // Boxed: hyper's servers are for the uncommon requests, and inline their state
+            // would be part of every connection's.
             Next::ToHyper(prefix) => {
                 let http1 = Hyper::Http1(options.head_timeout);
-                return serve_hyper(conn.rewind(prefix), http1, handler, &stopping).await;
+                return Box::pin(serve_hyper(conn.rewind(prefix), http1, handler, &stopping)).await;
             }
-            Next::ToH2 => return serve_hyper(conn.rewind(Bytes::new()), Hyper::Http2, handler, &stopping).await,
+            Next::ToH2 => {
+                return Box::pin(serve_hyper(conn.rewind(Bytes::new()), Hyper::Http2, handler, &stopping)).await
+            }
         };
         let head_request = req.method() == Method::HEAD;
         let v11 = req.version() == Version::HTTP_11;
@@ -234,6 +261,8 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
             Ok(false) => return conn.close().await,
             Err(e) => return tracing::debug!(error = %e, "writing an answer failed; connection closed"),
         }
+        conn.watch.waiting(true);
+        next = conn.next_request(false, &options, &stopping, &gate).await;
     }
 }
 

@@ -278,14 +278,16 @@ async fn serve_worker(
         // The acceptor counted it already; from here the connection's own guard does.
         load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
         // At the cap, the connections that have waited longest for their callers make room, a
-        // batch at a time (a few more than the cap may be open until they have closed); with
-        // every connection serving a request, the newcomer is refused.
-        if load.all[load.mine].load(Ordering::Relaxed) >= cap
-            && stopping.shed_pending() == 0
-            && stopping.shed_oldest(shed_batch) == 0
-        {
-            tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
-            continue;
+        // batch at a time: those chosen and not yet closed count as gone. With every
+        // connection serving a request, the newcomer is refused.
+        let open = load.all[load.mine].load(Ordering::Relaxed);
+        if open >= cap {
+            let over = open + 1 - cap;
+            let pending = stopping.shed_pending();
+            if pending < over && stopping.shed_oldest(shed_batch.max(over - pending)) == 0 && pending == 0 {
+                tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
+                continue;
+            }
         }
         let serving = Serving::new(&load, &alive);
         match tokio::net::TcpStream::from_std(stream) {

@@ -5,7 +5,7 @@
 //! configuration. The catalog is read once at start-up; a bad file stops the service with a
 //! message naming the provider and the field.
 
-use crate::config::Secret;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;

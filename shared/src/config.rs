@@ -72,24 +72,7 @@ pub fn default_http_workers() -> usize {
 /// `json` for structured logs, `pretty` for development. Default: `pretty`.
 pub const LOG_FORMAT: &str = "AUTHBRIDGE_LOG_FORMAT";
 
-/// A value that must never be printed: its `Debug` and `Display` say `[redacted]`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret<T>(T);
-
-impl<T> Secret<T> {
-    pub fn new(v: T) -> Self {
-        Self(v)
-    }
-    pub fn expose(&self) -> &T {
-        &self.0
-    }
-}
-
-impl<T> fmt::Debug for Secret<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A snapshot of environment variables.
 #[derive(Debug, Clone, Default)]
@@ -166,8 +149,15 @@ impl<'a> Reader<'a> {
             }),
         }
     }
+    /// A number of seconds (fractions allowed): refused when negative, not finite, or longer
+    /// than a year, rather than read as something else.
     pub fn seconds(&mut self, key: &str, default: u64) -> Duration {
-        Duration::from_secs_f64(self.parse::<f64>(key, default as f64).max(0.0))
+        let n = self.parse::<f64>(key, default as f64);
+        if !n.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&n) {
+            self.fail(format!("{key}={n} is not a number of seconds between 0 and one year"));
+            return Duration::from_secs(default);
+        }
+        Duration::from_secs_f64(n)
     }
     pub fn list(&self, key: &str) -> Vec<String> {
         self.env

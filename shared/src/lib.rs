@@ -14,6 +14,7 @@ pub mod limits;
 pub mod messaging;
 pub mod metrics;
 pub mod oauth;
+pub mod secret;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]

@@ -33,3 +33,35 @@ impl Settings {
         Ok(Self { common: common.expect("checked"), bind, prefetch, sweep_interval, sweep_grace })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: (&str, &str) = (shared::config::ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+
+    #[test]
+    fn defaults_are_as_documented() {
+        let s = Settings::from_env(&Env::from_pairs([KEY])).unwrap();
+        assert_eq!(s.bind, "0.0.0.0:8082");
+        assert_eq!(s.prefetch, 16);
+        assert_eq!(s.sweep_interval, Duration::from_secs(60));
+        assert_eq!(s.sweep_grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once_by_its_variable() {
+        let err = Settings::from_env(&Env::from_pairs([(PREFETCH, "many"), (SWEEP_INTERVAL, "-1")])).unwrap_err();
+        let text = err.to_string();
+        for name in [PREFETCH, SWEEP_INTERVAL, shared::config::ENCRYPTION_KEY] {
+            assert!(text.contains(name), "{name} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn a_zero_prefetch_or_sweep_interval_is_raised_to_a_working_minimum() {
+        let s = Settings::from_env(&Env::from_pairs([KEY, (PREFETCH, "0"), (SWEEP_INTERVAL, "0")])).unwrap();
+        assert_eq!(s.prefetch, 1);
+        assert_eq!(s.sweep_interval, Duration::from_millis(100));
+    }
+}

@@ -136,9 +136,12 @@ fn binding_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> St
 
 /// The value of the cookie `name` in the request's `Cookie` fields, if there is one.
 fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
+    cookie_in(req.headers().get_all(header::COOKIE).filter_map(|v| v.to_str().ok()), name)
+}
+
+/// The value of the cookie `name` in `Cookie` field values (`a=1; b=2`, RFC 6265 §4.2).
+fn cookie_in<'v>(fields: impl Iterator<Item = &'v str>, name: &str) -> Option<&'v str> {
+    fields
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(n, _)| *n == name)
@@ -291,4 +294,52 @@ pub async fn callback(
         &session.return_url,
         &[("status", "connected"), ("provider", &session.provider), ("connection_id", &session.connection_id)],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(issuer: Option<&str>) -> shared::catalog::Provider {
+        let issuer = issuer.map(|i| format!("issuer = \"{i}\"\n")).unwrap_or_default();
+        let toml = format!(
+            "[providers.acme]\nauthorize_url = \"https://login.acme.example/oauth/authorize\"\n\
+             token_url = \"https://login.acme.example/oauth/token\"\n{issuer}"
+        );
+        shared::catalog::Catalog::from_toml(&toml, &|_| None).unwrap().get("acme").unwrap().clone()
+    }
+
+    #[test]
+    fn a_declared_issuer_is_required_exactly_and_an_undeclared_one_must_be_the_authorize_urls_origin() {
+        let declared = provider(Some("https://login.acme.example"));
+        assert!(issuer_matches(&declared, Some("https://login.acme.example")));
+        assert!(!issuer_matches(&declared, Some("https://login.acme.example/")), "compared as a plain string");
+        assert!(!issuer_matches(&declared, Some("https://evil.example")));
+        assert!(!issuer_matches(&declared, None), "a declared issuer must be sent");
+        let undeclared = provider(None);
+        assert!(issuer_matches(&undeclared, None));
+        assert!(issuer_matches(&undeclared, Some("https://login.acme.example")));
+        assert!(issuer_matches(&undeclared, Some("https://login.acme.example/tenant/v2.0")));
+        assert!(!issuer_matches(&undeclared, Some("https://evil.example")));
+        assert!(!issuer_matches(&undeclared, Some("http://login.acme.example")), "another scheme is another origin");
+        assert!(!issuer_matches(&undeclared, Some("not a url")));
+    }
+
+    #[test]
+    fn the_flow_cookie_is_found_among_others_by_its_name_only() {
+        let fields = ["a=1; authbridge_flow_x=n1", "authbridge_flow_y=\"n2\"; b=2"];
+        assert_eq!(cookie_in(fields.iter().copied(), "authbridge_flow_x"), Some("n1"));
+        assert_eq!(cookie_in(fields.iter().copied(), "authbridge_flow_y"), Some("n2"));
+        assert_eq!(cookie_in(fields.iter().copied(), "authbridge_flow"), None, "a prefix is another name");
+        assert_eq!(cookie_in(std::iter::empty(), "a"), None);
+    }
+
+    #[test]
+    fn each_flow_has_a_cookie_name_of_its_own() {
+        let (a, b) = (binding_cookie_name(&hash_secret("state-a")), binding_cookie_name(&hash_secret("state-b")));
+        assert_ne!(a, b);
+        assert!(a.starts_with("authbridge_flow_"));
+        // A cookie name is a token (RFC 6265 §4.1.1): base64url's alphabet is.
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'), "{a}");
+    }
 }

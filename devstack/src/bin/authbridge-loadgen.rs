@@ -149,6 +149,7 @@ async fn seed(args: &[String]) -> anyhow::Result<serde_json::Value> {
     let (count, expires_in): (usize, i64) = (count.parse()?, expires_in.parse()?);
     let store = store()?;
     store.migrate().await?;
+    let db = client().await?;
     let started = Instant::now();
     let expires_at = Utc::now() + chrono::Duration::seconds(expires_in);
     let mut inserted = 0;
@@ -171,9 +172,39 @@ async fn seed(args: &[String]) -> anyhow::Result<serde_json::Value> {
                 (id, tokens)
             })
             .collect();
-        inserted += store.import_connections(provider, &batch).await?;
+        inserted += import(&store, &db, provider, &batch).await?;
     }
     Ok(serde_json::json!({"inserted": inserted, "seconds": started.elapsed().as_secs_f64()}))
+}
+
+/// Inserts already-authorized connections in one statement, sealed as the store seals them,
+/// skipping ids that exist; no events are written (`due` schedules them). How many were
+/// inserted.
+async fn import(
+    store: &Store,
+    db: &tokio_postgres::Client,
+    provider: &str,
+    connections: &[(String, NewTokens)],
+) -> anyhow::Result<u64> {
+    let (mut ids, mut key_ids, mut blobs, mut expires, mut due) = (vec![], vec![], vec![], vec![], vec![]);
+    for (id, t) in connections {
+        let sealed = store.seal_credentials(provider, id, &t.credentials);
+        ids.push(id.as_str());
+        key_ids.push(sealed.key_id);
+        blobs.push(sealed.blob);
+        expires.push(t.expires_at);
+        due.push(t.refresh_due_at);
+    }
+    Ok(db
+        .execute(
+            "INSERT INTO connections (provider, connection_id, status, key_id, credentials, expires_at,
+                refresh_due_at, last_refresh_at)
+             SELECT $1, c, 'active', k, b, e, d, now()
+             FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::timestamptz[]) AS t(c, k, b, e, d)
+             ON CONFLICT (provider, connection_id) DO NOTHING",
+            &[&provider, &ids, &key_ids, &blobs, &expires, &due],
+        )
+        .await?)
 }
 
 async fn client() -> anyhow::Result<tokio_postgres::Client> {

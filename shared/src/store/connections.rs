@@ -134,7 +134,9 @@ fn from_row(row: &Row) -> Result<Connection, StoreError> {
 }
 
 impl Store {
-    fn seal_credentials(&self, provider: &str, connection_id: &str, c: &Credentials) -> crate::crypto::Sealed {
+    /// A connection's credentials sealed as the `credentials` column holds them (bound to the
+    /// connection's key, so a blob copied to another row does not open).
+    pub fn seal_credentials(&self, provider: &str, connection_id: &str, c: &Credentials) -> crate::crypto::Sealed {
         let json = serde_json::to_vec(c).expect("credentials serialize");
         self.keyring.seal(&json, &aad(provider, connection_id))
     }
@@ -233,40 +235,6 @@ impl Store {
         }
         tx.commit().await?;
         Ok(conn)
-    }
-
-    /// Inserts already-authorized connections in one statement (sealed like any other), skipping
-    /// ids that exist. No events are written: schedule them with [`Store::enqueue`]. Returns how
-    /// many were inserted. Used to seed large tables for the benchmarks.
-    pub async fn import_connections(
-        &self,
-        provider: &str,
-        connections: &[(String, NewTokens)],
-    ) -> Result<u64, StoreError> {
-        let mut ids = Vec::with_capacity(connections.len());
-        let mut key_ids = Vec::with_capacity(connections.len());
-        let mut blobs = Vec::with_capacity(connections.len());
-        let mut expires = Vec::with_capacity(connections.len());
-        let mut due = Vec::with_capacity(connections.len());
-        for (id, t) in connections {
-            let sealed = self.seal_credentials(provider, id, &t.credentials);
-            ids.push(id.as_str());
-            key_ids.push(sealed.key_id);
-            blobs.push(sealed.blob);
-            expires.push(t.expires_at);
-            due.push(t.refresh_due_at);
-        }
-        let client = self.client().await?;
-        Ok(client
-            .execute(
-                "INSERT INTO connections (provider, connection_id, status, key_id, credentials, expires_at,
-                    refresh_due_at, last_refresh_at)
-                 SELECT $1, c, 'active', k, b, e, d, now()
-                 FROM unnest($2::text[], $3::text[], $4::bytea[], $5::timestamptz[], $6::timestamptz[]) AS t(c, k, b, e, d)
-                 ON CONFLICT (provider, connection_id) DO NOTHING",
-                &[&provider, &ids, &key_ids, &blobs, &expires, &due],
-            )
-            .await?)
     }
 
     /// Deletes a connection and returns what it held (so its tokens can be revoked).

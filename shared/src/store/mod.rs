@@ -9,6 +9,8 @@ mod migrations;
 pub mod notify;
 mod outbox;
 mod sessions;
+#[cfg(test)]
+mod tests;
 
 pub use api_keys::ApiKeyRecord;
 pub use connections::{Connection, ConnectionStatus, Credentials, NewTokens, RefreshGuard};

@@ -3,9 +3,11 @@
 //!
 //! Entries are dropped the moment any process changes the connection (PostgreSQL NOTIFY from a
 //! trigger, see `shared::store::notify`), and after a short TTL as a safety net. While the
-//! notification listener is down the cache is bypassed, and it is emptied when listening
-//! resumes, because changes made meanwhile were not announced. A token that expires within the
-//! minimum validity is never served from here.
+//! notification listener is down the cache is bypassed (the database is asked), and it is
+//! emptied when listening resumes, because changes made meanwhile were not announced. When the
+//! database cannot be reached at all, what the cache last knew may still be served for a
+//! bounded time ([`TokenCache::get_stale`]): nothing can be revoked or deleted while the
+//! database is down. A token that expires within the minimum validity is never served from here.
 
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
@@ -75,6 +77,14 @@ pub struct TokenCache {
     entries: RwLock<HashMap<String, HashMap<String, Entry>>>,
     ttl: Duration,
     listening: AtomicBool,
+    /// How long after the listener was lost the entries may still be served when the database
+    /// cannot be reached (zero: never; they are dropped when it is lost).
+    stale_for: Duration,
+    /// When the listener was lost (`None` while listening).
+    lost_at: std::sync::Mutex<Option<Instant>>,
+    /// Whether a call was served from memory since the listener was lost (for the gauge, and
+    /// so the start and end are logged once each).
+    serving_stale: AtomicBool,
     /// Bumped by every change; a fetch that raced a change does not store its result, and every
     /// thread's copy of the cache is dropped.
     epoch: AtomicU64,
@@ -102,14 +112,24 @@ thread_local! {
 const LOCAL_LIMIT: usize = 100_000;
 
 impl TokenCache {
-    /// A cache whose entries live at most `ttl`; a zero `ttl` disables it.
+    /// A cache whose entries live at most `ttl`; a zero `ttl` disables it. No entry is served
+    /// once the listener is lost.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_stale(ttl, Duration::ZERO)
+    }
+
+    /// The same, and entries may still be served for `stale_for` after the listener was lost,
+    /// to calls that cannot reach the database ([`TokenCache::get_stale`]).
+    pub fn with_stale(ttl: Duration, stale_for: Duration) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
             id: IDS.fetch_add(1, Ordering::Relaxed),
             entries: RwLock::new(HashMap::default()),
             ttl,
             listening: AtomicBool::new(false),
+            stale_for: if ttl.is_zero() { Duration::ZERO } else { stale_for },
+            lost_at: std::sync::Mutex::new(None),
+            serving_stale: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             hits: Counter::default(),
             misses: Counter::default(),
@@ -225,14 +245,66 @@ impl TokenCache {
                 }
             }
             Change::Resync => {
+                // Whatever changed while nobody listened was not announced: start over.
                 entries.clear();
                 self.listening.store(true, Ordering::Release);
+                let lost = self.lost_at.lock().unwrap().take();
+                if self.serving_stale.swap(false, Ordering::AcqRel) {
+                    let after = lost.map(|t| t.elapsed().as_secs_f64()).unwrap_or_default();
+                    tracing::warn!(after_seconds = after, "the database is back: tokens are served from it again");
+                }
             }
             Change::Lost => {
                 self.listening.store(false, Ordering::Release);
-                entries.clear();
+                self.lost_at.lock().unwrap().get_or_insert_with(Instant::now);
+                if self.stale_for.is_zero() {
+                    entries.clear();
+                }
             }
         }
+    }
+
+    /// What the cache last knew of a connection, for a call that cannot reach the database:
+    /// only while the listener is lost, for at most the stale bound since it was lost, and only
+    /// a token still valid for `min_validity` by its own expiry. The first call served so says
+    /// so in the log (once), and [`TokenCache::serving_stale`] turns true.
+    pub fn get_stale(&self, provider: &str, connection_id: &str, min_validity: Duration) -> Option<(i64, Arc<Token>)> {
+        if self.stale_for.is_zero() || self.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        let lost_at = (*self.lost_at.lock().unwrap())?;
+        let now = Instant::now();
+        if now.duration_since(lost_at) >= self.stale_for {
+            return None;
+        }
+        let hit = {
+            let entries = self.entries.read().unwrap();
+            let e = entries.get(provider).and_then(|m| m.get(connection_id))?;
+            if e.expires.is_some_and(|x| x <= now + min_validity) {
+                return None;
+            }
+            (e.version, e.token.clone())
+        };
+        if !self.serving_stale.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                stale_for_seconds = self.stale_for.as_secs(),
+                "the database cannot be reached: serving the tokens held in memory"
+            );
+        }
+        Some(hit)
+    }
+
+    /// Whether calls are being served from memory while the database cannot be reached.
+    pub fn serving_stale(&self) -> bool {
+        self.serving_stale.load(Ordering::Acquire) && !self.listening.load(Ordering::Acquire)
+    }
+
+    /// Whether, the database being unreachable, the cache can still serve (the bound since the
+    /// listener was lost has not passed).
+    pub fn can_serve_stale(&self) -> bool {
+        !self.stale_for.is_zero()
+            && !self.listening.load(Ordering::Acquire)
+            && self.lost_at.lock().unwrap().is_some_and(|t| t.elapsed() < self.stale_for)
     }
 
     pub fn len(&self) -> usize {
@@ -274,6 +346,35 @@ mod tests {
             put_fresh(&c, id, version, token);
         }
         c
+    }
+
+    #[test]
+    fn while_the_database_is_out_of_reach_memory_serves_unexpired_tokens_within_the_bound_then_resyncs() {
+        let c = TokenCache::with_stale(Duration::from_secs(30), Duration::from_millis(200));
+        c.apply(Change::Resync);
+        put_fresh(&c, "u", 1, "a");
+        c.put(c.epoch(), "p", "soon", 1, creds("short"), Some(Utc::now() + chrono::Duration::seconds(2)));
+        assert!(c.get_stale("p", "u", Duration::ZERO).is_none(), "never while listening");
+        c.apply(Change::Lost);
+        assert!(c.get("p", "u", Duration::ZERO).is_none(), "the normal path asks the database");
+        assert_eq!(c.get_stale("p", "u", Duration::ZERO).unwrap().1.creds.access_token, "a");
+        assert!(c.serving_stale() && c.can_serve_stale());
+        assert!(c.get_stale("p", "soon", Duration::from_secs(5)).is_none(), "a token expiring within the validity");
+        assert!(c.get_stale("p", "unseen", Duration::ZERO).is_none());
+        // A change announced before the listener was lost still applies.
+        c.apply(Change::Connection { provider: "p".into(), connection_id: "soon".into() });
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(c.get_stale("p", "u", Duration::ZERO).is_none(), "not past the bound");
+        assert!(!c.can_serve_stale());
+        c.apply(Change::Resync);
+        assert!(!c.serving_stale());
+        assert!(c.is_empty(), "everything is fetched again after the gap");
+        // With no bound, losing the listener drops everything, as before.
+        let strict = TokenCache::new(Duration::from_secs(30));
+        strict.apply(Change::Resync);
+        put_fresh(&strict, "u", 1, "a");
+        strict.apply(Change::Lost);
+        assert!(strict.is_empty() && strict.get_stale("p", "u", Duration::ZERO).is_none());
     }
 
     #[test]

@@ -310,17 +310,42 @@ fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Arc<Token>), ApiError> {
-    if let Some(hit) = state.cache.get(provider, id, state.core.tokens.policy.min_token_validity) {
+    let min_validity = state.core.tokens.policy.min_token_validity;
+    if let Some(hit) = state.cache.get(provider, id, min_validity) {
         return Ok(hit);
+    }
+    // The database failed a moment ago: what memory holds, or a 503 at once rather than after
+    // another wait for a connection.
+    if state.database_down() {
+        return state.cache.get_stale(provider, id, min_validity).ok_or_else(database_unavailable);
     }
     let epoch = state.cache.epoch();
     // Boxed: the database path is the cold one, and its state machine would otherwise be
     // inlined into (and copied with) every proxied call's future.
-    let found = Box::pin(state.core.tokens.valid_token(provider, id)).await?;
+    let found = match Box::pin(state.core.tokens.valid_token(provider, id)).await {
+        Ok(found) => found,
+        Err(e) => {
+            let e = ApiError::from(e);
+            if e.code == ErrorCode::Unavailable {
+                state.database_failed();
+                if let Some(hit) = state.cache.get_stale(provider, id, min_validity) {
+                    return Ok(hit);
+                }
+            }
+            return Err(e);
+        }
+    };
     let (c, creds) = shared::http::usable(found, provider, id)?;
     let token = Arc::new(Token::new(creds)?);
     state.cache.put(epoch, provider, id, c.token_version, token.clone(), c.expires_at);
     Ok((c.token_version, token))
+}
+
+/// The answer to a call that needs the database while it cannot be reached.
+fn database_unavailable() -> ApiError {
+    let mut e = proxy_error(ErrorCode::Unavailable, "the database is unavailable; try again shortly");
+    e.retry_after = Some(std::time::Duration::from_secs(1));
+    e
 }
 
 /// A request body on its way to the provider: held (small, so a 401 can be retried) or streamed
@@ -796,8 +821,28 @@ pub async fn proxy(
     // someone already refreshed past this version we simply get the newer token) and retry once.
     tracing::info!("provider answered 401; refreshing and retrying once");
     // Boxed for the same reason as the database read in `token_for`: a cold path.
-    let outcome =
-        Box::pin(state.core.tokens.refresh(provider_id, connection_id, Trigger::Unauthorized { version })).await?;
+    let outcome = match Box::pin(state.core.tokens.refresh(
+        provider_id,
+        connection_id,
+        Trigger::Unauthorized { version },
+    ))
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            let e = ApiError::from(e);
+            if e.code != ErrorCode::Unavailable {
+                return Err(e);
+            }
+            // The database is out of reach, so no refresh can run: the provider's answer goes
+            // back as it is, saying why it was not retried.
+            state.database_failed();
+            span.record("upstream_status", 401u16);
+            let mut out = relay(resp, deadline, raw_ok);
+            out.headers_mut().insert("x-authbridge-retry", HeaderValue::from_static("refresh-unavailable"));
+            return Ok(out);
+        }
+    };
     // The refused token leaves this process's cache now, not when the change's announcement
     // arrives: the caller's next call (told to retry, below) must find the fresh one.
     state.cache.forget(provider_id, connection_id);

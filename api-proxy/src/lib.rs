@@ -24,6 +24,21 @@ pub struct ProxyState {
     pub core: Core,
     pub settings: Settings,
     pub cache: cache::TokenCache,
+    /// Until when calls do not try the database again after it failed (so a call that needs it
+    /// fails at once instead of waiting for a connection, and memory serves the rest).
+    database_down_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl ProxyState {
+    /// Whether the database failed within the last second.
+    pub fn database_down(&self) -> bool {
+        self.database_down_until.lock().unwrap().is_some_and(|t| std::time::Instant::now() < t)
+    }
+
+    /// Notes that the database could not be reached.
+    pub fn database_failed(&self) {
+        *self.database_down_until.lock().unwrap() = Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
+    }
 }
 
 pub struct Application {
@@ -46,12 +61,14 @@ impl Application {
             None => None,
         };
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
+        auth.serve_stale_for(settings.stale);
         let registry = shared::http::http_metrics();
         registry.describe(
             "authbridge_proxied_calls_total",
             "Calls forwarded to providers, by provider and upstream status.",
         );
-        let state = Arc::new(ProxyState { cache: cache::TokenCache::new(settings.token_cache_ttl), core, settings });
+        let cache = cache::TokenCache::with_stale(settings.token_cache_ttl, settings.stale);
+        let state = Arc::new(ProxyState { cache, core, settings, database_down_until: Default::default() });
         // Keep the token cache honest: every change to a connection, in any process, drops it.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(shared::store::notify::listen(
@@ -63,7 +80,13 @@ impl Application {
         tokio::spawn(async move {
             while let Some(change) = rx.recv().await {
                 match weak.upgrade() {
-                    Some(s) => s.cache.apply(change),
+                    Some(s) => {
+                        // Listening again means the database answers: try it at once.
+                        if matches!(change, shared::store::notify::Change::Resync) {
+                            *s.database_down_until.lock().unwrap() = None;
+                        }
+                        s.cache.apply(change)
+                    }
                     None => break,
                 }
             }

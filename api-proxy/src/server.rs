@@ -508,12 +508,19 @@ pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
     r
 }
 
+/// Ready while calls can be served: with PostgreSQL, or without it from memory (within the stale
+/// bound). RabbitMQ is reported but not needed: no proxied call waits on it.
 async fn readyz(worker: &Worker) -> Response<ResponseBody> {
-    let core = &worker.state.core;
-    let (ready, body) = shared::http::readiness_report(vec![
-        ("postgres", shared::http::probe(core.store.ping()).await),
-        ("rabbitmq", shared::http::probe(core.broker.ping()).await),
-    ]);
+    let state = &worker.state;
+    let postgres = shared::http::probe(state.core.store.ping()).await;
+    let rabbitmq = shared::http::probe(state.core.broker.ping()).await;
+    let from_memory = postgres.is_err() && state.cache.can_serve_stale();
+    let ready = postgres.is_ok() || from_memory;
+    let (_, mut body) = shared::http::readiness_report(vec![("postgres", postgres), ("rabbitmq", rabbitmq)]);
+    body["status"] = (if ready { "ready" } else { "not_ready" }).into();
+    if from_memory {
+        body["serving"] = "from_memory".into();
+    }
     json(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body.to_string())
 }
 
@@ -542,6 +549,12 @@ fn metrics(worker: &Worker) -> Response<ResponseBody> {
         ratio,
     );
     shared::metrics::gauge(&mut out, "authbridge_token_cache_entries", "Tokens held in memory.", c.len() as f64);
+    shared::metrics::gauge(
+        &mut out,
+        "authbridge_proxy_serving_from_memory",
+        "1 while PostgreSQL cannot be reached and calls are served with the tokens and keys held in memory.",
+        if c.serving_stale() { 1.0 } else { 0.0 },
+    );
     worker.auth.render_metrics(&mut out);
     full(StatusCode::OK, "text/plain; version=0.0.4", out.into())
 }

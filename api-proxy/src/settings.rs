@@ -16,6 +16,9 @@ pub const RETRY_BODY: &str = "AUTHBRIDGE_PROXY_RETRY_BODY_BYTES";
 /// How long a decrypted token may be served from memory (seconds); changes invalidate it at
 /// once regardless. 0 turns the cache off. Default: 30.
 pub const TOKEN_CACHE: &str = "AUTHBRIDGE_PROXY_TOKEN_CACHE_SECONDS";
+/// How long, once PostgreSQL cannot be reached, the proxy keeps serving the tokens and API-key
+/// decisions it holds in memory (seconds); 0 turns it off. Default: 300.
+pub const STALE: &str = "AUTHBRIDGE_PROXY_STALE_SECONDS";
 /// How long a caller has to send a request's head (and a held body), from when the connection
 /// opens or its previous answer was written (seconds, 1-60). Default: 10.
 pub const HEAD_TIMEOUT: &str = "AUTHBRIDGE_PROXY_HEAD_TIMEOUT_SECONDS";
@@ -35,6 +38,7 @@ pub struct Settings {
     pub token_cache_ttl: Duration,
     pub head_timeout: Duration,
     pub max_connections: usize,
+    pub stale: Duration,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
 }
@@ -51,6 +55,7 @@ impl Settings {
         let workers = r.parse(shared::config::HTTP_WORKERS, shared::config::default_http_workers());
         let token_cache_ttl = r.seconds(TOKEN_CACHE, 30);
         let head_timeout = r.seconds(HEAD_TIMEOUT, 10);
+        let stale = r.seconds(STALE, 300);
         if head_timeout.is_zero() || head_timeout > Duration::from_secs(60) {
             r.fail(format!("{HEAD_TIMEOUT} must be 1-60 seconds"));
         }
@@ -71,6 +76,7 @@ impl Settings {
             token_cache_ttl,
             head_timeout,
             max_connections,
+            stale,
             tls,
         })
     }

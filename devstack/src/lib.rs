@@ -75,6 +75,8 @@ pub struct StackOptions {
     /// The proxy's head timeout and connection cap.
     pub proxy_head_timeout: Duration,
     pub proxy_max_connections: usize,
+    /// How long the proxy serves from memory while PostgreSQL cannot be reached.
+    pub proxy_stale: Duration,
 }
 
 impl Default for StackOptions {
@@ -103,6 +105,7 @@ impl Default for StackOptions {
             mock_api_base: None,
             proxy_head_timeout: Duration::from_secs(10),
             proxy_max_connections: api_proxy::settings::default_max_connections(),
+            proxy_stale: Duration::from_secs(300),
         }
     }
 }
@@ -209,6 +212,7 @@ impl Stack {
             workers: opts.http_workers,
             token_cache_ttl: Duration::from_secs(30),
             head_timeout: opts.proxy_head_timeout,
+            stale: opts.proxy_stale,
             max_connections: opts.proxy_max_connections,
             tls: opts.tls.clone(),
         })

@@ -200,6 +200,11 @@ pub struct Authenticator {
     failures: Option<crate::limits::Limiter>,
     blocked: std::sync::Mutex<foldhash::HashMap<std::net::IpAddr, Instant>>,
     lookups: std::sync::atomic::AtomicU64,
+    /// How old (ms) a decision that named a caller may be and still be used when the database
+    /// cannot be reached (0: never).
+    stale_ms: std::sync::atomic::AtomicU64,
+    /// Until when lookups are not tried again after the database could not be reached.
+    down_until: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Authenticator {
@@ -217,7 +222,16 @@ impl Authenticator {
             failures: crate::limits::Limiter::new(failures_per_address, "client address's failed authentications"),
             blocked: Default::default(),
             lookups: Default::default(),
+            stale_ms: Default::default(),
+            down_until: Default::default(),
         }
+    }
+
+    /// Lets decisions that named a caller, up to `age` old, stand in while the database cannot
+    /// be reached: a key in use keeps working through an outage (nothing can be revoked while
+    /// it lasts). Unknown keys are never decided so.
+    pub fn serve_stale_for(&self, age: Duration) {
+        self.stale_ms.store(age.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many keys were looked up in the database so far.
@@ -359,8 +373,26 @@ impl Authenticator {
                 return Err(e);
             }
         }
+        // What a lookup found before, if it named a caller recently enough to stand in while
+        // the database cannot be reached (kept at its lookup's time, so it is looked up again).
+        let stale = || {
+            let age = Duration::from_millis(self.stale_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let last = self.cache.read().unwrap().get(&digest).cloned();
+            last.filter(|(caller, at)| caller.is_some() && !age.is_zero() && now.duration_since(*at) < age)
+        };
+        if self.down_until.lock().unwrap().is_some_and(|t| now < t) {
+            return stale().ok_or_else(|| crate::store::StoreError::Unreachable.into());
+        }
         self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let found = self.store.find_api_key(&digest).await?.map(|r| Caller {
+        let found = match self.store.find_api_key(&digest).await {
+            Ok(found) => found,
+            Err(e) if e.is_unavailable() => {
+                *self.down_until.lock().unwrap() = Some(Instant::now() + Duration::from_secs(1));
+                return stale().ok_or_else(|| e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let found = found.map(|r| Caller {
             key_id: r.id.into(),
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
             providers: (!r.providers.is_empty()).then(|| r.providers.into()),

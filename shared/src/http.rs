@@ -150,13 +150,13 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Pool(_) => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again shortly")
-            }
-            other => ApiError::internal(other),
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            let mut a = ApiError::new(ErrorCode::Unavailable, "the database is unavailable; try again shortly");
+            a.retry_after = Some(Duration::from_secs(1));
+            return a;
         }
+        ApiError::internal(e)
     }
 }
 

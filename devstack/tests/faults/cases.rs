@@ -42,6 +42,7 @@ async fn rabbitmq_restart_while_connecting_and_refreshing_loses_nothing() {
     let all: Vec<String> = before.iter().chain(during.iter()).cloned().collect();
     let waited = wait_refreshed(&app, &all, 3, Duration::from_secs(60)).await;
     let statuses = load.stop().await;
+    assert_eq!(statuses.keys().copied().collect::<Vec<_>>(), vec![200], "no proxied call needs RabbitMQ: {statuses:?}");
     assert_nothing_lost(&app, &all, 3).await;
     let stats = app.mock_stats();
     assert_eq!(stats.refreshes_after_expiry, 0, "a token expired before it was refreshed");
@@ -346,6 +347,121 @@ async fn a_thousand_connections_refreshed_continuously_by_two_replicas_under_pro
                     stats.refreshes_after_expiry, stats.refresh_rejected, stats.api_unauthorized
                 ),
             ),
+        ],
+    );
+    app.stop().await;
+}
+
+/// PostgreSQL stopped for 30 s under steady proxied load: connections (and the API key) the
+/// proxy has seen keep being served from memory, a connection it has not seen fails at once
+/// with 503 and `Retry-After`, the proxy stays ready and says it is serving from memory; once
+/// the database is back, the cache is resynced, so a connection deleted before the outage is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_has_seen() {
+    let app = TestApp::start_with(opts(3600, 1)).await;
+    let seen = ids("pg-seen", 40);
+    connect_all(&app, &seen, 10).await;
+    let unseen = ids("pg-unseen", 2);
+    connect_all(&app, &unseen, 2).await;
+    let (_, key) = {
+        let r = app
+            .http
+            .post(app.gw("/v1/api-keys"))
+            .header("Authorization", format!("Bearer {}", app.stack.api_key))
+            .json(&serde_json::json!({"name": "svc", "scopes": ["proxy"]}))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        (v["id"].as_str().unwrap().to_owned(), v["key"].as_str().unwrap().to_owned())
+    };
+    let call = |id: String, key: String| {
+        let url = app.px(&format!("/proxy/mock/{id}/ping"));
+        let http = app.http.clone();
+        async move { http.get(url).header("Authorization", format!("Bearer {key}")).send().await }
+    };
+    // Deleted before the outage, after the proxy had cached it.
+    app.connect("mock", "pg-doomed").await;
+    assert_eq!(call("pg-doomed".into(), key.clone()).await.unwrap().status(), 200);
+    let load = Load::start(&app, seen.clone(), 4, Duration::from_millis(20));
+    // The run-time key is seen too (run-time keys need the database to be looked up).
+    assert_eq!(call(seen[0].clone(), key.clone()).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.api(reqwest::Method::DELETE, "/v1/connections/mock/pg-doomed").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let started = Instant::now();
+    let down = PostgresDown::stop();
+    let proxy_ready = format!("{}/readyz", app.stack.proxy.url());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready_during = app.http.get(&proxy_ready).send().await.unwrap().status().as_u16();
+    let metrics = app.http.get(app.px("/metrics")).send().await.unwrap().text().await.unwrap();
+    let asked = Instant::now();
+    let unseen_answer = call(unseen[0].clone(), app.stack.api_key.clone()).await.unwrap();
+    let unseen_took = asked.elapsed();
+    let unseen_status = unseen_answer.status().as_u16();
+    let unseen_retry = unseen_answer.headers().get("retry-after").is_some();
+    let key_during = call(seen[1].clone(), key.clone()).await.unwrap().status().as_u16();
+    while started.elapsed() < Duration::from_secs(29) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut statuses = load.stop().await;
+    // A 401 from the provider cannot be answered with a refresh now: it is relayed, marked.
+    app.mock_control(mock_provider::Control { api_fail_count: 1, api_fail_status: Some(401), ..Default::default() });
+    let refused = call(seen[2].clone(), key.clone()).await.unwrap();
+    let refused = (refused.status().as_u16(), refused.headers().get("x-authbridge-retry").cloned());
+    while started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The same load through the database's return.
+    let load = Load::start(&app, seen.clone(), 4, Duration::from_millis(20));
+    let outage = started.elapsed();
+    down.start();
+    let gateway_ready = format!("{}/readyz", app.stack.gateway.url());
+    let recovery = wait_ready(&gateway_ready, 200, Duration::from_secs(60)).await;
+    // Back to the database: the cache was resynced (the gauge falls to 0).
+    eventually("the proxy to leave its from-memory mode", Duration::from_secs(30), || async {
+        let m = app.http.get(app.px("/metrics")).send().await.ok()?.text().await.ok()?;
+        m.contains("authbridge_proxy_serving_from_memory 0").then_some(())
+    })
+    .await;
+    for (status, n) in load.stop().await {
+        *statuses.entry(status).or_default() += n;
+    }
+    let doomed_after = call("pg-doomed".into(), key.clone()).await.unwrap().status().as_u16();
+    let unseen_after = call(unseen[1].clone(), key.clone()).await.unwrap().status().as_u16();
+
+    assert_eq!(ready_during, 200, "the proxy stays ready while it can serve from memory");
+    assert!(metrics.contains("authbridge_proxy_serving_from_memory 1"), "{metrics}");
+    assert_eq!((unseen_status, unseen_retry), (503, true), "an unseen connection fails with 503 and Retry-After");
+    assert_eq!(key_during, 200, "a run-time key seen before the outage keeps working");
+    assert_eq!(refused.0, 401);
+    assert_eq!(refused.1.as_ref().map(|v| v.to_str().unwrap()), Some("refresh-unavailable"));
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "every call for a seen connection: {statuses:?}"
+    );
+    assert_eq!(doomed_after, 404, "a connection deleted before the outage is refused after the resync");
+    assert_eq!(unseen_after, 200);
+    report(
+        "PostgreSQL stopped for 30 s under proxied load (pg_ctlcluster stop / start)",
+        &[
+            ("connections under load", format!("{} (4 callers, a call every 20 ms each)", seen.len())),
+            ("outage", format!("{:.1} s", outage.as_secs_f64())),
+            ("proxied calls by status", fmt_statuses(&statuses)),
+            ("proxy readiness during the outage", ready_during.to_string()),
+            (
+                "a provider's 401 during the outage",
+                format!("{} relayed, x-authbridge-retry: refresh-unavailable", refused.0),
+            ),
+            (
+                "a connection the proxy had not seen, during the outage",
+                format!("{unseen_status} with Retry-After, in {:.0} ms", unseen_took.as_secs_f64() * 1000.0),
+            ),
+            ("time until the gateway was ready again", format!("{:.1} s", recovery.as_secs_f64())),
+            ("a connection deleted just before the outage, after it", doomed_after.to_string()),
         ],
     );
     app.stop().await;

@@ -182,3 +182,29 @@ pub fn fmt_statuses(s: &BTreeMap<u16, u64>) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Stops the local PostgreSQL cluster; the guard starts it again even if the test fails.
+pub struct PostgresDown;
+
+fn pg_clusters(action: &str) {
+    for v in std::fs::read_dir("/etc/postgresql").expect("a Debian PostgreSQL cluster").flatten() {
+        let v = v.file_name().to_string_lossy().into_owned();
+        run("pg_ctlcluster", &["--skip-systemctl-redirect", &v, "main", action]);
+    }
+}
+
+impl PostgresDown {
+    pub fn stop() -> Self {
+        pg_clusters("stop");
+        Self
+    }
+    pub fn start(self) {
+        drop(self);
+    }
+}
+
+impl Drop for PostgresDown {
+    fn drop(&mut self) {
+        pg_clusters("start");
+    }
+}

@@ -35,6 +35,27 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid database URL: {0}")]
     Url(String),
+    /// Not tried: the database failed a moment ago.
+    #[error("database unavailable (it failed a moment ago)")]
+    Unreachable,
+}
+
+impl StoreError {
+    /// Whether the database could not be reached (as opposed to refusing what was asked):
+    /// no connection to be had, or the one in use was cut.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Pool(_) | StoreError::Unreachable => true,
+            // Cut (closed, or an I/O error under it), or refused by a server shutting down or
+            // starting up (SQLSTATE class 57P: operator intervention; 08: connection exception).
+            StoreError::Db(e) => {
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    || e.code().is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The store: a connection pool and the keyring that seals what it writes.

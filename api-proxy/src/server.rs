@@ -331,8 +331,9 @@ async fn serve_connection(
             let route = route_of(req.uri().path());
             let presented = fields.get(b"authorization").and_then(shared::http::bearer_credential).map(str::to_owned);
             let method = req.method().clone();
+            let path = (route == shared::http::UNMATCHED).then(|| req.uri().path().to_owned());
             let (worker, memo) = (worker.clone(), memo.clone());
-            async move { admit_body(&worker, &memo, route, &method, presented.as_deref()).await }
+            async move { admit_body(&worker, &memo, route, &method, path.as_deref(), presented.as_deref()).await }
         }
     };
     let handler = move |req| handle(worker.clone(), memo.clone(), req);
@@ -370,24 +371,20 @@ async fn admit_body(
     memo: &RefCell<ConnectionMemo>,
     route: &'static str,
     method: &Method,
+    path: Option<&str>,
     presented: Option<&str>,
 ) -> Option<Response<ResponseBody>> {
     let start = Instant::now();
-    let refused = match route {
+    let resp = match route {
         PROXY_ROUTE => match worker.auth.authorize_on(memo, presented, shared::auth::Scope::Proxy, None).await {
             Ok(_) => return None,
-            Err(e) => e,
+            Err(e) => error_response(&e),
         },
-        shared::http::UNMATCHED => ApiError::new(ErrorCode::NotFound, "no such route"),
-        _ if method != Method::GET && method != Method::HEAD => {
-            ApiError::new(ErrorCode::MethodNotAllowed, format!("{route} answers GET and HEAD, not {method}"))
-        }
-        _ => ApiError::new(ErrorCode::InvalidRequest, format!("{route} takes no request body")),
+        _ => match refusal(route, method, path.unwrap_or_default()) {
+            Some(refused) => refused,
+            None => error_response(&ApiError::new(ErrorCode::InvalidRequest, format!("{route} takes no request body"))),
+        },
     };
-    let mut resp = error_response(&refused);
-    if refused.code == ErrorCode::MethodNotAllowed {
-        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    }
     let span = tracing::Span::none();
     let quiet = route != PROXY_ROUTE && route != shared::http::UNMATCHED;
     shared::http::record_request(
@@ -445,6 +442,23 @@ async fn handle(
     resp
 }
 
+/// The 404 of a path no route has, or the 405 of a method other than `GET` or `HEAD` on the
+/// routes other than the proxy's.
+fn refusal(route: &str, method: &Method, path: &str) -> Option<Response<ResponseBody>> {
+    if route == shared::http::UNMATCHED {
+        return Some(error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))));
+    }
+    if method == Method::GET || method == Method::HEAD {
+        return None;
+    }
+    let mut r = error_response(&ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{route} answers GET and HEAD, not {method}"),
+    ));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    Some(r)
+}
+
 /// `/healthz`, `/readyz`, `/metrics`, or a 404 or 405.
 async fn other_route(
     worker: &Worker,
@@ -452,19 +466,10 @@ async fn other_route(
     route: &str,
     method: &Method,
 ) -> Response<ResponseBody> {
-    let readable = method == Method::GET || method == Method::HEAD;
+    if let Some(refused) = refusal(route, method, req.uri().path()) {
+        return refused;
+    }
     match route {
-        shared::http::UNMATCHED => {
-            error_response(&ApiError::new(ErrorCode::NotFound, format!("no route for {method} {}", req.uri().path())))
-        }
-        _ if !readable => {
-            let mut r = error_response(&ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{route} answers GET and HEAD, not {method}"),
-            ));
-            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            r
-        }
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readyz(worker).await,
         _ => {

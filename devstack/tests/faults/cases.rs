@@ -33,7 +33,11 @@ async fn rabbitmq_restart_while_connecting_and_refreshing_loses_nothing() {
     connect_all(&app, &during, 5).await;
     let pending = app.stack.store().outbox_len().await.unwrap();
     assert!(pending > 0, "events should be waiting in the outbox");
-    tokio::time::sleep(Duration::from_secs(8)).await; // past the first refreshes' due time
+    // 30 s down: past the first refreshes' due time, and long enough that any proxied call
+    // depending on the broker would show.
+    while started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let outage = started.elapsed();
     down.start();
     let recovery = wait_ready(&refresher_ready, 200, Duration::from_secs(60)).await;
@@ -381,6 +385,8 @@ async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_ha
         let http = app.http.clone();
         async move { http.get(url).header("Authorization", format!("Bearer {key}")).send().await }
     };
+    // A connect link handed out before the outage, opened during it.
+    let link = app.connect_url("mock", "pg-link").await;
     // Deleted before the outage, after the proxy had cached it.
     app.connect("mock", "pg-doomed").await;
     assert_eq!(call("pg-doomed".into(), key.clone()).await.unwrap().status(), 200);
@@ -403,6 +409,13 @@ async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_ha
     let unseen_status = unseen_answer.status().as_u16();
     let unseen_retry = unseen_answer.headers().get("retry-after").is_some();
     let key_during = call(seen[1].clone(), key.clone()).await.unwrap().status().as_u16();
+    // The gateway says "try again" at once, in JSON with Retry-After, on the browser's link and
+    // on the API alike.
+    let opened = app.http.get(&link).send().await.unwrap();
+    let gateway_link = (opened.status().as_u16(), opened.headers().contains_key("retry-after"));
+    let opened_error = opened.json::<serde_json::Value>().await.unwrap()["error"].clone();
+    let created = app.create_session("mock", "pg-new", crate::support::RETURN_URL).await;
+    let gateway_api = (created.status().as_u16(), created.headers().contains_key("retry-after"));
     while started.elapsed() < Duration::from_secs(29) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -436,6 +449,9 @@ async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_ha
     assert!(metrics.contains("authbridge_proxy_serving_from_memory 1"), "{metrics}");
     assert_eq!((unseen_status, unseen_retry), (503, true), "an unseen connection fails with 503 and Retry-After");
     assert_eq!(key_during, 200, "a run-time key seen before the outage keeps working");
+    assert_eq!(gateway_link, (503, true), "the connect link during the outage");
+    assert_eq!(opened_error, "unavailable");
+    assert_eq!(gateway_api, (503, true), "a new connect session during the outage");
     assert_eq!(refused.0, 401);
     assert_eq!(refused.1.as_ref().map(|v| v.to_str().unwrap()), Some("refresh-unavailable"));
     assert_eq!(
@@ -459,6 +475,10 @@ async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_ha
             (
                 "a connection the proxy had not seen, during the outage",
                 format!("{unseen_status} with Retry-After, in {:.0} ms", unseen_took.as_secs_f64() * 1000.0),
+            ),
+            (
+                "the gateway during the outage (a connect link, a new session)",
+                "503 with Retry-After, JSON `unavailable`".into(),
             ),
             ("time until the gateway was ready again", format!("{:.1} s", recovery.as_secs_f64())),
             ("a connection deleted just before the outage, after it", doomed_after.to_string()),

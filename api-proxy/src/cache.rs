@@ -20,13 +20,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// A connection's credentials with the `Authorization` value built once, marked sensitive (so
-/// HTTP/2 never puts it in a compression table).
+/// A connection's credentials with what a call carries for them built once: the header fields
+/// (marked sensitive, so HTTP/2 never puts them in a compression table), and for credential
+/// providers that want them elsewhere, query parameters and form fields.
 pub struct Token {
     pub creds: Credentials,
-    pub bearer: http::HeaderValue,
-    /// Names the credential among all the proxy carries (a keyed hash of the access token): the
-    /// upstream pool keeps a connection for the credential whose call it carried last.
+    /// `authorization: Bearer …` for OAuth tokens; the provider's placement otherwise.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub query: Vec<(String, String)>,
+    pub form: Vec<(String, String)>,
+    /// Names the credential among all the proxy carries (a keyed hash of what the call
+    /// carries): the upstream pool keeps a connection for the credential whose call it carried last.
     pub tenant: u64,
 }
 
@@ -38,20 +42,60 @@ pub fn tenant_of(credential: &str) -> u64 {
     KEY.get_or_init(Default::default).hash_one(credential)
 }
 
+fn sensitive(v: &str) -> Result<http::HeaderValue, ApiError> {
+    let mut v = http::HeaderValue::try_from(v)
+        .map_err(|_| ApiError::internal("a stored credential is not a valid header value"))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 impl Token {
-    pub fn new(creds: Credentials) -> Result<Self, ApiError> {
-        let mut bearer = http::HeaderValue::try_from(format!("Bearer {}", creds.access_token))
-            .map_err(|_| ApiError::internal("stored token is not a valid header value"))?;
-        bearer.set_sensitive(true);
+    /// An OAuth connection's token, sent as `Authorization: Bearer`.
+    pub fn bearer(creds: Credentials) -> Result<Self, ApiError> {
+        let bearer = sensitive(&format!("Bearer {}", creds.access_token))?;
         let tenant = tenant_of(&creds.access_token);
-        Ok(Self { creds, bearer, tenant })
+        Ok(Self { creds, headers: vec![(http::header::AUTHORIZATION, bearer)], query: vec![], form: vec![], tenant })
+    }
+
+    /// A connection's credentials placed as its provider wants them.
+    pub fn for_provider(creds: Credentials, provider: &shared::catalog::Provider) -> Result<Self, ApiError> {
+        let Some(spec) = &provider.credentials else { return Self::bearer(creds) };
+        let placed = spec
+            .place(&creds.values)
+            .map_err(|why| ApiError::internal(format!("provider `{}`: {why}", provider.id)))?;
+        let mut headers = Vec::with_capacity(placed.headers.len());
+        for (name, value) in &placed.headers {
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(ApiError::internal)?;
+            headers.push((name, sensitive(value)?));
+        }
+        let mut identity = String::new();
+        for (n, v) in placed.headers.iter().chain(&placed.query).chain(&placed.form) {
+            identity.push_str(n);
+            identity.push('\0');
+            identity.push_str(v);
+            identity.push('\0');
+        }
+        Ok(Self { creds, headers, query: placed.query, form: placed.form, tenant: tenant_of(&identity) })
     }
 
     /// A copy sharing no memory with this one (so no reference count is touched by two threads).
     fn private_copy(&self) -> Self {
-        let mut bearer = http::HeaderValue::from_bytes(self.bearer.as_bytes()).unwrap_or_else(|_| self.bearer.clone());
-        bearer.set_sensitive(true);
-        Self { creds: self.creds.clone(), bearer, tenant: self.tenant }
+        let headers = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                let mut copy = http::HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+                copy.set_sensitive(true);
+                (http::HeaderName::from_bytes(n.as_str().as_bytes()).unwrap_or_else(|_| n.clone()), copy)
+            })
+            .collect();
+        Self {
+            creds: self.creds.clone(),
+            headers,
+            query: self.query.clone(),
+            form: self.form.clone(),
+            tenant: self.tenant,
+        }
     }
 }
 
@@ -321,15 +365,7 @@ mod tests {
     use super::*;
 
     fn creds(t: &str) -> Arc<Token> {
-        Arc::new(
-            Token::new(Credentials {
-                access_token: t.into(),
-                refresh_token: None,
-                token_type: None,
-                extra: Default::default(),
-            })
-            .unwrap(),
-        )
+        Arc::new(Token::bearer(Credentials { access_token: t.into(), ..Credentials::default() }).unwrap())
     }
 
     /// A token of provider `p` valid for an hour more, stored as a fetch would store it.

@@ -309,7 +309,8 @@ fn proxy_error(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(code, message)
 }
 
-async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64, Arc<Token>), ApiError> {
+async fn token_for(state: &ProxyState, p: &shared::catalog::Provider, id: &str) -> Result<(i64, Arc<Token>), ApiError> {
+    let provider = p.id.as_str();
     let min_validity = state.core.tokens.policy.min_token_validity;
     if let Some(hit) = state.cache.get(provider, id, min_validity) {
         return Ok(hit);
@@ -336,7 +337,7 @@ async fn token_for(state: &ProxyState, provider: &str, id: &str) -> Result<(i64,
         }
     };
     let (c, creds) = shared::http::usable(found, provider, id)?;
-    let token = Arc::new(Token::new(creds)?);
+    let token = Arc::new(Token::for_provider(creds, p)?);
     state.cache.put(epoch, provider, id, c.token_version, token.clone(), c.expires_at);
     Ok((c.token_version, token))
 }
@@ -479,7 +480,9 @@ pub struct Outgoing<'a> {
     pub method: &'a Method,
     pub target: &'a Target<'a>,
     caller: Fields<'a>,
-    pub bearer: &'a HeaderValue,
+    /// The header fields that carry the connection's credentials (`Authorization: Bearer`
+    /// for OAuth); the caller's fields of the same names are dropped.
+    pub inject: &'a [(header::HeaderName, HeaderValue)],
     /// The credential the call is made with (see [`crate::cache::Token::tenant`]).
     pub tenant: u64,
     pub traceparent: Option<HeaderValue>,
@@ -520,6 +523,8 @@ struct CallerFilter<'a> {
     ours: bool,
     /// The fields the caller's `Connection` names.
     listed: Vec<&'a [u8]>,
+    /// Injected fields other than a lone `Authorization` (which is always dropped).
+    injected: &'a [(header::HeaderName, HeaderValue)],
 }
 
 impl CallerFilter<'_> {
@@ -533,7 +538,10 @@ impl CallerFilter<'_> {
             11 => self.ours && is(b"traceparent"),
             _ => false,
         };
-        !(ours_to_state || hop_by_hop(name) || self.listed.iter().any(|l| l.eq_ignore_ascii_case(name)))
+        !(ours_to_state
+            || hop_by_hop(name)
+            || self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            || self.injected.iter().any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name)))
     }
 }
 
@@ -542,17 +550,18 @@ impl<'a> Outgoing<'a> {
         method: &'a Method,
         target: &'a Target<'a>,
         caller: Fields<'a>,
-        bearer: &'a HeaderValue,
+        inject: &'a [(header::HeaderName, HeaderValue)],
         tenant: u64,
         body: UpstreamBody,
     ) -> Self {
         // The upstream call is a child of this proxied call's span (W3C trace context).
         let traceparent = shared::telemetry::current_traceparent().and_then(|t| HeaderValue::try_from(t).ok());
-        Self { method, target, caller, bearer, tenant, traceparent, body }
+        Self { method, target, caller, inject, tenant, traceparent, body }
     }
 
     /// The caller's header fields the provider gets (its end-to-end ones): not `Host`, not its
-    /// `Authorization` (the bearer token replaces it), not its `traceparent` when the call
+    /// `Authorization` (the bearer token replaces it) nor the fields the credentials go in, not
+    /// its `traceparent` when the call
     /// carries our own, never a hop-by-hop field or one `Connection` names, and `Content-Length`
     /// only for a streamed body (a held one's is stated from the body).
     fn caller_filter(&self) -> CallerFilter<'a> {
@@ -561,7 +570,16 @@ impl<'a> Outgoing<'a> {
             Fields::Raw(raw) if !raw.may_list_fields() => Vec::new(),
             fields => crate::h1::connection_listed(fields.iter()),
         };
-        CallerFilter { held: matches!(self.body, UpstreamBody::Held(_)), ours: self.traceparent.is_some(), listed }
+        let injected = match self.inject {
+            [(name, _)] if name == header::AUTHORIZATION => &[],
+            all => all,
+        };
+        CallerFilter {
+            held: matches!(self.body, UpstreamBody::Held(_)),
+            ours: self.traceparent.is_some(),
+            listed,
+            injected,
+        }
     }
 
     /// Calls `f` with each of the caller's fields the provider gets (its end-to-end ones).
@@ -591,7 +609,9 @@ impl<'a> Outgoing<'a> {
                 headers.append(n, v);
             }
         });
-        headers.insert(header::AUTHORIZATION, self.bearer.clone());
+        for (name, value) in self.inject {
+            headers.insert(name.clone(), value.clone());
+        }
         if let Some(tp) = &self.traceparent {
             headers.insert(TRACEPARENT.clone(), tp.clone());
         }
@@ -623,13 +643,13 @@ async fn send(
     target: &Target<'_>,
     caller: Fields<'_>,
     body: &mut Outbound,
-    token: &Token,
+    (inject, tenant): (&[(header::HeaderName, HeaderValue)], u64),
     deadline: &mut Deadline,
 ) -> Result<Response<UpBody>, ApiError> {
     let mut fresh_only = false;
     loop {
         let attempt = body.attempt().ok_or_else(|| ApiError::internal("a streamed body was sent twice"))?;
-        let outgoing = Outgoing::new(method, target, caller, &token.bearer, token.tenant, attempt);
+        let outgoing = Outgoing::new(method, target, caller, inject, tenant, attempt);
         let result = tokio::select! {
             biased;
             r = upstream.send(outgoing, fresh_only) => r,
@@ -796,16 +816,43 @@ pub async fn proxy(
     if !valid_connection_id(connection_id) {
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
-    let target = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
+    let query_with_credentials: String;
+    let mut target = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
         .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
     let mut deadline = worker.deadlines.deadline(shared::clock::recent() + state.settings.upstream_timeout);
 
-    let (version, token) = token_for(state, provider_id, connection_id).await?;
+    let (version, token) = token_for(state, provider, connection_id).await?;
+    // Credentials that go in the query or the form body (most go in header fields).
+    if !token.query.is_empty() {
+        query_with_credentials = crate::inject::query(parts.uri.query().unwrap_or(""), &token.query);
+        target = upstream_url(base, raw_tail, &query_with_credentials)
+            .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+    }
+    let with_form_type: Vec<(header::HeaderName, HeaderValue)>;
+    let mut inject = token.headers.as_slice();
+    if !token.form.is_empty() {
+        let add_type = crate::inject::form_allowed(provider_id, &parts.method, fields.get("content-type"))?;
+        let Outbound::Held(caller_form) = &body else {
+            return Err(proxy_error(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "provider `{provider_id}` takes its credentials in the form body: bodies are limited to {} bytes",
+                    state.settings.retry_body
+                ),
+            ));
+        };
+        body = Outbound::Held(crate::inject::form(caller_form, &token.form));
+        if add_type {
+            let form_type = HeaderValue::from_static("application/x-www-form-urlencoded");
+            with_form_type = token.headers.iter().cloned().chain([(header::CONTENT_TYPE, form_type)]).collect();
+            inject = &with_form_type;
+        }
+    }
     let upstream = &worker.upstream;
-    let resp = send(upstream, &parts.method, &target, fields, &mut body, &token, &mut deadline).await?;
+    let resp = send(upstream, &parts.method, &target, fields, &mut body, (inject, token.tenant), &mut deadline).await?;
     let status = resp.status();
     let count = |status: u16| {
         worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
@@ -813,6 +860,10 @@ pub async fn proxy(
         })
     };
     count(status.as_u16());
+    if let Some(spec) = &provider.credentials {
+        let head = parts.method == Method::HEAD;
+        return credential_answer(state, provider, spec, connection_id, version, resp, deadline, (raw_ok, head)).await;
+    }
     if status != http::StatusCode::UNAUTHORIZED {
         span.record("upstream_status", status.as_u16());
         return Ok(relay(resp, deadline, raw_ok));
@@ -855,11 +906,19 @@ pub async fn proxy(
                 out.headers_mut().insert("x-authbridge-retry", HeaderValue::from_static("token-refreshed"));
                 return Ok(out);
             }
-            let fresh = Token::new(fresh)?;
+            let fresh = Token::bearer(fresh)?;
             // Boxed: the retry is the cold path, and a second upstream call's state inline would
             // enlarge (and be copied with) every call's future.
-            let retried =
-                Box::pin(send(upstream, &parts.method, &target, fields, &mut body, &fresh, &mut deadline)).await?;
+            let retried = Box::pin(send(
+                upstream,
+                &parts.method,
+                &target,
+                fields,
+                &mut body,
+                (&fresh.headers, fresh.tenant),
+                &mut deadline,
+            ))
+            .await?;
             count(retried.status().as_u16());
             span.record("upstream_status", retried.status().as_u16());
             Ok(relay(retried, deadline, raw_ok))
@@ -874,6 +933,97 @@ pub async fn proxy(
             Ok(relay(resp, deadline, raw_ok))
         }
     }
+}
+
+/// The answer to a call made with a credential connection's values. When the provider's answer
+/// says the credentials are bad (its statuses, or a rule on its body), the same check the
+/// refresher runs decides, once, under the connection's lock: a 403 may be about the resource
+/// rather than the key. Still good: the answer goes back as it came. Refused: the connection
+/// is marked `needs_reauth` and the caller gets 409.
+#[allow(clippy::too_many_arguments)]
+async fn credential_answer(
+    state: &ProxyState,
+    provider: &shared::catalog::Provider,
+    spec: &shared::credentials::CredentialSpec,
+    connection_id: &str,
+    version: i64,
+    resp: Response<UpBody>,
+    mut deadline: Deadline,
+    (raw_ok, head): (bool, bool),
+) -> Result<Response<ResponseBody>, ApiError> {
+    use shared::credentials::Verdict;
+    let status = resp.status().as_u16();
+    tracing::Span::current().record("upstream_status", status);
+    let (verdict, answer) = if spec.reads_body() && !head {
+        let (parts, bytes) = read_answer(resp, &mut deadline, state.settings.max_body).await?;
+        (spec.judge(status, &bytes), Response::from_parts(parts, Either::Left(Full::new(bytes))))
+    } else {
+        (spec.judge(status, b""), relay(resp, deadline, raw_ok))
+    };
+    match verdict {
+        Verdict::Refused(_) => {}
+        Verdict::AppRefused(message) => {
+            tracing::warn!(provider = %provider.id, %message, "the provider refused this integration's own credentials");
+            return Ok(answer);
+        }
+        Verdict::Accepted | Verdict::Unavailable(_) => return Ok(answer),
+    }
+    tracing::info!("provider refused the credentials; checking them again");
+    let outcome =
+        Box::pin(state.core.tokens.refresh(&provider.id, connection_id, Trigger::Unauthorized { version })).await;
+    match outcome {
+        Ok(Outcome::NeedsReauth { reason }) => {
+            state.cache.forget(&provider.id, connection_id);
+            Err(proxy_error(
+                ErrorCode::NeedsReauth,
+                format!(
+                    "{} refused the connection's credentials ({reason}); the end user must connect again",
+                    provider.display_name
+                ),
+            ))
+        }
+        Ok(Outcome::NotFound) => Err(proxy_error(ErrorCode::ConnectionNotFound, "the connection was deleted")),
+        Ok(_) => Ok(answer),
+        Err(e) => {
+            let e = ApiError::from(e);
+            if e.code == ErrorCode::Unavailable {
+                state.database_failed();
+            }
+            Ok(answer)
+        }
+    }
+}
+
+/// A provider's answer read whole (within `max` bytes and the call's deadline), its headers
+/// filtered as [`relay`] filters them, for an answer whose body must be judged before it goes back.
+async fn read_answer(
+    resp: Response<UpBody>,
+    deadline: &mut Deadline,
+    max: usize,
+) -> Result<(http::response::Parts, Bytes), ApiError> {
+    let (mut parts, mut body) = resp.into_parts();
+    parts.version = http::Version::default();
+    let may_list = match &mut body {
+        UpBody::Raw(raw) => {
+            raw.headers_into(&mut parts.headers);
+            raw.connection_lists_fields()
+        }
+        UpBody::Hyper(_) => true,
+    };
+    strip_response_headers(&mut parts.headers, may_list);
+    // The length is stated anew from what is sent.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let collected = tokio::select! {
+        biased;
+        c = http_body_util::Limited::new(body, max).collect() => c,
+        _ = &mut *deadline => {
+            return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
+        }
+    };
+    let bytes = collected
+        .map_err(|_| proxy_error(ErrorCode::UpstreamUnreachable, "the provider's answer could not be read whole"))?
+        .to_bytes();
+    Ok((parts, bytes))
 }
 
 /// The client for providers' APIs: kept-alive connections per provider host, one pool per

@@ -161,7 +161,9 @@ impl Conn {
         encode_request_line(&mut buf, out.method, |buf| out.target.write_path_and_query(buf));
         put_field(&mut buf, b"host", host.as_bytes());
         out.put_caller_fields(&mut buf);
-        put_field(&mut buf, b"authorization", out.bearer.as_bytes());
+        for (name, value) in out.inject {
+            put_field(&mut buf, name.as_str().as_bytes(), value.as_bytes());
+        }
         if let Some(tp) = &out.traceparent {
             put_field(&mut buf, b"traceparent", tp.as_bytes());
         }

@@ -1,12 +1,14 @@
 //! api-proxy: internal services call `ANY /proxy/{provider}/{connection_id}/{path}` with their
-//! API key; the proxy forwards the call to the provider's API with the connection's bearer
-//! token, refreshing and retrying once when the provider answers 401.
+//! API key; the proxy forwards the call to the provider's API with the connection's
+//! credentials where the provider wants them (a bearer token; an API key in header fields, the
+//! query or the form body), refreshing and retrying once when the provider answers 401.
 
 pub mod cache;
 pub mod deadline;
 pub mod forward;
 pub mod h1;
 pub mod h1_server;
+pub mod inject;
 pub mod pool;
 pub mod server;
 pub mod settings;

@@ -438,7 +438,7 @@ mod tests {
         token: &str,
     ) -> Result<http::Response<UpBody>, SendError> {
         let (parts, body) = req.into_parts();
-        let bearer = http::HeaderValue::try_from(format!("Bearer {token}")).unwrap();
+        let bearer = [(http::header::AUTHORIZATION, http::HeaderValue::try_from(format!("Bearer {token}")).unwrap())];
         let target = Target::try_from(&parts.uri).unwrap();
         let tenant = crate::cache::tenant_of(token);
         let out = Outgoing::new(&parts.method, &target, Fields::Map(&parts.headers), &bearer, tenant, body);

@@ -21,23 +21,43 @@ pub fn admin_database_url() -> String {
 pub fn mock_provider_entry(id: &str, mock_url: &str, client_id: &str, client_secret: &str) -> Provider {
     let u = |p: &str| Url::parse(&format!("{mock_url}{p}")).expect("mock URL");
     Provider {
-        id: id.to_owned(),
         display_name: format!("Mock provider ({id})"),
-        authorize_url: u("/oauth/authorize"),
-        token_url: u("/oauth/token"),
         revocation_url: Some(u("/oauth/revoke")),
         issuer: Some(mock_url.trim_end_matches('/').to_owned()),
         api_base_url: Some(u("/api/")),
         scopes: vec!["read".into(), "write".into()],
-        scope_separator: " ".into(),
-        pkce: true,
         token_request_format: BodyFormat::Form,
         client_auth: ClientAuth::Basic,
-        authorize_params: Default::default(),
-        refresh_margin: None,
         client_id: Some(client_id.to_owned()),
         client_secret: Some(Secret::new(client_secret.to_owned())),
+        ..Provider::oauth2(id, u("/oauth/authorize"), u("/oauth/token"))
     }
+}
+
+/// The operator's values the mock's API stand-ins accept (`mock_provider::apis::Accounts::demo`).
+pub const MOCK_KARTRA_APP_ID: &str = "demo-app";
+pub const MOCK_REDTAIL_API_KEY: &str = "demo-partner-key";
+
+/// The built-in credential providers (Kartra, Ontraport, WhatConverts, Redtail) exactly as the
+/// catalog defines them, with their APIs at the mock provider's stand-ins and the operator's
+/// values the stand-ins accept.
+pub fn seed_providers_at_mock(mock_url: &str) -> Vec<Provider> {
+    let toml = format!(
+        "[providers.kartra]\napi_base_url = \"{mock_url}/kartra/api\"\n\
+         [providers.ontraport]\napi_base_url = \"{mock_url}/ontraport/1/\"\n\
+         [providers.whatconverts]\napi_base_url = \"{mock_url}/whatconverts/api/v1/\"\n\
+         [providers.redtail]\napi_base_url = \"{mock_url}/redtail/api/public/v1/\"\n"
+    );
+    let env = |k: &str| match k {
+        "KARTRA_APP_ID" => Some(MOCK_KARTRA_APP_ID.to_owned()),
+        "REDTAIL_API_KEY" => Some(MOCK_REDTAIL_API_KEY.to_owned()),
+        _ => None,
+    };
+    let catalog = shared::catalog::Catalog::from_toml(&toml, &env).expect("the seed entries at the mock parse");
+    ["kartra", "ontraport", "whatconverts", "redtail"]
+        .into_iter()
+        .map(|id| catalog.get(id).expect("built in").clone())
+        .collect()
 }
 
 /// How to start a stack.
@@ -77,6 +97,8 @@ pub struct StackOptions {
     pub proxy_max_connections: usize,
     /// How long the proxy serves from memory while PostgreSQL cannot be reached.
     pub proxy_stale: Duration,
+    /// How often credential connections are checked again (the catalog's default: daily).
+    pub credential_recheck: Option<Duration>,
 }
 
 impl Default for StackOptions {
@@ -106,6 +128,7 @@ impl Default for StackOptions {
             proxy_head_timeout: Duration::from_secs(10),
             proxy_max_connections: api_proxy::settings::default_max_connections(),
             proxy_stale: Duration::from_secs(300),
+            credential_recheck: None,
         }
     }
 }
@@ -182,6 +205,12 @@ impl Stack {
         let mut down = mock_provider_entry("mockdown", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         down.api_base_url = Some(Url::parse("http://127.0.0.1:9/api/")?);
         common.catalog.insert(down);
+        for mut p in seed_providers_at_mock(&mock.url()) {
+            if let (Some(every), Some(spec)) = (opts.credential_recheck, p.credentials.as_mut()) {
+                std::sync::Arc::make_mut(spec).recheck = every;
+            }
+            common.catalog.insert(p);
+        }
         let api_keys = ApiKeys::new([opts.api_key.as_str()]);
 
         let gateway = auth_gateway::Application::build_with_listener(

@@ -8,11 +8,15 @@
 //!   one with `invalid_grant` (and, like several real providers, revokes its whole family).
 //! - `POST /oauth/revoke`: RFC 7009.
 //! - `ANY /api/...`: echoes the request as JSON; 401 for an unknown or expired token.
+//! - The seed providers' own API authentication (Kartra, Ontraport, WhatConverts, Redtail):
+//!   see [`apis`].
 //! - `GET /mock/stats`, `POST /mock/control`: counters for tests, and fault injection
 //!   (5xx, 429 with `Retry-After`, delays, denial, expiring every token).
 
 // Handlers return the HTTP answer itself as the error value; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
+
+pub mod apis;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -146,6 +150,8 @@ struct Inner {
     control: Control,
     /// Every secret issued or received, for "no secret in any log" tests.
     secrets: Vec<String>,
+    /// The seed providers' API stand-ins (`apis`).
+    apis: apis::Accounts,
 }
 
 /// The provider's state, shared by its workers.
@@ -166,6 +172,7 @@ impl MockState {
             stats: Stats::default(),
             control: Control::default(),
             secrets: s.clients.iter().map(|c| c.secret.clone()).collect(),
+            apis: apis::Accounts::demo(),
         })))
     }
 
@@ -622,6 +629,7 @@ pub async fn run(settings: Settings) -> std::io::Result<MockServer> {
             .route("/mock/stats", web::get().to(stats))
             .route("/mock/control", web::post().to(control))
             .route("/healthz", web::get().to(shared::http::healthz))
+            .configure(apis::configure)
     })
     .workers(settings.workers.max(1))
     .disable_signals()

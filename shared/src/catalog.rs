@@ -5,9 +5,12 @@
 //! configuration. The catalog is read once at start-up; a bad file stops the service with a
 //! message naming the provider and the field.
 
+pub use crate::credentials::AuthMode;
+use crate::credentials::{CredentialSpec, Exchange, Field, OperatorValue, Placement, Probe, Rule, Template};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -31,18 +34,27 @@ pub enum ClientAuth {
     Body,
 }
 
-/// One OAuth2 provider, complete and validated.
+/// One provider, complete and validated.
 #[derive(Debug, Clone)]
 pub struct Provider {
     pub id: String,
     pub display_name: String,
-    pub authorize_url: Url,
-    pub token_url: Url,
+    /// How calls for its connections are authenticated.
+    pub auth: AuthMode,
+    /// The end user's and the operator's values and where they go (credential modes only).
+    pub credentials: Option<Arc<CredentialSpec>>,
+    /// The OAuth2 endpoints (required for `oauth2`; kept for the others so one setting
+    /// switches a built-in to the integration guide's flow).
+    pub authorize_url: Option<Url>,
+    pub token_url: Option<Url>,
     pub revocation_url: Option<Url>,
     /// The authorization server's issuer identifier (RFC 8414), which its callbacks carry as
     /// `iss` (RFC 9207). When set, a callback must carry exactly this `iss`.
     pub issuer: Option<String>,
+    /// The API's base, always ending in '/'; [`Provider::api_endpoint`] is the base as written.
     pub api_base_url: Option<Url>,
+    /// Whether `api_base_url` was written with its trailing '/'.
+    pub api_base_slash: bool,
     pub scopes: Vec<String>,
     pub scope_separator: String,
     pub pkce: bool,
@@ -56,9 +68,66 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// A provider can start flows only once it has client credentials.
+    /// Whether the provider can take connections: client credentials for OAuth2, the
+    /// operator's values for the credential modes.
     pub fn is_configured(&self) -> bool {
-        self.client_id.is_some() && self.client_secret.is_some()
+        self.missing_configuration().is_empty()
+    }
+
+    /// The environment variables the operator still has to set.
+    pub fn missing_configuration(&self) -> Vec<String> {
+        let prefix = env_prefix(&self.id);
+        match &self.credentials {
+            Some(spec) => spec.missing_operator_values().into_iter().map(str::to_owned).collect(),
+            None => {
+                let mut missing = Vec::new();
+                if self.client_id.is_none() {
+                    missing.push(format!("{prefix}_CLIENT_ID"));
+                }
+                if self.client_secret.is_none() {
+                    missing.push(format!("{prefix}_CLIENT_SECRET"));
+                }
+                missing
+            }
+        }
+    }
+
+    /// The API's base as the entry wrote it: what a call to the base itself (an empty path)
+    /// goes to, so `https://app.kartra.com/api` stays without a '/' it never had.
+    pub fn api_endpoint(&self) -> Url {
+        let base = self.api_base_url.clone().expect("checked by callers");
+        if self.api_base_slash {
+            return base;
+        }
+        let mut u = base;
+        let trimmed = u.path().trim_end_matches('/').to_owned();
+        u.set_path(&trimmed);
+        u
+    }
+
+    /// A provider with an OAuth2 entry only (tests and the demo use it for the mock provider).
+    pub fn oauth2(id: &str, authorize_url: Url, token_url: Url) -> Self {
+        Self {
+            id: id.to_owned(),
+            display_name: id.to_owned(),
+            auth: AuthMode::OAuth2,
+            credentials: None,
+            authorize_url: Some(authorize_url),
+            token_url: Some(token_url),
+            revocation_url: None,
+            issuer: None,
+            api_base_url: None,
+            api_base_slash: true,
+            scopes: Vec::new(),
+            scope_separator: " ".into(),
+            pkce: true,
+            token_request_format: BodyFormat::Form,
+            client_auth: ClientAuth::Basic,
+            authorize_params: BTreeMap::new(),
+            refresh_margin: None,
+            client_id: None,
+            client_secret: None,
+        }
     }
 }
 
@@ -67,6 +136,8 @@ impl Provider {
 #[serde(deny_unknown_fields)]
 pub struct ProviderEntry {
     pub display_name: Option<String>,
+    pub auth: Option<AuthMode>,
+    pub credentials: Option<CredentialsEntry>,
     pub authorize_url: Option<String>,
     pub token_url: Option<String>,
     pub revocation_url: Option<String>,
@@ -81,6 +152,53 @@ pub struct ProviderEntry {
     pub refresh_margin_seconds: Option<u64>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
+}
+
+/// A provider's `credentials` table as written (see `providers.toml` for examples).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsEntry {
+    pub fields: Option<Vec<Field>>,
+    pub operator_values: Option<Vec<String>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub query: Option<BTreeMap<String, String>>,
+    pub form: Option<BTreeMap<String, String>>,
+    pub exchange: Option<ExchangeEntry>,
+    pub verify: Option<ProbeEntry>,
+    pub refused: Option<Rule>,
+    pub app_refused: Option<Rule>,
+    pub message_pointer: Option<String>,
+    pub recheck_interval_seconds: Option<u64>,
+}
+
+/// A request to the provider's API as written: `method` (GET), `path` under `api_base_url`
+/// ("" is the base), fixed `query` parameters and `form` fields.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeEntry {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub form: BTreeMap<String, String>,
+}
+
+/// A two-step exchange as written: the request, where the end user's values go on it
+/// (`headers`, `query`, `form` templates), and `derive` (value name → JSON pointer).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeEntry {
+    pub method: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub form: BTreeMap<String, String>,
+    #[serde(default)]
+    pub derive: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,75 +218,11 @@ pub enum CatalogError {
     Invalid { provider: String, message: String },
 }
 
-fn builtin(
-    id: &str,
-    name: &str,
-    authorize: &str,
-    token: &str,
-    api: Option<&str>,
-    scopes: &[&str],
-) -> (String, ProviderEntry) {
-    (
-        id.to_owned(),
-        ProviderEntry {
-            display_name: Some(name.to_owned()),
-            authorize_url: Some(authorize.to_owned()),
-            token_url: Some(token.to_owned()),
-            api_base_url: api.map(str::to_owned),
-            scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
-            // The integration guides send the client secret in the body; these providers accept it.
-            client_auth: Some(ClientAuth::Body),
-            ..ProviderEntry::default()
-        },
-    )
-}
-
-/// The built-in entries, with the endpoints each provider's integration guide documents.
+/// The built-in entries (`providers.toml`), with the authentication each provider's own API
+/// documentation describes and the OAuth2 endpoints its integration guide gives.
 pub fn builtins() -> BTreeMap<String, ProviderEntry> {
-    [
-        builtin(
-            "kartra",
-            "Kartra",
-            "https://app.kartra.com/oauth/auth",
-            "https://app.kartra.com/oauth/token",
-            Some("https://app.kartra.com/api/v1"),
-            &[],
-        ),
-        builtin(
-            "ontraport",
-            "Ontraport",
-            "https://api.ontraport.com/oauth2/auth",
-            "https://api.ontraport.com/oauth2/token",
-            None,
-            &[],
-        ),
-        builtin(
-            "redtail",
-            "Redtail CRM",
-            "https://redtailtechnology.com/oauth/authorize",
-            "https://redtailtechnology.com/oauth/token",
-            None,
-            &["read", "write"],
-        ),
-        builtin(
-            "whatconverts",
-            "WhatConverts",
-            "https://app.whatconverts.com/oauth/authorize",
-            "https://app.whatconverts.com/oauth/token",
-            Some("https://app.whatconverts.com/api/v1"),
-            &["read_leads"],
-        ),
-        builtin(
-            "interact",
-            "Interact",
-            "https://api.interact.com/oauth/authorize",
-            "https://api.interact.com/oauth/token",
-            None,
-            &["read_user", "write_data"],
-        ),
-    ]
-    .into_iter()
-    .collect()
+    let file: CatalogFile = toml::from_str(include_str!("providers.toml")).expect("the built-in catalog parses");
+    file.providers
 }
 
 /// A provider id is a lowercase slug: it appears in URLs and environment variable names.
@@ -239,8 +293,26 @@ impl Catalog {
 }
 
 fn merge(base: ProviderEntry, over: ProviderEntry) -> ProviderEntry {
+    let credentials = match (base.credentials, over.credentials) {
+        (Some(b), Some(o)) => Some(CredentialsEntry {
+            fields: o.fields.or(b.fields),
+            operator_values: o.operator_values.or(b.operator_values),
+            headers: o.headers.or(b.headers),
+            query: o.query.or(b.query),
+            form: o.form.or(b.form),
+            exchange: o.exchange.or(b.exchange),
+            verify: o.verify.or(b.verify),
+            refused: o.refused.or(b.refused),
+            app_refused: o.app_refused.or(b.app_refused),
+            message_pointer: o.message_pointer.or(b.message_pointer),
+            recheck_interval_seconds: o.recheck_interval_seconds.or(b.recheck_interval_seconds),
+        }),
+        (b, o) => o.or(b),
+    };
     ProviderEntry {
         display_name: over.display_name.or(base.display_name),
+        auth: over.auth.or(base.auth),
+        credentials,
         authorize_url: over.authorize_url.or(base.authorize_url),
         token_url: over.token_url.or(base.token_url),
         revocation_url: over.revocation_url.or(base.revocation_url),
@@ -263,9 +335,11 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
     if !valid_provider_id(id) {
         return Err(invalid("the id must be 1-64 characters of a-z, 0-9, '-' and '_'".into()));
     }
+    let auth = e.auth.unwrap_or(AuthMode::OAuth2);
+    let oauth = auth == AuthMode::OAuth2;
     let url = |field: &str, v: Option<String>, required: bool| -> Result<Option<Url>, CatalogError> {
         match v {
-            None if required => Err(invalid(format!("`{field}` is required"))),
+            None if required => Err(invalid(format!("`{field}` is required with auth = \"{}\"", auth.as_str()))),
             None => Ok(None),
             Some(s) => {
                 let u = Url::parse(&s).map_err(|err| invalid(format!("`{field}` is not a URL ({err}): {s}")))?;
@@ -276,36 +350,48 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
             }
         }
     };
-    let authorize_url = url("authorize_url", e.authorize_url, true)?.expect("required");
-    let token_url = url("token_url", e.token_url, true)?.expect("required");
+    let authorize_url = url("authorize_url", e.authorize_url, oauth)?;
+    let token_url = url("token_url", e.token_url, oauth)?;
     let revocation_url = url("revocation_url", e.revocation_url, false)?;
     // Checked as a URL but kept as written: RFC 9207 compares `iss` as a plain string, and
     // parsing would normalise it (a trailing '/', the case of the host).
     url("issuer", e.issuer.clone(), false)?;
     let issuer = e.issuer;
-    let mut api_base_url = url("api_base_url", e.api_base_url, false)?;
+    let mut api_base_url = url("api_base_url", e.api_base_url, !oauth)?;
+    let mut api_base_slash = true;
     if let Some(u) = api_base_url.as_mut() {
         if u.query().is_some() || u.fragment().is_some() {
             return Err(invalid("`api_base_url` must not carry a query or fragment".into()));
         }
         // A base always ends with '/', so joining a path never replaces its last segment.
         if !u.path().ends_with('/') {
+            api_base_slash = false;
             let p = format!("{}/", u.path());
             u.set_path(&p);
         }
     }
     let prefix = env_prefix(id);
+    let credentials = match (auth.uses_credentials(), e.credentials) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(invalid(format!("auth = \"{}\" needs a `credentials` table", auth.as_str())));
+        }
+        (true, Some(c)) => Some(Arc::new(credential_spec(auth, &prefix, c, env).map_err(invalid)?)),
+    };
     let client_id = env(&format!("{prefix}_CLIENT_ID")).or(e.client_id).filter(|s| !s.is_empty());
     let client_secret =
         env(&format!("{prefix}_CLIENT_SECRET")).or(e.client_secret).filter(|s| !s.is_empty()).map(Secret::new);
     Ok(Provider {
         id: id.to_owned(),
         display_name: e.display_name.unwrap_or_else(|| id.to_owned()),
+        auth,
+        credentials,
         authorize_url,
         token_url,
         revocation_url,
         issuer,
         api_base_url,
+        api_base_slash,
         scopes: e.scopes.unwrap_or_default(),
         scope_separator: e.scope_separator.unwrap_or_else(|| " ".into()),
         pkce: e.pkce.unwrap_or(true),
@@ -316,6 +402,108 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         client_id,
         client_secret,
     })
+}
+
+fn templates(what: &str, m: BTreeMap<String, String>) -> Result<Vec<(String, Template)>, String> {
+    m.into_iter()
+        .map(|(name, t)| Template::parse(&t).map(|t| (name.clone(), t)).map_err(|e| format!("{what}.{name}: {e}")))
+        .collect()
+}
+
+fn method(what: &str, m: Option<String>) -> Result<reqwest::Method, String> {
+    let m = m.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+    match m.as_str() {
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" => {
+            Ok(reqwest::Method::from_bytes(m.as_bytes()).expect("known"))
+        }
+        _ => Err(format!("{what}.method must be GET, POST, PUT, PATCH, DELETE or HEAD")),
+    }
+}
+
+fn path(what: &str, p: Option<String>) -> Result<String, String> {
+    let p = p.unwrap_or_default();
+    if p.starts_with('/') || p.contains("://") || p.split('/').any(|s| s == "..") {
+        return Err(format!("{what}.path must be relative to api_base_url: {p}"));
+    }
+    Ok(p)
+}
+
+fn credential_spec(
+    auth: AuthMode,
+    prefix: &str,
+    c: CredentialsEntry,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CredentialSpec, String> {
+    let fields = c.fields.unwrap_or_default();
+    let operator = c
+        .operator_values
+        .unwrap_or_default()
+        .into_iter()
+        .map(|name| {
+            let var = format!("{prefix}_{}", name.to_ascii_uppercase());
+            let value = env(&var).filter(|v| !v.is_empty()).map(Secret::new);
+            OperatorValue { name, env: var, value }
+        })
+        .collect();
+    let mut place = Placement {
+        headers: templates("credentials.headers", c.headers.unwrap_or_default())?,
+        query: templates("credentials.query", c.query.unwrap_or_default())?,
+        form: templates("credentials.form", c.form.unwrap_or_default())?,
+    };
+    // `basic` places `Authorization: Basic` from its two fields unless told otherwise.
+    if auth == AuthMode::Basic && place.is_empty() {
+        if let [user, pass] = fields.as_slice() {
+            let t = Template::parse(&format!("Basic {{base64:{}:{}}}", user.name, pass.name))?;
+            place.headers.push(("authorization".into(), t));
+        }
+    }
+    let probe = |what: &str, p: ProbeEntry| -> Result<Probe, String> {
+        Ok(Probe {
+            method: method(what, p.method)?,
+            path: path(what, p.path)?,
+            query: p.query.into_iter().collect(),
+            form: p.form.into_iter().collect(),
+        })
+    };
+    let exchange = match (auth, c.exchange) {
+        (AuthMode::TwoStep, None) => return Err("auth = \"two_step\" needs `credentials.exchange`".into()),
+        (AuthMode::TwoStep, Some(x)) => Some(Exchange {
+            request: Probe {
+                method: method("credentials.exchange", x.method)?,
+                path: path("credentials.exchange", x.path)?,
+                query: Vec::new(),
+                form: Vec::new(),
+            },
+            place: Placement {
+                headers: templates("credentials.exchange.headers", x.headers)?,
+                query: templates("credentials.exchange.query", x.query)?,
+                form: templates("credentials.exchange.form", x.form)?,
+            },
+            derive: x.derive.into_iter().collect(),
+        }),
+        (_, Some(_)) => return Err("`credentials.exchange` is only for auth = \"two_step\"".into()),
+        (_, None) => None,
+    };
+    let spec = CredentialSpec {
+        fields,
+        operator,
+        place,
+        exchange,
+        verify: c.verify.map(|p| probe("credentials.verify", p)).transpose()?,
+        refused: c.refused.unwrap_or_else(|| Rule { statuses: vec![401], ..Rule::default() }),
+        app_refused: c.app_refused.unwrap_or_default(),
+        message_pointer: c.message_pointer.unwrap_or_else(|| "/message".into()),
+        recheck: Duration::from_secs(c.recheck_interval_seconds.unwrap_or(86_400).clamp(60, 30 * 86_400)),
+    };
+    for rule in [&spec.refused, &spec.app_refused] {
+        if let Some(p) = &rule.pointer {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(format!("`{p}` is not a JSON pointer (RFC 6901: it starts with '/')"));
+            }
+        }
+    }
+    spec.validate()?;
+    Ok(spec)
 }
 
 /// A connection id is the application's own id for an end user: 1-255 printable characters
@@ -330,95 +518,4 @@ pub fn valid_connection_id(id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn builtins_carry_the_documented_endpoints() {
-        let c = Catalog::from_toml("", &no_env).unwrap();
-        let k = c.get("kartra").unwrap();
-        assert_eq!(k.authorize_url.as_str(), "https://app.kartra.com/oauth/auth");
-        assert_eq!(k.token_url.as_str(), "https://app.kartra.com/oauth/token");
-        assert_eq!(k.api_base_url.as_ref().unwrap().as_str(), "https://app.kartra.com/api/v1/");
-        assert_eq!(c.get("redtail").unwrap().scopes, vec!["read", "write"]);
-        assert_eq!(c.get("whatconverts").unwrap().scopes, vec!["read_leads"]);
-        assert_eq!(c.get("interact").unwrap().scopes, vec!["read_user", "write_data"]);
-        assert_eq!(c.get("ontraport").unwrap().token_url.as_str(), "https://api.ontraport.com/oauth2/token");
-        assert!(!k.is_configured());
-    }
-
-    #[test]
-    fn providers_are_found_by_exact_id_in_small_and_large_catalogs() {
-        let mut toml = String::new();
-        for n in [0usize, 3, 20] {
-            for i in toml.matches("[providers.").count()..n {
-                toml.push_str(&format!(
-                    "[providers.crm-{i}]\nauthorize_url = \"https://a{i}/auth\"\ntoken_url = \"https://a{i}/token\"\n"
-                ));
-            }
-            let c = Catalog::from_toml(&toml, &no_env).unwrap();
-            for i in 0..n {
-                let id = format!("crm-{i}");
-                assert_eq!(c.get(&id).unwrap().token_url.as_str(), format!("https://a{i}/token"), "{n} added");
-            }
-            assert!(c.get("kartra").is_some(), "{n} added");
-            for missing in ["", "kartr", "kartraa", "Kartra", "crm-99", "crm-"] {
-                assert!(c.get(missing).is_none(), "`{missing}` with {n} added");
-            }
-        }
-    }
-
-    #[test]
-    fn file_overrides_fields_and_adds_providers_and_env_supplies_credentials() {
-        let toml = r#"
-            [providers.kartra]
-            token_request_format = "json"
-            pkce = false
-            [providers.my-crm]
-            authorize_url = "https://crm.example/authorize"
-            token_url = "https://crm.example/token"
-            api_base_url = "https://crm.example/api"
-            scopes = ["contacts"]
-            authorize_params = { access_type = "offline" }
-            refresh_margin_seconds = 60
-            client_id = "from-file"
-            client_secret = "file-secret"
-        "#;
-        let env = |k: &str| {
-            (k == "KARTRA_CLIENT_ID")
-                .then(|| "kid".to_string())
-                .or_else(|| (k == "KARTRA_CLIENT_SECRET").then(|| "ks".to_string()))
-        };
-        let c = Catalog::from_toml(toml, &env).unwrap();
-        let k = c.get("kartra").unwrap();
-        assert_eq!(k.token_request_format, BodyFormat::Json);
-        assert!(!k.pkce);
-        assert_eq!(k.authorize_url.as_str(), "https://app.kartra.com/oauth/auth");
-        assert_eq!(k.client_id.as_deref(), Some("kid"));
-        assert!(k.is_configured());
-        let m = c.get("my-crm").unwrap();
-        assert_eq!(m.client_auth, ClientAuth::Basic);
-        assert_eq!(m.api_base_url.as_ref().unwrap().as_str(), "https://crm.example/api/");
-        assert_eq!(m.refresh_margin, Some(Duration::from_secs(60)));
-        assert_eq!(m.authorize_params.get("access_type").map(String::as_str), Some("offline"));
-        assert!(m.is_configured());
-    }
-
-    #[test]
-    fn bad_files_are_refused_with_the_provider_and_field_named() {
-        let err = Catalog::from_toml("[providers.x]\ntoken_url = \"https://a/t\"", &no_env).unwrap_err();
-        assert!(err.to_string().contains("provider `x`: `authorize_url` is required"), "{err}");
-        let err = Catalog::from_toml("[providers.kartra]\ntoken_url = \"ftp://a/t\"", &no_env).unwrap_err();
-        assert!(err.to_string().contains("token_url"), "{err}");
-        let err = Catalog::from_toml("[providers.kartra]\nunknown_field = 1", &no_env).unwrap_err();
-        assert!(err.to_string().contains("unknown_field"), "{err}");
-        let err = Catalog::from_toml("[providers.Bad]\nauthorize_url=\"https://a\"\ntoken_url=\"https://a\"", &no_env)
-            .unwrap_err();
-        assert!(err.to_string().contains("Bad"), "{err}");
-        assert!(Catalog::from_toml("not toml [", &no_env).is_err());
-    }
-}
+mod tests;

@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod credentials;
 pub mod crypto;
 pub mod http;
 pub mod limits;

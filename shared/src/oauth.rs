@@ -61,9 +61,10 @@ pub enum OAuthError {
 }
 
 impl OAuthError {
-    /// The grant is dead and only the end user can revive it.
+    /// The grant is dead (`invalid_grant`) or the credentials were refused: only the end user
+    /// can revive the connection.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Rejected { error, .. } if error == "invalid_grant")
+        matches!(self, Self::Rejected { error, .. } if error == "invalid_grant" || error == crate::credentials::INVALID_CREDENTIALS)
     }
 
     /// A stable short code for logs, the database and redirects; never contains a secret.
@@ -114,7 +115,7 @@ impl OAuthClient {
         code_challenge: Option<&str>,
     ) -> Result<Url, OAuthError> {
         let client_id = provider.client_id.as_deref().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
-        let mut url = provider.authorize_url.clone();
+        let mut url = provider.authorize_url.clone().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
         {
             let mut q = url.query_pairs_mut();
             for (k, v) in &provider.authorize_params {
@@ -216,7 +217,8 @@ impl OAuthClient {
         provider: &'a Provider,
         params: Vec<(&'a str, &'a str)>,
     ) -> Result<TokenResponse, OAuthError> {
-        let req = self.authenticated(provider, provider.token_url.clone(), params)?;
+        let token_url = provider.token_url.clone().ok_or_else(|| OAuthError::NotConfigured(provider.id.clone()))?;
+        let req = self.authenticated(provider, token_url, params)?;
         let requested_at = chrono::Utc::now();
         let started = Instant::now();
         let resp = req.send().await.map_err(transport_error)?;
@@ -241,7 +243,7 @@ impl OAuthClient {
     }
 }
 
-fn transport_error(e: reqwest::Error) -> OAuthError {
+pub(crate) fn transport_error(e: reqwest::Error) -> OAuthError {
     let reason = if e.is_timeout() {
         "timeout".to_owned()
     } else if e.is_connect() {
@@ -253,7 +255,7 @@ fn transport_error(e: reqwest::Error) -> OAuthError {
     OAuthError::Transient { reason, retry_after: None }
 }
 
-fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));

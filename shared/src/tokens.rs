@@ -9,6 +9,7 @@
 
 use crate::catalog::Catalog;
 use crate::config::CommonSettings;
+use crate::credentials::CredentialClient;
 use crate::messaging::ExpiryEvent;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
 use crate::store::{Connection, ConnectionStatus, Credentials, NewTokens, Store, StoreError};
@@ -136,6 +137,7 @@ pub fn new_tokens(
             refresh_token,
             token_type: resp.token_type,
             extra: resp.extra,
+            values: Default::default(),
         },
         scopes,
         expires_at,
@@ -182,6 +184,8 @@ pub struct TokenService {
     pub store: Store,
     pub catalog: Arc<Catalog>,
     pub oauth: OAuthClient,
+    /// Verifies and re-checks the credentials of `api_key`, `basic` and `two_step` connections.
+    pub credentials: CredentialClient,
     pub policy: Policy,
     /// Woken after every commit that wrote an outbox event, so the relay publishes at once.
     pub outbox_signal: Arc<Notify>,
@@ -193,6 +197,7 @@ impl TokenService {
             store,
             catalog: Arc::new(settings.catalog.clone()),
             oauth: OAuthClient::new(settings.provider_timeout),
+            credentials: CredentialClient::new(settings.provider_timeout),
             policy: Policy::from_settings(settings),
             outbox_signal: Arc::new(Notify::new()),
         }
@@ -214,6 +219,45 @@ impl TokenService {
             .await?;
         self.outbox_signal.notify_one();
         Ok(conn)
+    }
+
+    /// Verifies an end user's credentials with the provider and, when it accepts them, stores
+    /// what the provider's mode keeps (never a `two_step` mode's password) and schedules the
+    /// next check, atomically. The inner `Err` is the provider's refusal or unavailability:
+    /// nothing was stored.
+    pub async fn connect_with_credentials(
+        &self,
+        provider: &str,
+        connection_id: &str,
+        given: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Result<Connection, OAuthError>, TokenError> {
+        let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
+        let Some(spec) = &p.credentials else {
+            return Ok(Err(OAuthError::NotConfigured(provider.to_owned())));
+        };
+        let stored = match self.credentials.connect(p, spec, given).await {
+            Ok(stored) => stored,
+            Err(e) => return Ok(Err(e)),
+        };
+        let due = self.next_check(p);
+        let tokens = NewTokens {
+            credentials: Credentials::from_values(stored),
+            scopes: p.scopes.clone(),
+            expires_at: None,
+            refresh_due_at: Some(due),
+        };
+        let conn = self
+            .store
+            .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, Some(due)))
+            .await?;
+        self.outbox_signal.notify_one();
+        Ok(Ok(conn))
+    }
+
+    /// When a credential connection of `p` is checked next.
+    fn next_check(&self, p: &crate::catalog::Provider) -> DateTime<Utc> {
+        let every = p.credentials.as_ref().map_or(self.policy.idle_refresh_interval, |s| s.recheck);
+        Utc::now() + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::days(1))
     }
 
     /// A token that stays valid for at least `min_token_validity`, refreshing first if needed.
@@ -272,18 +316,27 @@ impl TokenService {
             tracing::Span::current().record("outcome", "current");
             return Ok(Outcome::Current(conn, creds));
         }
-        let Some(refresh_token) = creds.refresh_token.clone() else {
-            // Nothing to refresh with. An expired token without a refresh token is dead.
-            if conn.expires_at.is_some_and(|e| e <= now) || matches!(trigger, Trigger::Unauthorized { .. }) {
-                guard.commit_needs_reauth("no_refresh_token: the provider issued no refresh token").await?;
-                return Ok(Outcome::NeedsReauth { reason: "no_refresh_token".into() });
+        // OAuth tokens are refreshed; a credential connection's values are checked again.
+        let renewed = match &p.credentials {
+            Some(spec) => self.credentials.check(p, spec, &creds.values).await.map(|()| None),
+            None => {
+                let Some(refresh_token) = creds.refresh_token.clone() else {
+                    // Nothing to refresh with. An expired token without a refresh token is dead.
+                    if conn.expires_at.is_some_and(|e| e <= now) || matches!(trigger, Trigger::Unauthorized { .. }) {
+                        guard.commit_needs_reauth("no_refresh_token: the provider issued no refresh token").await?;
+                        return Ok(Outcome::NeedsReauth { reason: "no_refresh_token".into() });
+                    }
+                    guard.rollback().await?;
+                    return Ok(Outcome::Current(conn, creds));
+                };
+                self.oauth
+                    .refresh(p, &refresh_token)
+                    .await
+                    .map(|resp| Some(new_tokens(&self.policy, p.refresh_margin, resp, Some(&creds), &conn.scopes)))
             }
-            guard.rollback().await?;
-            return Ok(Outcome::Current(conn, creds));
         };
-        match self.oauth.refresh(p, &refresh_token).await {
-            Ok(resp) => {
-                let tokens = new_tokens(&self.policy, p.refresh_margin, resp, Some(&creds), &conn.scopes);
+        match renewed {
+            Ok(Some(tokens)) => {
                 let due = tokens.refresh_due_at;
                 let updated =
                     guard.commit_refreshed(&tokens, |v| schedule_for(provider, connection_id, v, due)).await?;
@@ -291,6 +344,15 @@ impl TokenService {
                 tracing::Span::current().record("outcome", "refreshed");
                 tracing::info!(token_version = updated.token_version, "token refreshed");
                 Ok(Outcome::Refreshed(updated, tokens.credentials))
+            }
+            Ok(None) => {
+                let due = self.next_check(p);
+                let updated =
+                    guard.commit_checked(due, |v| schedule_for(provider, connection_id, v, Some(due))).await?;
+                self.outbox_signal.notify_one();
+                tracing::Span::current().record("outcome", "checked");
+                tracing::info!("credentials checked: they still work");
+                Ok(Outcome::Current(updated, creds))
             }
             Err(e) if e.is_permanent() => {
                 let reason = e.to_string();

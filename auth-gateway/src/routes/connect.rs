@@ -34,14 +34,26 @@ pub async fn create_session(
     let provider = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
         ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
     })?;
+    if provider.credentials.is_some() {
+        // The hosted form for credential modes comes with the Connect UI; until then a backend
+        // collects the values itself and posts them.
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedAuthMode,
+            format!(
+                "provider `{}` connects with the end user's own credentials (auth = \"{}\"), not a browser flow: \
+                 send them with POST /v1/connections",
+                provider.id,
+                provider.auth.as_str()
+            ),
+        ));
+    }
     if !provider.is_configured() {
         return Err(ApiError::new(
             ErrorCode::ProviderNotConfigured,
             format!(
-                "provider `{}` has no client credentials; set {}_CLIENT_ID and {}_CLIENT_SECRET",
+                "provider `{}` has no client credentials; set {}",
                 provider.id,
-                shared::catalog::env_prefix(&provider.id),
-                shared::catalog::env_prefix(&provider.id)
+                provider.missing_configuration().join(" and ")
             ),
         ));
     }
@@ -209,7 +221,9 @@ pub fn issuer_matches(provider: &shared::catalog::Provider, iss: Option<&str>) -
         (Some(expected), Some(got)) => expected == got,
         (Some(_), None) => false,
         (None, None) => true,
-        (None, Some(got)) => Url::parse(got).is_ok_and(|u| u.origin() == provider.authorize_url.origin()),
+        (None, Some(got)) => {
+            Url::parse(got).is_ok_and(|u| provider.authorize_url.as_ref().is_some_and(|a| u.origin() == a.origin()))
+        }
     }
 }
 

@@ -56,10 +56,14 @@ pub async fn list_providers(caller: Authorized<scope::ConnectionsRead>, state: w
             serde_json::json!({
                 "id": p.id,
                 "display_name": p.display_name,
+                "auth": p.auth.as_str(),
                 "configured": p.is_configured(),
-                "authorize_url": p.authorize_url.as_str(),
-                "token_url": p.token_url.as_str(),
-                "api_base_url": p.api_base_url.as_ref().map(|u| u.as_str()),
+                "missing_configuration": p.missing_configuration(),
+                // What a form asks the end user for (credential modes), never a value.
+                "fields": p.credentials.as_ref().map(|c| &c.fields),
+                "authorize_url": p.authorize_url.as_ref().map(|u| u.as_str()),
+                "token_url": p.token_url.as_ref().map(|u| u.as_str()),
+                "api_base_url": p.api_base_url.as_ref().map(|_| p.api_endpoint().to_string()),
                 "scopes": p.scopes,
                 "pkce": p.pkce,
             })
@@ -156,6 +160,12 @@ pub async fn token(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = reachable(&caller, path)?;
+    if state.core.tokens.catalog.get(&provider).is_some_and(|p| p.credentials.is_some()) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedAuthMode,
+            format!("provider `{provider}` connects with credentials, not tokens: read them from …/credentials"),
+        ));
+    }
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -166,6 +176,124 @@ pub async fn token(
             "expires_at": c.expires_at,
             "scopes": c.scopes,
         })))
+}
+
+/// `GET /v1/connections/{provider}/{connection_id}/credentials`: a credential connection's
+/// stored values (the end user's, or a two-step mode's derived ones), for backends that call
+/// the provider themselves; the counterpart of `/token`. The operator's own values are not
+/// included: the backend has them.
+#[tracing::instrument(skip_all, fields(provider = %path.0, connection_id = %path.1))]
+pub async fn credentials(
+    caller: Authorized<scope::TokensRead>,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (provider, id) = reachable(&caller, path)?;
+    let p = state.core.tokens.catalog.get(&provider).ok_or_else(|| connection_not_found(&provider, &id))?;
+    if p.credentials.is_none() {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedAuthMode,
+            format!("provider `{provider}` connects through OAuth2: read its token from …/token"),
+        ));
+    }
+    let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"))
+        .json(serde_json::json!({
+            "provider": c.provider,
+            "connection_id": c.connection_id,
+            "auth": p.auth.as_str(),
+            "credentials": creds.values,
+        })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnection {
+    provider: String,
+    connection_id: String,
+    credentials: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/connections`: connect (or reconnect, keeping the id) a credential connection. The
+/// provider checks the credentials first; only what it accepts is sealed and stored.
+#[tracing::instrument(skip_all, fields(provider = %body.provider))]
+pub async fn create(
+    caller: Authorized<scope::ConnectionsWrite>,
+    state: web::Data<AppState>,
+    body: web::Json<CreateConnection>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    caller.require_provider(&body.provider)?;
+    let p = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
+        ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
+    })?;
+    let Some(spec) = &p.credentials else {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedAuthMode,
+            format!(
+                "provider `{}` connects through OAuth2: create a connect session (POST /v1/connect/sessions)",
+                p.id
+            ),
+        ));
+    };
+    if !p.is_configured() {
+        return Err(ApiError::new(
+            ErrorCode::ProviderNotConfigured,
+            format!("provider `{}` is not configured yet; set {}", p.id, p.missing_configuration().join(" and ")),
+        ));
+    }
+    if !valid_connection_id(&body.connection_id) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "connection_id must be 1-255 characters of letters, digits and -_.~@+:=",
+        ));
+    }
+    shared::credentials::check_given(spec, &body.credentials)
+        .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
+    let outcome = state.core.tokens.connect_with_credentials(&p.id, &body.connection_id, &body.credentials).await?;
+    let conn = outcome.map_err(|e| credential_error(p, e))?;
+    let view = ConnectionView::from(&conn);
+    // The first version of a row is a new connection; a later one replaced the credentials.
+    Ok(if conn.token_version == 1 { HttpResponse::Created().json(view) } else { HttpResponse::Ok().json(view) })
+}
+
+/// What a refused or failed verification tells the caller: the provider's own words.
+fn credential_error(p: &shared::catalog::Provider, e: shared::oauth::OAuthError) -> ApiError {
+    use shared::credentials::{INTEGRATION_REFUSED, INVALID_CREDENTIALS};
+    use shared::oauth::OAuthError;
+    match e {
+        OAuthError::Rejected { error, description, .. } if error == INVALID_CREDENTIALS => ApiError::new(
+            ErrorCode::InvalidCredentials,
+            description.unwrap_or_else(|| "the provider refused the credentials".into()),
+        ),
+        OAuthError::Rejected { error, description, .. } if error == INTEGRATION_REFUSED => ApiError::new(
+            ErrorCode::IntegrationRefused,
+            format!(
+                "{} refused this integration's own credentials ({}); the operator must fix them, the end user cannot",
+                p.display_name,
+                description.unwrap_or_default()
+            ),
+        ),
+        OAuthError::NotConfigured(_) => ApiError::new(
+            ErrorCode::ProviderNotConfigured,
+            format!("provider `{}` is not configured for credentials; see the gateway's log", p.id),
+        ),
+        other => {
+            let mut err = ApiError::new(
+                ErrorCode::UpstreamUnreachable,
+                format!(
+                    "{} could not check the credentials now ({other}); nothing was stored, try again",
+                    p.display_name
+                ),
+            );
+            if let OAuthError::Transient { retry_after: Some(d), .. } = other {
+                err.retry_after = Some(d);
+            }
+            err
+        }
+    }
 }
 
 /// `POST /v1/connections/{provider}/{connection_id}/refresh`: refresh now.
@@ -195,7 +323,8 @@ pub async fn delete(
         .delete_connection(&provider, &id)
         .await?
         .ok_or_else(|| connection_not_found(&provider, &id))?;
-    if let (Some(p), Ok(creds)) = (state.core.tokens.catalog.get(&provider), state.core.store.open_credentials(&c)) {
+    let oauth = state.core.tokens.catalog.get(&provider).filter(|p| p.credentials.is_none());
+    if let (Some(p), Ok(creds)) = (oauth, state.core.store.open_credentials(&c)) {
         let (token, hint) = match &creds.refresh_token {
             Some(rt) => (rt.as_str(), "refresh_token"),
             None => (creds.access_token.as_str(), "access_token"),

@@ -18,9 +18,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/api-keys/{id}", web::delete().to(api_keys::revoke))
         .route("/v1/providers", web::get().to(connections::list_providers))
         .route("/v1/connections", web::get().to(connections::list))
+        .route("/v1/connections", web::post().to(connections::create))
         .route("/v1/connections/{provider}/{connection_id}", web::get().to(connections::get))
         .route("/v1/connections/{provider}/{connection_id}", web::delete().to(connections::delete))
         .route("/v1/connections/{provider}/{connection_id}/token", web::get().to(connections::token))
+        .route("/v1/connections/{provider}/{connection_id}/credentials", web::get().to(connections::credentials))
         .route("/v1/connections/{provider}/{connection_id}/refresh", web::post().to(connections::refresh));
 }
 

@@ -161,7 +161,7 @@ async fn seed(args: &[String]) -> anyhow::Result<serde_json::Value> {
                     access_token: format!("seeded-access-{}", uuid::Uuid::new_v4().simple()),
                     refresh_token: Some(format!("seeded-refresh-{}", uuid::Uuid::new_v4().simple())),
                     token_type: Some("Bearer".into()),
-                    extra: Default::default(),
+                    ..Credentials::default()
                 };
                 let tokens = NewTokens {
                     credentials,

@@ -97,7 +97,7 @@ async fn session_requests_are_validated() {
     let r = app.create_session("nope", "u", RETURN_URL).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "unknown_provider");
-    let r = app.create_session("kartra", "u", RETURN_URL).await;
+    let r = app.create_session("interact", "u", RETURN_URL).await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "built-in without credentials");
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "provider_not_configured");
     for bad in ["", "has space", "a/b", &"x".repeat(300)] {

@@ -18,8 +18,16 @@ async fn providers_are_listed_with_their_configuration_but_no_secrets() {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
     let kartra = v["providers"].as_array().unwrap().iter().find(|p| p["id"] == "kartra").unwrap();
-    assert_eq!(kartra["configured"], false);
-    assert_eq!(kartra["authorize_url"], "https://app.kartra.com/oauth/auth");
+    // The stack gives KARTRA_APP_ID; the fields are what a form asks the end user for.
+    assert_eq!(kartra["configured"], true);
+    assert_eq!(kartra["auth"], "api_key");
+    assert_eq!(kartra["fields"][0]["name"], "api_key");
+    assert_eq!(kartra["fields"][1]["secret"], true);
+    assert!(!text.contains(devstack::MOCK_KARTRA_APP_ID), "the operator's values are never listed");
+    assert_eq!(kartra["authorize_url"], "https://app.kartra.com/oauth/auth", "the guide's flow, one setting away");
+    let interact = v["providers"].as_array().unwrap().iter().find(|p| p["id"] == "interact").unwrap();
+    assert_eq!((interact["auth"].as_str(), interact["configured"].as_bool()), (Some("oauth2"), Some(false)));
+    assert_eq!(interact["missing_configuration"], serde_json::json!(["INTERACT_CLIENT_ID", "INTERACT_CLIENT_SECRET"]));
     app.stop().await;
 }
 

@@ -30,9 +30,11 @@ impl ConnectionStatus {
     }
 }
 
-/// The secret part of a connection. It is only ever stored sealed.
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+/// The secret part of a connection: OAuth tokens, or the values of a credential mode (an API
+/// key and password, a Redtail UserKey). It is only ever stored sealed.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Credentials {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub access_token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
@@ -41,6 +43,16 @@ pub struct Credentials {
     /// Any other fields of the provider's token response, kept as received.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// A credential mode's stored values, by name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+impl Credentials {
+    /// A credential connection's values.
+    pub fn from_values(values: std::collections::BTreeMap<String, String>) -> Self {
+        Self { values, ..Self::default() }
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -49,6 +61,7 @@ impl fmt::Debug for Credentials {
             .field("access_token", &"[redacted]")
             .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
             .field("token_type", &self.token_type)
+            .field("values", &self.values.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -379,6 +392,32 @@ impl RefreshGuard {
                 ],
             )
             .await?;
+        let updated = from_row(&row)?;
+        for m in events(updated.token_version) {
+            insert_outbox(self.client(), &m).await?;
+        }
+        self.finish("COMMIT").await?;
+        Ok(updated)
+    }
+
+    /// A credential connection's values were checked and still work: the next check is
+    /// scheduled, the error cleared; the values and their version stay as they are.
+    pub async fn commit_checked(
+        self,
+        next_due: DateTime<Utc>,
+        events: impl FnOnce(i64) -> Vec<OutboxMessage>,
+    ) -> Result<Connection, StoreError> {
+        let c = self.connection();
+        let stmt = self
+            .client()
+            .prepare_cached(concat!(
+                "UPDATE connections SET refresh_due_at = $3, last_refresh_at = clock_timestamp(),
+                    last_error = NULL, error_count = 0, updated_at = now()
+                 WHERE provider = $1 AND connection_id = $2 RETURNING ",
+                columns!()
+            ))
+            .await?;
+        let row = self.client().query_one(&stmt, &[&c.provider, &c.connection_id, &next_due]).await?;
         let updated = from_row(&row)?;
         for m in events(updated.token_version) {
             insert_outbox(self.client(), &m).await?;

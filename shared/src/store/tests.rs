@@ -104,6 +104,7 @@ async fn api_keys_are_found_by_digest_until_revoked_once() {
 fn tokens(access: &str) -> NewTokens {
     NewTokens {
         credentials: Credentials {
+            values: Default::default(),
             access_token: access.into(),
             refresh_token: Some(format!("r-{access}")),
             token_type: None,

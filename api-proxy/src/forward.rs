@@ -733,6 +733,13 @@ impl crate::h1_server::RawFields for ResponseBody {
 /// caller is on our HTTP/1.1 server, which writes them filtered the same way); otherwise they
 /// are moved into the answer's map here and filtered.
 fn relay(resp: Response<UpBody>, deadline: Deadline, raw_ok: bool) -> Response<ResponseBody> {
+    let (parts, body) = answer_parts(resp, raw_ok);
+    Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
+}
+
+/// A provider's answer with its end-to-end headers: in the map, filtered, unless `raw_ok` (then
+/// our HTTP/1.1 server writes our client's raw fields, filtered the same way).
+fn answer_parts(resp: Response<UpBody>, raw_ok: bool) -> (http::response::Parts, UpBody) {
     let (mut parts, mut body) = resp.into_parts();
     // The caller's connection has its own version (an HTTP/2 provider may answer an HTTP/1.1 caller).
     parts.version = http::Version::default();
@@ -746,7 +753,7 @@ fn relay(resp: Response<UpBody>, deadline: Deadline, raw_ok: bool) -> Response<R
         UpBody::Hyper(_) => true,
     };
     strip_response_headers(&mut parts.headers, may_list);
-    Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
+    (parts, body)
 }
 
 /// The span of one proxied call (a child of the request's span), for the caller to run
@@ -995,22 +1002,14 @@ async fn credential_answer(
 }
 
 /// A provider's answer read whole (within `max` bytes and the call's deadline), its headers
-/// filtered as [`relay`] filters them, for an answer whose body must be judged before it goes back.
+/// filtered as for [`relay`], for an answer whose body must be judged before it goes back.
 async fn read_answer(
     resp: Response<UpBody>,
     deadline: &mut Deadline,
     max: usize,
 ) -> Result<(http::response::Parts, Bytes), ApiError> {
-    let (mut parts, mut body) = resp.into_parts();
-    parts.version = http::Version::default();
-    let may_list = match &mut body {
-        UpBody::Raw(raw) => {
-            raw.headers_into(&mut parts.headers);
-            raw.connection_lists_fields()
-        }
-        UpBody::Hyper(_) => true,
-    };
-    strip_response_headers(&mut parts.headers, may_list);
+    // The body is sent from memory: its headers must be in the map.
+    let (mut parts, body) = answer_parts(resp, false);
     // The length is stated anew from what is sent.
     parts.headers.remove(header::CONTENT_LENGTH);
     let collected = tokio::select! {

@@ -462,15 +462,8 @@ pub struct CredentialClient {
 const MAX_JUDGED_BODY: usize = 256 * 1024;
 
 impl CredentialClient {
-    pub fn new(timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            // Credentials must not follow a redirect to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("authbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client builds");
+    /// Shares the OAuth client's connections (`OAuthClient::http`): one pool per process.
+    pub fn new(http: reqwest::Client) -> Self {
         Self { http }
     }
 

@@ -94,17 +94,26 @@ pub struct OAuthClient {
     http: reqwest::Client,
 }
 
+/// The HTTP client for calls that carry our secrets to a provider (token requests, credential
+/// checks): bounded in time, and never following a redirect, which could send them elsewhere.
+pub fn provider_http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("authbridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("HTTP client builds")
+}
+
 impl OAuthClient {
     pub fn new(timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            // A token endpoint must not send us elsewhere with our credentials.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("authbridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client builds");
-        Self { http }
+        Self { http: provider_http_client(timeout) }
+    }
+
+    /// The same pooled HTTP client, for the other calls made to providers.
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     /// The URL to send the end user's browser to (RFC 6749 §4.1.1, RFC 7636 §4.3).

@@ -193,11 +193,12 @@ pub struct TokenService {
 
 impl TokenService {
     pub fn new(store: Store, settings: &CommonSettings) -> Self {
+        let oauth = OAuthClient::new(settings.provider_timeout);
         Self {
             store,
             catalog: Arc::new(settings.catalog.clone()),
-            oauth: OAuthClient::new(settings.provider_timeout),
-            credentials: CredentialClient::new(settings.provider_timeout),
+            credentials: CredentialClient::new(oauth.http()),
+            oauth,
             policy: Policy::from_settings(settings),
             outbox_signal: Arc::new(Notify::new()),
         }

@@ -31,9 +31,7 @@ pub async fn create_session(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     caller.require_provider(&body.provider)?;
-    let provider = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
-        ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
-    })?;
+    let provider = catalog_provider(&state, &body.provider)?;
     if provider.credentials.is_some() {
         // The hosted form for credential modes comes with the Connect UI; until then a backend
         // collects the values itself and posts them.
@@ -57,12 +55,7 @@ pub async fn create_session(
             ),
         ));
     }
-    if !valid_connection_id(&body.connection_id) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "connection_id must be 1-255 characters of letters, digits and -_.~@+:=",
-        ));
-    }
+    check_connection_id(&body.connection_id)?;
     let return_url = Url::parse(&body.return_url)
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "return_url must be an absolute URL"))?;
     if !state.settings.return_url_allowed(&return_url) {
@@ -101,6 +94,27 @@ pub async fn create_session(
         "connect_url": connect_url,
         "expires_at": expires_at,
     })))
+}
+
+/// The catalog's entry for a provider a request names, or `unknown_provider`.
+pub(super) fn catalog_provider<'s>(state: &'s AppState, id: &str) -> Result<&'s shared::catalog::Provider, ApiError> {
+    state
+        .core
+        .tokens
+        .catalog
+        .get(id)
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownProvider, format!("provider `{id}` is not in the catalog")))
+}
+
+/// A connection id a request gives for a new connection, or why not.
+pub(super) fn check_connection_id(id: &str) -> Result<(), ApiError> {
+    if valid_connection_id(id) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::InvalidRequest,
+        "connection_id must be 1-255 characters of letters, digits and -_.~@+:=",
+    ))
 }
 
 fn redirect(to: &str) -> HttpResponse {

@@ -226,9 +226,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     caller.require_provider(&body.provider)?;
-    let p = state.core.tokens.catalog.get(&body.provider).ok_or_else(|| {
-        ApiError::new(ErrorCode::UnknownProvider, format!("provider `{}` is not in the catalog", body.provider))
-    })?;
+    let p = super::connect::catalog_provider(&state, &body.provider)?;
     let Some(spec) = &p.credentials else {
         return Err(ApiError::new(
             ErrorCode::UnsupportedAuthMode,
@@ -244,12 +242,7 @@ pub async fn create(
             format!("provider `{}` is not configured yet; set {}", p.id, p.missing_configuration().join(" and ")),
         ));
     }
-    if !valid_connection_id(&body.connection_id) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "connection_id must be 1-255 characters of letters, digits and -_.~@+:=",
-        ));
-    }
+    super::connect::check_connection_id(&body.connection_id)?;
     shared::credentials::check_given(spec, &body.credentials)
         .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
     let outcome = state.core.tokens.connect_with_credentials(&p.id, &body.connection_id, &body.credentials).await?;

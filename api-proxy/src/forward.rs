@@ -80,6 +80,15 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// The base URL as the catalog entry writes it, for a call with no path of its own: without
+    /// the trailing slash the base is stored with, unless the entry wrote one.
+    pub fn bare(mut self, base_slash: bool) -> Self {
+        if !base_slash && self.tail.is_empty() && self.base_path.len() > 1 {
+            self.base_path = self.base_path.strip_suffix('/').unwrap_or(self.base_path);
+        }
+        self
+    }
+
     pub fn origin(&self) -> &Origin {
         &self.origin
     }
@@ -795,11 +804,14 @@ pub async fn proxy(
     let presented = fields.get("authorization").and_then(shared::http::bearer_credential);
     let caller = worker.auth.authorize_on(memo, presented, Scope::Proxy, Some(&worker.limits)).await?;
     let state = &*worker.state;
-    // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded) path.
+    // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded)
+    // path; `/proxy/{provider}/{connection_id}` alone is the API's base URL itself (Kartra's
+    // whole API is one URL, `https://app.kartra.com/api`).
     let raw_path = parts.uri.path();
-    let segments = strip_proxy_prefix(raw_path)
-        .and_then(split_segment)
-        .and_then(|(p, rest)| split_segment(rest).map(|(c, tail)| (p, c, tail)));
+    let segments = strip_proxy_prefix(raw_path).and_then(split_segment).map(|(p, rest)| match split_segment(rest) {
+        Some((c, tail)) => (p, c, Some(tail)),
+        None => (p, rest, None),
+    });
     let (provider_id, connection_id, raw_tail) = match segments {
         Some((p, c, tail)) if !p.is_empty() && !c.is_empty() => (p, c, tail),
         _ => return Err(proxy_error(ErrorCode::NotFound, "proxy paths are /proxy/{provider}/{connection_id}/{path}")),
@@ -824,8 +836,12 @@ pub async fn proxy(
         return Err(proxy_error(ErrorCode::InvalidRequest, "invalid connection_id"));
     }
     let query_with_credentials: String;
-    let mut target = upstream_url(base, raw_tail, parts.uri.query().unwrap_or(""))
-        .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+    let target_for = |query| {
+        let t =
+            upstream_url(base, raw_tail.unwrap_or(""), query).map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+        Ok::<_, ApiError>(if raw_tail.is_none() { t.bare(provider.api_base_slash) } else { t })
+    };
+    let mut target = target_for(parts.uri.query().unwrap_or(""))?;
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
@@ -835,8 +851,7 @@ pub async fn proxy(
     // Credentials that go in the query or the form body (most go in header fields).
     if !token.query.is_empty() {
         query_with_credentials = crate::inject::query(parts.uri.query().unwrap_or(""), &token.query);
-        target = upstream_url(base, raw_tail, &query_with_credentials)
-            .map_err(|m| proxy_error(ErrorCode::InvalidRequest, m))?;
+        target = target_for(&query_with_credentials)?;
     }
     let with_form_type: Vec<(header::HeaderName, HeaderValue)>;
     let mut inject = token.headers.as_slice();
@@ -1096,6 +1111,9 @@ mod tests {
             "https://api.example.com/v1/contacts/42?a=1&b=%20"
         );
         assert_eq!(upstream_url(&base(), "", "").unwrap().to_string(), "https://api.example.com/v1/");
+        // `/proxy/{provider}/{id}` alone: the base as the entry wrote it.
+        assert_eq!(upstream_url(&base(), "", "a=1").unwrap().bare(false).to_string(), "https://api.example.com/v1?a=1");
+        assert_eq!(upstream_url(&base(), "", "").unwrap().bare(true).to_string(), "https://api.example.com/v1/");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Accounts {
     pub redtail_partner_keys: Vec<String>,
     /// username → (password, user key)
     pub redtail: HashMap<String, (String, String)>,
+    /// The next this many calls, to any stand-in, answer `503` before authenticating (an outage).
+    pub fail_next: u32,
     kartra_window: HashMap<String, Vec<Instant>>,
     ontraport_window: HashMap<String, Vec<Instant>>,
     pub counts: ApiCounts,
@@ -55,6 +57,8 @@ pub struct ApiCounts {
     pub redtail_calls: u64,
     /// Calls refused for their credentials, all stand-ins together.
     pub refused: u64,
+    /// Calls answered 503 by `fail_next`.
+    pub failed: u64,
 }
 
 impl Accounts {
@@ -68,6 +72,18 @@ impl Accounts {
         a.redtail_partner_keys.push("demo-partner-key".into());
         a.redtail.insert("demo".into(), ("demo-password".into(), "demo-user-key".into()));
         a
+    }
+}
+
+impl Accounts {
+    /// An outage answer while `fail_next` lasts.
+    fn outage(&mut self) -> Option<HttpResponse> {
+        if self.fail_next == 0 {
+            return None;
+        }
+        self.fail_next -= 1;
+        self.counts.failed += 1;
+        Some(HttpResponse::ServiceUnavailable().insert_header((header::RETRY_AFTER, "1")).body("maintenance"))
     }
 }
 
@@ -134,6 +150,9 @@ async fn kartra(state: web::Data<MockState>, req: HttpRequest, body: web::Bytes)
     let mut g = state.0.lock().unwrap();
     let a = &mut g.apis;
     a.counts.kartra_calls += 1;
+    if let Some(r) = a.outage() {
+        return r;
+    }
     let app = field("app_id");
     if app.is_empty() || !a.kartra_apps.iter().any(|x| x == app) {
         return kartra_answer("Error", "The App ID is not valid", "238");
@@ -167,6 +186,9 @@ async fn ontraport(state: web::Data<MockState>, req: HttpRequest) -> HttpRespons
     let mut g = state.0.lock().unwrap();
     let a = &mut g.apis;
     a.counts.ontraport_calls += 1;
+    if let Some(r) = a.outage() {
+        return r;
+    }
     if a.ontraport.get(app).is_none_or(|k| k != key) {
         a.counts.refused += 1;
         return HttpResponse::Unauthorized().body("Your App ID and API Key do not match.");
@@ -187,6 +209,9 @@ async fn whatconverts(state: web::Data<MockState>, req: HttpRequest) -> HttpResp
     let mut g = state.0.lock().unwrap();
     let a = &mut g.apis;
     a.counts.whatconverts_calls += 1;
+    if let Some(r) = a.outage() {
+        return r;
+    }
     let ok = matches!(parts.as_deref(), Some([t, s]) if a.whatconverts.get(t).is_some_and(|x| x == s));
     if !ok {
         a.counts.refused += 1;
@@ -204,6 +229,9 @@ async fn redtail_authentication(state: web::Data<MockState>, req: HttpRequest) -
     let mut g = state.0.lock().unwrap();
     let a = &mut g.apis;
     a.counts.redtail_authentications += 1;
+    if let Some(r) = a.outage() {
+        return r;
+    }
     let Some([key, user, password]) = parts.as_deref() else {
         a.counts.refused += 1;
         return redtail_refused("Authorization must be Basic base64(APIKey:Username:Password)");
@@ -228,6 +256,9 @@ async fn redtail(state: web::Data<MockState>, req: HttpRequest) -> HttpResponse 
     let mut g = state.0.lock().unwrap();
     let a = &mut g.apis;
     a.counts.redtail_calls += 1;
+    if let Some(r) = a.outage() {
+        return r;
+    }
     let ok = matches!(parts.as_deref(), Some([key, user_key])
         if a.redtail_partner_keys.contains(key) && a.redtail.values().any(|(_, k)| k == user_key));
     if !ok {

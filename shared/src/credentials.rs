@@ -396,7 +396,7 @@ impl CredentialSpec {
     /// What an answer to a call made with a connection's values says about them.
     pub fn judge(&self, status: u16, body: &[u8]) -> Verdict {
         let json = if self.reads_body() || !body.is_empty() { serde_json::from_slice(body).ok() } else { None };
-        let message = || self.message(status, json.as_ref());
+        let message = || self.message(status, json.as_ref(), body);
         if self.refused.matches(status, json.as_ref()) {
             return Verdict::Refused(message());
         }
@@ -409,15 +409,19 @@ impl CredentialSpec {
         Verdict::Accepted
     }
 
-    /// The provider's own message (short, printable), or its status.
-    fn message(&self, status: u16, json: Option<&serde_json::Value>) -> String {
-        let own = json.and_then(|j| j.pointer(&self.message_pointer)).and_then(|m| m.as_str()).map(|m| {
-            let clean: String = m.chars().filter(|c| !c.is_control()).take(300).collect();
-            clean
+    /// The provider's own message (short, printable), or its status: at the entry's pointer,
+    /// else where JSON error answers usually put it, else a short plain-text body (Ontraport
+    /// answers a bad key in plain text).
+    fn message(&self, status: u16, json: Option<&serde_json::Value>, body: &[u8]) -> String {
+        let at = |pointer: &str| json?.pointer(pointer)?.as_str().map(str::to_owned);
+        let usual = ["/message", "/Message", "/error_message", "/error_description", "/error"];
+        let own = at(&self.message_pointer).or_else(|| usual.iter().find_map(|p| at(p))).or_else(|| {
+            let text = std::str::from_utf8(body).ok().filter(|_| json.is_none())?.trim();
+            (!text.starts_with('<')).then(|| text.to_owned())
         });
-        match own.filter(|m| !m.trim().is_empty()) {
-            Some(m) => m,
-            None => format!("the provider answered {status}"),
+        match own.map(|m| m.chars().filter(|c| !c.is_control()).take(300).collect::<String>()) {
+            Some(m) if !m.trim().is_empty() => m,
+            _ => format!("the provider answered {status}"),
         }
     }
 }
@@ -641,5 +645,31 @@ mod tests {
         assert!(!r.matches(200, Some(&serde_json::json!({"type": 238}))));
         assert!(!r.matches(200, Some(&serde_json::json!({"status": "Success"}))));
         assert!(!r.matches(403, None));
+    }
+
+    #[test]
+    fn a_refusal_carries_the_providers_own_words_wherever_it_puts_them() {
+        let spec = CredentialSpec {
+            fields: vec![],
+            operator: vec![],
+            place: Placement::default(),
+            exchange: None,
+            verify: None,
+            refused: Rule { statuses: vec![401], ..Default::default() },
+            app_refused: Rule::default(),
+            message_pointer: "/detail".into(),
+            recheck: Duration::from_secs(60),
+        };
+        let refused = |body: &str| spec.judge(401, body.as_bytes());
+        assert_eq!(refused(r#"{"detail":"key revoked","message":"other"}"#), Verdict::Refused("key revoked".into()));
+        assert_eq!(refused(r#"{"error_message":"Invalid API token"}"#), Verdict::Refused("Invalid API token".into()));
+        assert_eq!(
+            refused("Your App ID and API Key do not match.\n"),
+            Verdict::Refused("Your App ID and API Key do not match.".into())
+        );
+        assert_eq!(refused("<html>401</html>"), Verdict::Refused("the provider answered 401".into()));
+        assert_eq!(refused(r#"{"error":{"code":1}}"#), Verdict::Refused("the provider answered 401".into()));
+        assert_eq!(spec.judge(503, b"down"), Verdict::Unavailable("the provider answered 503".into()));
+        assert_eq!(spec.judge(200, b"Invalid"), Verdict::Accepted);
     }
 }

@@ -77,8 +77,8 @@ impl Policy {
 /// What a caller wants from [`TokenService::refresh`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// An expiry event for this token version fell due.
-    Scheduled { version: i64, attempt: u32 },
+    /// An expiry event for this token version, scheduled for `due_at`, fell due.
+    Scheduled { version: i64, attempt: u32, due_at: DateTime<Utc> },
     /// The provider's API refused this token version with 401.
     Unauthorized { version: i64 },
     /// Refresh only if the token is about to expire.
@@ -295,11 +295,15 @@ impl TokenService {
         }
         let now = Utc::now();
         let proceed = match trigger {
-            Trigger::Scheduled { version, .. } => {
+            Trigger::Scheduled { version, due_at, .. } => {
+                // A credential check keeps the version, so an event of an older schedule is
+                // told apart by the time it was scheduled for.
+                let superseded = |d: DateTime<Utc>| d > due_at + chrono::Duration::milliseconds(1);
                 if version != conn.token_version {
                     false
-                } else if conn.refresh_due_at.is_none_or(|d| d > now + chrono::Duration::seconds(1)) {
-                    // An outdated copy: a retry was rescheduled later, or nothing is scheduled.
+                } else if conn.refresh_due_at.is_none_or(|d| d > now + chrono::Duration::seconds(1) || superseded(d)) {
+                    // An outdated copy: the connection was scheduled again (a retry, or a check
+                    // that passed), or nothing is scheduled.
                     guard.rollback().await?;
                     tracing::Span::current().record("outcome", "not_due");
                     return Ok(Outcome::NotDue);

@@ -261,7 +261,8 @@ pub async fn sweep_once(ctx: &Ctx) -> anyhow::Result<usize> {
         let n = overdue.len();
         stream::iter(overdue)
             .for_each_concurrent(8, |c| async move {
-                let trigger = shared::tokens::Trigger::Scheduled { version: c.token_version, attempt: 0 };
+                let due_at = c.refresh_due_at.unwrap_or_else(chrono::Utc::now);
+                let trigger = shared::tokens::Trigger::Scheduled { version: c.token_version, attempt: 0, due_at };
                 if let Err(e) = ctx.core.tokens.refresh(&c.provider, &c.connection_id, trigger).await {
                     tracing::warn!(error = %e, "direct refresh by the sweep failed");
                 }

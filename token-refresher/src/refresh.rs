@@ -89,7 +89,7 @@ async fn handle_in_span(ctx: &Ctx, delivery: Delivery, span: &tracing::Span) -> 
     }
     let lateness = (chrono::Utc::now() - ev.due_at).num_milliseconds().max(0) as f64 / 1000.0;
     ctx.metrics.observe("authbridge_refresh_lateness_seconds", "", lateness);
-    let trigger = Trigger::Scheduled { version: ev.token_version, attempt: ev.attempt };
+    let trigger = Trigger::Scheduled { version: ev.token_version, attempt: ev.attempt, due_at: ev.due_at };
     match ctx.core.tokens.refresh(&ev.provider, &ev.connection_id, trigger).await {
         Ok(outcome) => {
             let label = match &outcome {

@@ -2,6 +2,7 @@
 //! PostgreSQL and RabbitMQ. One stack (database + queue prefix) per test.
 
 mod callbacks;
+mod credentials;
 mod flow;
 mod management;
 mod proxy;

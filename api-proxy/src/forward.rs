@@ -845,7 +845,8 @@ pub async fn proxy(
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
-    let mut deadline = worker.deadlines.deadline(shared::clock::recent() + state.settings.upstream_timeout);
+    let deadline_at = shared::clock::recent() + state.settings.upstream_timeout;
+    let mut deadline = worker.deadlines.deadline(deadline_at);
 
     let (version, token) = token_for(state, provider, connection_id).await?;
     // Credentials that go in the query or the form body (most go in header fields).
@@ -874,7 +875,26 @@ pub async fn proxy(
         }
     }
     let upstream = &worker.upstream;
-    let resp = send(upstream, &parts.method, &target, fields, &mut body, (inject, token.tenant), &mut deadline).await?;
+    let paced = provider.rate_limit.is_some();
+    if paced {
+        Box::pin(wait_for_slot(state, provider, connection_id, deadline_at)).await?;
+    }
+    let mut resp =
+        send(upstream, &parts.method, &target, fields, &mut body, (inject, token.tenant), &mut deadline).await?;
+    if resp.status() == http::StatusCode::TOO_MANY_REQUESTS && body.replayable() {
+        let call = Call { upstream, method: &parts.method, target: &target, fields, inject: (inject, token.tenant) };
+        resp = Box::pin(again_after_429(
+            state,
+            provider,
+            connection_id,
+            deadline_at,
+            resp,
+            call,
+            &mut body,
+            &mut deadline,
+        ))
+        .await?;
+    }
     let status = resp.status();
     let count = |status: u16| {
         worker.metrics.count_keyed("authbridge_proxied_calls_total", None, (provider_id, "", status), || {
@@ -929,6 +949,9 @@ pub async fn proxy(
                 return Ok(out);
             }
             let fresh = Token::bearer(fresh)?;
+            if paced {
+                Box::pin(wait_for_slot(state, provider, connection_id, deadline_at)).await?;
+            }
             // Boxed: the retry is the cold path, and a second upstream call's state inline would
             // enlarge (and be copied with) every call's future.
             let retried = Box::pin(send(
@@ -955,6 +978,73 @@ pub async fn proxy(
             Ok(relay(resp, deadline, raw_ok))
         }
     }
+}
+
+/// Waits for this call's slot in the provider's rate limit (shared by every proxy replica),
+/// for as long as the call's deadline leaves the provider time to answer; a call that would
+/// wait longer is refused with `429` and `Retry-After`.
+async fn wait_for_slot(
+    state: &ProxyState,
+    provider: &shared::catalog::Provider,
+    connection_id: &str,
+    deadline_at: std::time::Instant,
+) -> Result<(), ApiError> {
+    use crate::provider_limits::Admission;
+    let now = std::time::Instant::now();
+    let reserve = (state.settings.upstream_timeout / 3).min(std::time::Duration::from_secs(2));
+    let max_wait = deadline_at.saturating_duration_since(now).saturating_sub(reserve);
+    match state.provider_limits.admit(provider, connection_id, now, max_wait)? {
+        Admission::Now => {}
+        Admission::After(d) => tokio::time::sleep(d).await,
+    }
+    Ok(())
+}
+
+/// What one more attempt of a call sends.
+struct Call<'a> {
+    upstream: &'a Upstream,
+    method: &'a Method,
+    target: &'a Target<'a>,
+    fields: Fields<'a>,
+    inject: (&'a [(header::HeaderName, HeaderValue)], u64),
+}
+
+/// The provider answered `429`: it did not act on the call, whatever its method, so it is sent
+/// again after the provider's `Retry-After` (or the entry's documented wait), up to three
+/// times, while the call's deadline allows. Otherwise the provider's `429` goes back as it is.
+#[allow(clippy::too_many_arguments)]
+async fn again_after_429(
+    state: &ProxyState,
+    provider: &shared::catalog::Provider,
+    connection_id: &str,
+    deadline_at: std::time::Instant,
+    mut resp: Response<UpBody>,
+    call: Call<'_>,
+    body: &mut Outbound,
+    deadline: &mut Deadline,
+) -> Result<Response<UpBody>, ApiError> {
+    let documented = provider.rate_limit.as_ref().map_or(std::time::Duration::from_secs(1), |l| l.wait);
+    for _ in 0..3 {
+        let wait = crate::provider_limits::retry_after(resp.headers(), documented);
+        let reserve = (state.settings.upstream_timeout / 3).min(std::time::Duration::from_secs(2));
+        if std::time::Instant::now() + wait + reserve > deadline_at {
+            break;
+        }
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "provider answered 429; sending the call again after its wait"
+        );
+        drop(resp);
+        tokio::time::sleep(wait).await;
+        if provider.rate_limit.is_some() {
+            wait_for_slot(state, provider, connection_id, deadline_at).await?;
+        }
+        resp = send(call.upstream, call.method, call.target, call.fields, body, call.inject, deadline).await?;
+        if resp.status() != http::StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+    }
+    Ok(resp)
 }
 
 /// The answer to a call made with a credential connection's values. When the provider's answer

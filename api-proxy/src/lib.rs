@@ -10,6 +10,7 @@ pub mod h1;
 pub mod h1_server;
 pub mod inject;
 pub mod pool;
+pub mod provider_limits;
 pub mod server;
 pub mod settings;
 
@@ -26,6 +27,8 @@ pub struct ProxyState {
     pub core: Core,
     pub settings: Settings,
     pub cache: cache::TokenCache,
+    /// The providers' rate limits, shared with the other replicas.
+    pub provider_limits: Arc<provider_limits::ProviderLimits>,
     /// Until when calls do not try the database again after it failed (so a call that needs it
     /// fails at once instead of waiting for a connection, and memory serves the rest).
     database_down_until: std::sync::Mutex<Option<std::time::Instant>>,
@@ -70,7 +73,16 @@ impl Application {
             "Calls forwarded to providers, by provider and upstream status.",
         );
         let cache = cache::TokenCache::with_stale(settings.token_cache_ttl, settings.stale);
-        let state = Arc::new(ProxyState { cache, core, settings, database_down_until: Default::default() });
+        let provider_limits = Arc::new(provider_limits::ProviderLimits::default());
+        if core.tokens.catalog.iter().any(|p| p.rate_limit.is_some()) {
+            tokio::spawn(provider_limits::heartbeat(
+                core.store.clone(),
+                provider_limits.clone(),
+                core.shutdown_receiver(),
+            ));
+        }
+        let state =
+            Arc::new(ProxyState { cache, core, settings, provider_limits, database_down_until: Default::default() });
         // Keep the token cache honest: every change to a connection, in any process, drops it.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(shared::store::notify::listen(
@@ -114,6 +126,11 @@ impl Application {
 
     pub fn url(&self) -> String {
         shared::http::base_url(self.addr, self.state.settings.tls.is_some())
+    }
+
+    /// How many proxy replicas this one believes share the providers' rate limits.
+    pub fn replicas_sharing_limits(&self) -> usize {
+        self.state.provider_limits.replicas()
     }
 
     pub async fn stop(self) {

@@ -66,6 +66,8 @@ pub struct StackOptions {
     /// Lifetime of access tokens the mock provider issues.
     pub token_ttl: Duration,
     pub refreshers: usize,
+    /// Proxy replicas (the first is `Stack::proxy`, the others `Stack::more_proxies`).
+    pub proxies: usize,
     /// Ports; 0 picks a free one.
     pub gateway_port: u16,
     pub proxy_port: u16,
@@ -106,6 +108,7 @@ impl Default for StackOptions {
         Self {
             token_ttl: Duration::from_secs(3600),
             refreshers: 1,
+            proxies: 1,
             gateway_port: 0,
             proxy_port: 0,
             refresher_port: 0,
@@ -133,6 +136,23 @@ impl Default for StackOptions {
     }
 }
 
+fn proxy_settings(common: &CommonSettings, api_keys: &ApiKeys, opts: &StackOptions, port: u16) -> api_proxy::Settings {
+    api_proxy::Settings {
+        common: common.clone(),
+        api_keys: api_keys.clone(),
+        bind: format!("127.0.0.1:{port}"),
+        upstream_timeout: Duration::from_secs(5),
+        max_body: 1024 * 1024,
+        retry_body: 64 * 1024,
+        workers: opts.http_workers,
+        token_cache_ttl: Duration::from_secs(30),
+        head_timeout: opts.proxy_head_timeout,
+        stale: opts.proxy_stale,
+        max_connections: opts.proxy_max_connections,
+        tls: opts.tls.clone(),
+    }
+}
+
 pub const MOCK_CLIENT_ID: &str = "authbridge-client";
 pub const MOCK_CLIENT_SECRET: &str = "s3cret:with&odd=chars";
 
@@ -141,6 +161,7 @@ pub struct Stack {
     pub mock: mock_provider::MockServer,
     pub gateway: auth_gateway::Application,
     pub proxy: api_proxy::Application,
+    pub more_proxies: Vec<api_proxy::Application>,
     pub refreshers: Vec<token_refresher::Application>,
     pub common: CommonSettings,
     pub api_key: String,
@@ -231,25 +252,16 @@ impl Stack {
             gw_listener,
         )
         .await?;
-        let proxy = api_proxy::Application::build(api_proxy::Settings {
-            common: common.clone(),
-            api_keys,
-            bind: format!("127.0.0.1:{}", opts.proxy_port),
-            upstream_timeout: Duration::from_secs(5),
-            max_body: 1024 * 1024,
-            retry_body: 64 * 1024,
-            workers: opts.http_workers,
-            token_cache_ttl: Duration::from_secs(30),
-            head_timeout: opts.proxy_head_timeout,
-            stale: opts.proxy_stale,
-            max_connections: opts.proxy_max_connections,
-            tls: opts.tls.clone(),
-        })
-        .await?;
+        let proxy = api_proxy::Application::build(proxy_settings(&common, &api_keys, &opts, opts.proxy_port)).await?;
+        let mut more_proxies = Vec::new();
+        for _ in 1..opts.proxies {
+            more_proxies.push(api_proxy::Application::build(proxy_settings(&common, &api_keys, &opts, 0)).await?);
+        }
         let mut stack = Self {
             mock,
             gateway,
             proxy,
+            more_proxies,
             refreshers: Vec::new(),
             common,
             api_key: opts.api_key.clone(),
@@ -296,6 +308,9 @@ impl Stack {
     pub async fn stop(self) {
         for r in self.refreshers {
             r.stop().await;
+        }
+        for p in self.more_proxies {
+            p.stop().await;
         }
         self.proxy.stop().await;
         self.gateway.stop().await;

@@ -34,6 +34,45 @@ pub enum ClientAuth {
     Body,
 }
 
+/// Whose calls a provider's rate limit counts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Every connection of the provider (Kartra's 20 calls per second per App).
+    App,
+    /// Each connection on its own (Ontraport's 180 calls per minute per account).
+    Connection,
+}
+
+impl LimitScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Connection => "connection",
+        }
+    }
+}
+
+/// A provider's documented rate limit, which the proxies keep to together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub scope: LimitScope,
+    /// How long to wait after a `429` that says nothing (no `Retry-After`).
+    pub wait: Duration,
+}
+
+/// A `rate_limit` table as written.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitEntry {
+    pub requests: Option<u32>,
+    pub per_seconds: Option<u64>,
+    pub scope: Option<LimitScope>,
+    pub wait_seconds: Option<u64>,
+}
+
 /// One provider, complete and validated.
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -63,6 +102,8 @@ pub struct Provider {
     pub authorize_params: BTreeMap<String, String>,
     /// How long before expiry a token is refreshed; `None` uses the service default.
     pub refresh_margin: Option<Duration>,
+    /// The provider's documented rate limit, if it has one.
+    pub rate_limit: Option<RateLimit>,
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
 }
@@ -125,6 +166,7 @@ impl Provider {
             client_auth: ClientAuth::Basic,
             authorize_params: BTreeMap::new(),
             refresh_margin: None,
+            rate_limit: None,
             client_id: None,
             client_secret: None,
         }
@@ -150,6 +192,7 @@ pub struct ProviderEntry {
     pub client_auth: Option<ClientAuth>,
     pub authorize_params: Option<BTreeMap<String, String>>,
     pub refresh_margin_seconds: Option<u64>,
+    pub rate_limit: Option<RateLimitEntry>,
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
 }
@@ -325,6 +368,7 @@ fn merge(base: ProviderEntry, over: ProviderEntry) -> ProviderEntry {
         client_auth: over.client_auth.or(base.client_auth),
         authorize_params: over.authorize_params.or(base.authorize_params),
         refresh_margin_seconds: over.refresh_margin_seconds.or(base.refresh_margin_seconds),
+        rate_limit: over.rate_limit.or(base.rate_limit),
         client_id: over.client_id.or(base.client_id),
         client_secret: over.client_secret.or(base.client_secret),
     }
@@ -378,6 +422,22 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         }
         (true, Some(c)) => Some(Arc::new(credential_spec(auth, &prefix, c, env).map_err(invalid)?)),
     };
+    let rate_limit = match e.rate_limit {
+        None => None,
+        // `requests = 0` removes a built-in's limit.
+        Some(r) if r.requests == Some(0) => None,
+        Some(r) => {
+            let (Some(requests), Some(per)) = (r.requests, r.per_seconds.filter(|s| (1..=86_400).contains(s))) else {
+                return Err(invalid("`rate_limit` needs `requests` and `per_seconds` (1 to 86400)".into()));
+            };
+            Some(RateLimit {
+                requests,
+                per: Duration::from_secs(per),
+                scope: r.scope.unwrap_or(LimitScope::App),
+                wait: Duration::from_secs(r.wait_seconds.unwrap_or(1).clamp(1, 3600)),
+            })
+        }
+    };
     let client_id = env(&format!("{prefix}_CLIENT_ID")).or(e.client_id).filter(|s| !s.is_empty());
     let client_secret =
         env(&format!("{prefix}_CLIENT_SECRET")).or(e.client_secret).filter(|s| !s.is_empty()).map(Secret::new);
@@ -399,6 +459,7 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         client_auth: e.client_auth.unwrap_or(ClientAuth::Basic),
         authorize_params: e.authorize_params.unwrap_or_default(),
         refresh_margin: e.refresh_margin_seconds.map(Duration::from_secs),
+        rate_limit,
         client_id,
         client_secret,
     })

@@ -436,3 +436,91 @@ async fn a_check_runs_once_per_schedule_whatever_events_of_older_schedules_arriv
     assert!(after.refresh_due_at.unwrap() > chrono::Utc::now() + chrono::Duration::hours(23), "next check tomorrow");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_proxies_together_keep_to_kartras_limit_per_app_and_queue_the_calls_beyond_it() {
+    let app = TestApp::start_with(StackOptions { proxies: 2, ..Default::default() }).await;
+    for id in ["k1", "k2", "k3"] {
+        app.connected("kartra", id, kartra_good()).await;
+    }
+    let proxies = [app.stack.proxy.url(), app.stack.more_proxies[0].url()];
+    eventually("both proxies to count each other", Duration::from_secs(10), || async {
+        let s = &app.stack;
+        (s.proxy.replicas_sharing_limits() == 2 && s.more_proxies[0].replicas_sharing_limits() == 2).then_some(())
+    })
+    .await;
+    let before = app.api_counts();
+    // Three times the App's limit at once, from three connections, through both proxies.
+    let calls = (0..60).map(|i| {
+        let url = format!("{}/proxy/kartra/k{}", proxies[i % 2], 1 + i % 3);
+        let req = app
+            .http
+            .post(url)
+            .header("Authorization", format!("Bearer {}", app.stack.api_key))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body("cmd=x");
+        async move {
+            let r = req.send().await.unwrap();
+            let marker = r.headers().get("x-authbridge-error").map(|v| v.to_str().unwrap().to_owned());
+            let retry_after = r.headers().get("retry-after").is_some();
+            (r.status(), marker, retry_after)
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let counts = app.api_counts();
+    assert_eq!(counts.kartra_rate_limited, before.kartra_rate_limited, "Kartra never had to refuse a call");
+    let ok = answers.iter().filter(|(s, ..)| *s == StatusCode::OK).count();
+    // 5 s deadlines: about 3 s of waiting, at 20 calls a second.
+    assert!(ok >= 40, "calls waited for free slots instead of being refused: {ok} of 60 went out");
+    for (status, marker, retry_after) in &answers {
+        if *status != StatusCode::OK {
+            assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(marker.as_deref(), Some("rate_limited"), "our own 429, told apart from Kartra's");
+            assert!(retry_after);
+        }
+    }
+    assert_eq!(counts.kartra_calls - before.kartra_calls, ok as u64, "refused calls never reached Kartra");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_own_429_is_sent_again_after_its_wait_when_the_deadline_allows() {
+    let app = TestApp::start().await;
+    app.connected("kartra", "k1", kartra_good()).await;
+    app.connected("ontraport", "o1", json!({"app_id": "demo-app-id", "api_key": "demo-key"})).await;
+    // Another integration of the same App (outside authbridge) uses up this second's calls.
+    let kartra_api = format!("{}/kartra/api", app.stack.mock.url());
+    for _ in 0..mock_provider::apis::KARTRA_PER_SECOND {
+        app.http.post(&kartra_api).form(&[("app_id", devstack::MOCK_KARTRA_APP_ID)]).send().await.unwrap();
+    }
+    let before = app.api_counts();
+    let r = app
+        .proxy(Method::POST, "kartra/k1")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("cmd=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "sent again a second later, as Kartra documents");
+    let after = app.api_counts();
+    assert_eq!(after.kartra_rate_limited - before.kartra_rate_limited, 1);
+    assert_eq!(after.kartra_calls - before.kartra_calls, 2);
+
+    // Ontraport asks for 60 s, longer than the call's 5 s deadline: its 429 goes back as it is.
+    let ontraport_api = format!("{}/ontraport/1/Contacts", app.stack.mock.url());
+    for _ in 0..mock_provider::apis::ONTRAPORT_PER_MINUTE {
+        app.http
+            .get(&ontraport_api)
+            .header("Api-Appid", "demo-app-id")
+            .header("Api-Key", "demo-key")
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = app.proxy_get("ontraport", "o1", "Contacts").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().get("x-authbridge-error").is_none(), "the provider's own answer");
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_eq!(app.connection("ontraport", "o1").await["status"], "active", "a 429 says nothing of the key");
+    app.stop().await;
+}

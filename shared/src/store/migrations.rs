@@ -93,6 +93,19 @@ ALTER TABLE connect_sessions ADD COLUMN browser_hash BYTEA;
 ALTER TABLE connect_sessions ADD COLUMN may_replace BOOLEAN NOT NULL DEFAULT true;
 "#,
     ),
+    (
+        5,
+        r#"
+-- The live replicas of a service, by heartbeat: the proxies split each provider's rate
+-- limit by how many of them are alive.
+CREATE TABLE replicas (
+    service     TEXT        NOT NULL,
+    id          TEXT        NOT NULL,
+    seen_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (service, id)
+);
+"#,
+    ),
 ];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {

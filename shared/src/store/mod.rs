@@ -8,6 +8,7 @@ mod connections;
 mod migrations;
 pub mod notify;
 mod outbox;
+mod replicas;
 mod sessions;
 #[cfg(test)]
 mod tests;

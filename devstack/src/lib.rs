@@ -226,6 +226,11 @@ impl Stack {
         let mut down = mock_provider_entry("mockdown", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         down.api_base_url = Some(Url::parse("http://127.0.0.1:9/api/")?);
         common.catalog.insert(down);
+        // Machine to machine: the mock's client fetches tokens for itself.
+        let mut machine = mock_provider_entry("mockmachine", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
+        machine.auth = shared::catalog::AuthMode::OAuth2ClientCredentials;
+        machine.authorize_url = None;
+        common.catalog.insert(machine);
         for mut p in seed_providers_at_mock(&mock.url()) {
             if let (Some(every), Some(spec)) = (opts.credential_recheck, p.credentials.as_mut()) {
                 std::sync::Arc::make_mut(spec).recheck = every;

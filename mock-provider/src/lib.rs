@@ -103,6 +103,8 @@ pub struct Stats {
     pub refreshes_after_expiry: u64,
     /// Reuses of a rotated refresh token answered within `rotation_grace_seconds`.
     pub grace_reuses: u64,
+    /// Tokens issued to a client for itself (RFC 6749 §4.4).
+    pub client_credentials_grants: u64,
 }
 
 /// Faults to inject, set through `POST /mock/control`.
@@ -186,6 +188,14 @@ impl MockState {
     }
 
     /// Applies a control message (the in-process twin of `POST /mock/control`).
+    /// Gives a client a new secret (the operator rotated it at the provider): the old one is
+    /// refused with `invalid_client` from now on.
+    pub fn set_client_secret(&self, client_id: &str, secret: &str) {
+        if let Some(c) = self.0.lock().unwrap().clients.get_mut(client_id) {
+            c.secret = secret.to_owned();
+        }
+    }
+
     pub fn control(&self, c: Control) {
         let mut g = self.0.lock().unwrap();
         apply_control(&mut g, c);
@@ -506,6 +516,12 @@ async fn token_endpoint(state: web::Data<MockState>, req: HttpRequest, body: web
             } else {
                 issue(&mut g, &client_id, Some(family), &scope, true)
             }
+        }
+        Some("client_credentials") => {
+            // RFC 6749 §4.4.3: no refresh token; the client asks again with its credentials.
+            g.stats.client_credentials_grants += 1;
+            let scope = params.get("scope").cloned().unwrap_or_default();
+            issue(&mut g, &client_id, None, &scope, false)
         }
         Some(_) => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "grant_type not supported"),
         None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),

@@ -381,6 +381,7 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
     }
     let auth = e.auth.unwrap_or(AuthMode::OAuth2);
     let oauth = auth == AuthMode::OAuth2;
+    let machine = auth == AuthMode::OAuth2ClientCredentials;
     let url = |field: &str, v: Option<String>, required: bool| -> Result<Option<Url>, CatalogError> {
         match v {
             None if required => Err(invalid(format!("`{field}` is required with auth = \"{}\"", auth.as_str()))),
@@ -395,7 +396,7 @@ fn finish(id: &str, e: ProviderEntry, env: &dyn Fn(&str) -> Option<String>) -> R
         }
     };
     let authorize_url = url("authorize_url", e.authorize_url, oauth)?;
-    let token_url = url("token_url", e.token_url, oauth)?;
+    let token_url = url("token_url", e.token_url, oauth || machine)?;
     let revocation_url = url("revocation_url", e.revocation_url, false)?;
     // Checked as a URL but kept as written: RFC 9207 compares `iss` as a plain string, and
     // parsing would normalise it (a trailing '/', the case of the host).

@@ -25,6 +25,10 @@ pub enum AuthMode {
     /// provider, calls carry `Authorization: Bearer <access token>`.
     #[serde(rename = "oauth2")]
     OAuth2,
+    /// Machine to machine (RFC 6749 §4.4): the operator's client id and secret fetch tokens
+    /// for the connection, again before each expires; there is no end user.
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials,
     /// The end user's API key (and whatever else the provider wants), placed on every call.
     ApiKey,
     /// HTTP Basic with the end user's values (the same machinery as `api_key`, with the
@@ -39,6 +43,7 @@ impl AuthMode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OAuth2 => "oauth2",
+            Self::OAuth2ClientCredentials => "oauth2_client_credentials",
             Self::ApiKey => "api_key",
             Self::Basic => "basic",
             Self::TwoStep => "two_step",
@@ -47,7 +52,7 @@ impl AuthMode {
 
     /// Whether connections of this mode hold credentials rather than OAuth tokens.
     pub fn uses_credentials(self) -> bool {
-        !matches!(self, Self::OAuth2)
+        !matches!(self, Self::OAuth2 | Self::OAuth2ClientCredentials)
     }
 }
 

@@ -67,6 +67,12 @@ impl OAuthError {
         matches!(self, Self::Rejected { error, .. } if error == "invalid_grant" || error == crate::credentials::INVALID_CREDENTIALS)
     }
 
+    /// The provider refused the client itself (RFC 6749 §5.2 `invalid_client`,
+    /// `unauthorized_client`).
+    pub fn is_client_refused(&self) -> bool {
+        matches!(self, Self::Rejected { error, .. } if error == "invalid_client" || error == "unauthorized_client")
+    }
+
     /// A stable short code for logs, the database and redirects; never contains a secret.
     pub fn code(&self) -> String {
         match self {
@@ -167,6 +173,17 @@ impl OAuthClient {
         refresh_token: &'a str,
     ) -> Result<TokenResponse, OAuthError> {
         self.token_request(provider, vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).await
+    }
+
+    /// Fetches a token with the client's own credentials (RFC 6749 §4.4), for the entry's
+    /// scopes.
+    pub async fn client_credentials(&self, provider: &Provider) -> Result<TokenResponse, OAuthError> {
+        let scope = provider.scopes.join(&provider.scope_separator);
+        let mut params = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            params.push(("scope", scope.as_str()));
+        }
+        self.token_request(provider, params).await
     }
 
     /// Revokes a token (RFC 7009); a provider without a revocation endpoint is a no-op.

@@ -255,6 +255,38 @@ impl TokenService {
         Ok(Ok(conn))
     }
 
+    /// Connects a client-credentials (machine-to-machine) connection: the first token is
+    /// fetched with the operator's client id and secret and stored, its refresh scheduled
+    /// before it expires. The inner `Err` is the provider's refusal: nothing was stored.
+    pub async fn connect_machine(
+        &self,
+        provider: &str,
+        connection_id: &str,
+    ) -> Result<Result<Connection, OAuthError>, TokenError> {
+        let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
+        let resp = match self.oauth.client_credentials(p).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e)),
+        };
+        let tokens = self.machine_tokens(p, resp);
+        let due = tokens.refresh_due_at;
+        let conn = self
+            .store
+            .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, due))
+            .await?;
+        self.outbox_signal.notify_one();
+        Ok(Ok(conn))
+    }
+
+    /// A client-credentials token, scheduled for renewal before it expires whether or not
+    /// the provider sent a refresh token (it is not used: the client fetches a new one).
+    fn machine_tokens(&self, p: &crate::catalog::Provider, resp: crate::oauth::TokenResponse) -> NewTokens {
+        let mut tokens = new_tokens(&self.policy, p.refresh_margin, resp, None, &p.scopes);
+        tokens.credentials.refresh_token = None;
+        tokens.refresh_due_at = self.policy.refresh_due(Utc::now(), tokens.expires_at, true, p.refresh_margin);
+        tokens
+    }
+
     /// When a credential connection of `p` is checked next.
     fn next_check(&self, p: &crate::catalog::Provider) -> DateTime<Utc> {
         let every = p.credentials.as_ref().map_or(self.policy.idle_refresh_interval, |s| s.recheck);
@@ -324,6 +356,9 @@ impl TokenService {
         // OAuth tokens are refreshed; a credential connection's values are checked again.
         let renewed = match &p.credentials {
             Some(spec) => self.credentials.check(p, spec, &creds.values).await.map(|()| None),
+            None if p.auth == crate::credentials::AuthMode::OAuth2ClientCredentials => {
+                self.oauth.client_credentials(p).await.map(|resp| Some(self.machine_tokens(p, resp)))
+            }
             None => {
                 let Some(refresh_token) = creds.refresh_token.clone() else {
                     // Nothing to refresh with. An expired token without a refresh token is dead.
@@ -359,7 +394,12 @@ impl TokenService {
                 tracing::info!("credentials checked: they still work");
                 Ok(Outcome::Current(updated, creds))
             }
-            Err(e) if e.is_permanent() => {
+            // A client-credentials connection's grant is the client itself: a refused client
+            // needs the operator (new credentials, then the connection created again).
+            Err(e)
+                if e.is_permanent()
+                    || (p.auth == crate::credentials::AuthMode::OAuth2ClientCredentials && e.is_client_refused()) =>
+            {
                 let reason = e.to_string();
                 guard.commit_needs_reauth(&reason).await?;
                 tracing::Span::current().record("outcome", "needs_reauth");

@@ -32,6 +32,16 @@ pub async fn create_session(
     let body = body.into_inner();
     caller.require_provider(&body.provider)?;
     let provider = catalog_provider(&state, &body.provider)?;
+    if provider.auth == shared::catalog::AuthMode::OAuth2ClientCredentials {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedAuthMode,
+            format!(
+                "provider `{}` connects machine to machine with the operator's client credentials, without an end \
+                 user: create the connection with POST /v1/connections",
+                provider.id
+            ),
+        ));
+    }
     if provider.credentials.is_some() {
         // The hosted form for credential modes comes with the Connect UI; until then a backend
         // collects the values itself and posts them.

@@ -213,6 +213,8 @@ pub async fn credentials(
 pub struct CreateConnection {
     provider: String,
     connection_id: String,
+    /// The end user's values (credential modes); none for client-credentials providers.
+    #[serde(default)]
     credentials: std::collections::BTreeMap<String, String>,
 }
 
@@ -227,6 +229,9 @@ pub async fn create(
     let body = body.into_inner();
     caller.require_provider(&body.provider)?;
     let p = super::connect::catalog_provider(&state, &body.provider)?;
+    if p.auth == shared::catalog::AuthMode::OAuth2ClientCredentials {
+        return create_machine(&state, p, &body).await;
+    }
     let Some(spec) = &p.credentials else {
         return Err(ApiError::new(
             ErrorCode::UnsupportedAuthMode,
@@ -249,6 +254,44 @@ pub async fn create(
     let conn = outcome.map_err(|e| credential_error(p, e))?;
     let view = ConnectionView::from(&conn);
     // The first version of a row is a new connection; a later one replaced the credentials.
+    Ok(if conn.token_version == 1 { HttpResponse::Created().json(view) } else { HttpResponse::Ok().json(view) })
+}
+
+/// `POST /v1/connections` for a client-credentials provider: the first token is fetched with
+/// the operator's client id and secret; there is nothing for the caller to give.
+async fn create_machine(
+    state: &AppState,
+    p: &shared::catalog::Provider,
+    body: &CreateConnection,
+) -> Result<HttpResponse, ApiError> {
+    if !p.is_configured() {
+        return Err(ApiError::new(
+            ErrorCode::ProviderNotConfigured,
+            format!("provider `{}` is not configured yet; set {}", p.id, p.missing_configuration().join(" and ")),
+        ));
+    }
+    super::connect::check_connection_id(&body.connection_id)?;
+    if !body.credentials.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("provider `{}` connects with the operator's client credentials: send no `credentials`", p.id),
+        ));
+    }
+    let conn = state.core.tokens.connect_machine(&p.id, &body.connection_id).await?.map_err(|e| match e {
+        shared::oauth::OAuthError::Rejected { error, description, .. } => ApiError::new(
+            ErrorCode::IntegrationRefused,
+            format!(
+                "{} refused this integration's client credentials ({error}{}); the operator must fix them",
+                p.display_name,
+                description.map(|d| format!(": {d}")).unwrap_or_default()
+            ),
+        ),
+        other => ApiError::new(
+            ErrorCode::UpstreamUnreachable,
+            format!("{} could not issue a token now ({other}); nothing was stored, try again", p.display_name),
+        ),
+    })?;
+    let view = ConnectionView::from(&conn);
     Ok(if conn.token_version == 1 { HttpResponse::Created().json(view) } else { HttpResponse::Ok().json(view) })
 }
 

@@ -4,6 +4,7 @@
 mod callbacks;
 mod credentials;
 mod flow;
+mod machine;
 mod management;
 mod proxy;
 mod refresh;

@@ -199,3 +199,45 @@ fn bad_files_are_refused_with_the_provider_and_field_named() {
     assert!(err.to_string().contains("Bad"), "{err}");
     assert!(Catalog::from_toml("not toml [", &no_env).is_err());
 }
+
+#[test]
+fn a_client_credentials_provider_needs_a_token_url_and_the_operators_client() {
+    let toml = r#"
+        [providers.reports]
+        auth = "oauth2_client_credentials"
+        token_url = "https://auth.example.com/token"
+        api_base_url = "https://api.example.com/v2"
+        scopes = ["reports.read"]
+    "#;
+    let c = Catalog::from_toml(toml, &env_of(&[("REPORTS_CLIENT_ID", "id"), ("REPORTS_CLIENT_SECRET", "s")])).unwrap();
+    let p = c.get("reports").unwrap();
+    assert_eq!(p.auth, AuthMode::OAuth2ClientCredentials);
+    assert!(p.authorize_url.is_none() && p.credentials.is_none());
+    assert!(p.is_configured());
+    let unconfigured = Catalog::from_toml(toml, &no_env).unwrap();
+    assert_eq!(
+        unconfigured.get("reports").unwrap().missing_configuration(),
+        ["REPORTS_CLIENT_ID", "REPORTS_CLIENT_SECRET"]
+    );
+    let e = Catalog::from_toml(&toml.replace("token_url", "x_url"), &no_env).unwrap_err().to_string();
+    assert!(e.contains("token_url"), "{e}");
+}
+
+#[test]
+fn rate_limits_are_read_with_their_scope_and_can_be_removed() {
+    let c = Catalog::from_toml("", &no_env).unwrap();
+    let k = c.get("kartra").unwrap().rate_limit.unwrap();
+    assert_eq!(
+        (k.requests, k.per, k.scope, k.wait),
+        (20, Duration::from_secs(1), LimitScope::App, Duration::from_secs(1))
+    );
+    let o = c.get("ontraport").unwrap().rate_limit.unwrap();
+    assert_eq!((o.requests, o.per, o.scope), (180, Duration::from_secs(60), LimitScope::Connection));
+    assert!(c.get("whatconverts").unwrap().rate_limit.is_none(), "daily quotas are not a rate");
+    let off = Catalog::from_toml("[providers.kartra]\nrate_limit = { requests = 0 }", &no_env).unwrap();
+    assert!(off.get("kartra").unwrap().rate_limit.is_none());
+    let e = Catalog::from_toml("[providers.kartra]\nrate_limit = { requests = 5, per_seconds = 0 }", &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kartra") && e.contains("per_seconds"), "{e}");
+}

@@ -19,6 +19,11 @@
 //! authbridge-loadgen keyflood <url> <per-second> <seconds>
 //!     Sends <per-second> requests a second with made-up API keys (no issued shape, a current
 //!     shape with a wrong checksum, the legacy shape), and reports the answers by status.
+//! authbridge-loadgen paced <per-second> <seconds> <api-key> <form-body> <url> [<url> …]
+//!     Offers <per-second> POSTs a second with <form-body> for <seconds>, open loop (a call is
+//!     sent on time whether or not earlier ones were answered), taking the URLs in turn, and
+//!     reports the answers: 200s, the proxy's own 429s (marked `x-authbridge-error`), anything
+//!     else, and the 200s' latency percentiles (waiting for a free slot included).
 //! authbridge-loadgen drain <provider> <id-prefix> <due-at> <scheduled-at> <timeout-seconds>
 //!     Waits until every connection under the prefix was refreshed after <scheduled-at> (when
 //!     `due` ran), and reports refreshes/s and the lateness behind <due-at> (negative: ahead of
@@ -494,6 +499,61 @@ async fn keyflood(args: &[String]) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({ "sent": sent, "per_second": sent as f64 / seconds as f64, "by_status": by_status }))
 }
 
+async fn paced(args: &[String]) -> anyhow::Result<serde_json::Value> {
+    let [per_second, seconds, key, body, urls @ ..] = args else {
+        bail!("paced <per-second> <seconds> <api-key> <form-body> <url> [<url> …]")
+    };
+    anyhow::ensure!(!urls.is_empty(), "at least one URL");
+    let (per_second, seconds): (f64, f64) = (per_second.parse()?, seconds.parse()?);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+    let every = Duration::from_secs_f64(1.0 / per_second);
+    let start = Instant::now();
+    let total = (per_second * seconds) as usize;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tokio::time::sleep_until((start + every * i as u32).into()).await;
+        let req = http
+            .post(&urls[i % urls.len()])
+            .header("Authorization", format!("Bearer {key}"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body.clone());
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            match req.send().await {
+                Ok(r) => {
+                    let ours = r.headers().contains_key("x-authbridge-error");
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    Ok((status, ours, sent.elapsed(), Instant::now()))
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        });
+    }
+    let offered_for = start.elapsed();
+    let (mut ok, mut ours_429, mut provider_429, mut other, mut errors) = (Vec::new(), 0u64, 0u64, 0u64, 0u64);
+    let mut last_ok = start;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((200, _, t, end)) => {
+                ok.push(t.as_secs_f64() * 1000.0);
+                last_ok = last_ok.max(end);
+            }
+            Ok((429, true, ..)) => ours_429 += 1,
+            Ok((429, false, ..)) => provider_429 += 1,
+            Ok(_) => other += 1,
+            Err(_) => errors += 1,
+        }
+    }
+    ok.sort_by(f64::total_cmp);
+    let pct = |q: f64| ok.get(((ok.len() as f64 * q) as usize).min(ok.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Ok(serde_json::json!({
+        "offered": total, "offered_per_second": total as f64 / offered_for.as_secs_f64(),
+        "ok": ok.len(), "ok_span_seconds": last_ok.duration_since(start).as_secs_f64(), "proxy_429": ours_429, "provider_429_relayed": provider_429, "other": other, "errors": errors,
+        "ok_p50_ms": pct(0.5), "ok_p99_ms": pct(0.99), "ok_max_ms": ok.last().copied().unwrap_or(0.0),
+    }))
+}
+
 /// Counts the status lines (`HTTP/1.1 401`) in `buf`, keeping a partial one for later.
 fn count_statuses(buf: &mut Vec<u8>, counts: &mut std::collections::BTreeMap<String, u64>) {
     const LINE: &[u8] = b"HTTP/1.1 ";
@@ -525,8 +585,9 @@ fn main() -> anyhow::Result<()> {
             Some("calls") => calls(&args[1..]).await,
             Some("slowloris") => slowloris(&args[1..]).await,
             Some("keyflood") => keyflood(&args[1..]).await,
+            Some("paced") => paced(&args[1..]).await,
             _ => bail!(
-                "usage: authbridge-loadgen connect|seed|due|drain|calls|slowloris|keyflood …  (see the source's header)"
+                "usage: authbridge-loadgen connect|seed|due|drain|calls|slowloris|keyflood|paced …  (see the source's header)"
             ),
         }
     })?;

@@ -241,3 +241,47 @@ fn rate_limits_are_read_with_their_scope_and_can_be_removed() {
         .to_string();
     assert!(e.contains("kartra") && e.contains("per_seconds"), "{e}");
 }
+
+#[test]
+fn every_example_of_the_deploy_providers_file_is_a_valid_entry() {
+    let text = include_str!("../../../deploy/providers.example.toml");
+    // The examples are the commented lines that are TOML (a table or a `key =`).
+    let examples: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            l.starts_with('[')
+                || l.split_once(" =").is_some_and(|(k, _)| k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(examples.contains("[providers.reports]"), "{examples}");
+    let c = Catalog::from_toml(&examples, &no_env).unwrap_or_else(|e| panic!("{e}\n{examples}"));
+    assert_eq!(c.get("kartra").unwrap().auth, AuthMode::OAuth2);
+    assert_eq!(c.get("interact").unwrap().auth, AuthMode::ApiKey);
+    assert_eq!(c.get("reports").unwrap().auth, AuthMode::OAuth2ClientCredentials);
+    assert!(c.get("acme-crm").unwrap().issuer.is_some());
+}
+
+#[test]
+fn the_readmes_example_of_each_auth_mode_is_a_valid_entry() {
+    let readme = include_str!("../../../README.md");
+    let modes = &readme[readme.find("### Auth modes").expect("the README has its auth modes")..];
+    let block = modes.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).unwrap();
+    let env = env_of(&[
+        ("ACME_CRM_CLIENT_ID", "i"),
+        ("ACME_CRM_CLIENT_SECRET", "s"),
+        ("REPORTS_CLIENT_ID", "i"),
+        ("REPORTS_CLIENT_SECRET", "s"),
+        ("ADVISOR_CRM_PARTNER_KEY", "k"),
+    ]);
+    let c = Catalog::from_toml(block, &env).unwrap_or_else(|e| panic!("{e}"));
+    let modes: Vec<_> = ["acme-crm", "reports", "helpdesk", "tracker", "advisor-crm"]
+        .iter()
+        .map(|id| c.get(id).unwrap().auth.as_str())
+        .collect();
+    assert_eq!(modes, ["oauth2", "oauth2_client_credentials", "api_key", "basic", "two_step"]);
+    assert!(["acme-crm", "reports", "helpdesk", "tracker", "advisor-crm"]
+        .iter()
+        .all(|id| c.get(id).unwrap().is_configured()));
+}

@@ -4,6 +4,7 @@
 //!
 //! [`Application::build`] binds its own listener (port 0 in tests) and runs in-process.
 
+pub mod pages;
 pub mod routes;
 pub mod settings;
 

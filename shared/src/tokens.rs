@@ -233,13 +233,35 @@ impl TokenService {
         given: &std::collections::BTreeMap<String, String>,
     ) -> Result<Result<Connection, OAuthError>, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
-        let Some(spec) = &p.credentials else {
-            return Ok(Err(OAuthError::NotConfigured(provider.to_owned())));
-        };
-        let stored = match self.credentials.connect(p, spec, given).await {
+        let stored = match self.verify_credentials(p, given).await {
             Ok(stored) => stored,
             Err(e) => return Ok(Err(e)),
         };
+        self.store_credentials(p, connection_id, stored).await.map(Ok)
+    }
+
+    /// Has the provider check an end user's values; what it accepts comes back as the values
+    /// to store (for `two_step`, the derived ones). Nothing is stored.
+    pub async fn verify_credentials(
+        &self,
+        p: &crate::catalog::Provider,
+        given: &std::collections::BTreeMap<String, String>,
+    ) -> Result<std::collections::BTreeMap<String, String>, OAuthError> {
+        let Some(spec) = &p.credentials else {
+            return Err(OAuthError::NotConfigured(p.id.clone()));
+        };
+        self.credentials.connect(p, spec, given).await
+    }
+
+    /// Stores values [`Self::verify_credentials`] returned and schedules their next check,
+    /// atomically.
+    pub async fn store_credentials(
+        &self,
+        p: &crate::catalog::Provider,
+        connection_id: &str,
+        stored: std::collections::BTreeMap<String, String>,
+    ) -> Result<Connection, TokenError> {
+        let provider = p.id.as_str();
         let due = self.next_check(p);
         let tokens = NewTokens {
             credentials: Credentials::from_values(stored),
@@ -252,7 +274,7 @@ impl TokenService {
             .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, Some(due)))
             .await?;
         self.outbox_signal.notify_one();
-        Ok(Ok(conn))
+        Ok(conn)
     }
 
     /// Connects a client-credentials (machine-to-machine) connection: the first token is

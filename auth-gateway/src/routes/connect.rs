@@ -42,19 +42,6 @@ pub async fn create_session(
             ),
         ));
     }
-    if provider.credentials.is_some() {
-        // The hosted form for credential modes comes with the Connect UI; until then a backend
-        // collects the values itself and posts them.
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedAuthMode,
-            format!(
-                "provider `{}` connects with the end user's own credentials (auth = \"{}\"), not a browser flow: \
-                 send them with POST /v1/connections",
-                provider.id,
-                provider.auth.as_str()
-            ),
-        ));
-    }
     if !provider.is_configured() {
         return Err(ApiError::new(
             ErrorCode::ProviderNotConfigured,
@@ -135,7 +122,7 @@ fn redirect(to: &str) -> HttpResponse {
 }
 
 /// `return_url` with the outcome appended to its query.
-fn back_to_app(return_url: &str, pairs: &[(&str, &str)]) -> HttpResponse {
+pub(super) fn back_to_app(return_url: &str, pairs: &[(&str, &str)]) -> HttpResponse {
     match Url::parse(return_url) {
         Ok(mut u) => {
             u.query_pairs_mut().extend_pairs(pairs);
@@ -145,7 +132,7 @@ fn back_to_app(return_url: &str, pairs: &[(&str, &str)]) -> HttpResponse {
     }
 }
 
-fn error_back(return_url: &str, code: &str) -> HttpResponse {
+pub(super) fn error_back(return_url: &str, code: &str) -> HttpResponse {
     back_to_app(return_url, &[("status", "error"), ("error", code)])
 }
 
@@ -154,7 +141,7 @@ fn error_back(return_url: &str, code: &str) -> HttpResponse {
 /// state) to someone else, and that person's approval would land in the first one's
 /// connection. Its name is derived from the state, so one browser can run several flows at
 /// once; its value is a random nonce whose hash is stored with the session.
-fn binding_cookie_name(state_hash: &[u8]) -> String {
+pub(super) fn binding_cookie_name(state_hash: &[u8]) -> String {
     use base64::Engine;
     let short = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&state_hash[..12]);
     format!("authbridge_flow_{short}")
@@ -165,13 +152,19 @@ fn binding_cookie_name(state_hash: &[u8]) -> String {
 /// callback's path, living as long as the flow, and `Secure` whenever the gateway is public over
 /// HTTPS.
 fn binding_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> String {
-    let path = url::Url::parse(&state.redirect_uri()).map(|u| u.path().to_owned()).unwrap_or_else(|_| "/".into());
+    binding_cookie_at(state, &state.redirect_uri(), name, value, max_age)
+}
+
+/// The binding cookie, limited to the path of `url` (the callback, or the credential form's
+/// target).
+pub(super) fn binding_cookie_at(state: &AppState, url: &str, name: &str, value: &str, max_age: u64) -> String {
+    let path = url::Url::parse(url).map(|u| u.path().to_owned()).unwrap_or_else(|_| "/".into());
     let secure = if state.settings.public_url.scheme() == "https" { "; Secure" } else { "" };
     format!("{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite=Lax{secure}")
 }
 
 /// The value of the cookie `name` in the request's `Cookie` fields, if there is one.
-fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+pub(super) fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     cookie_in(req.headers().get_all(header::COOKIE).filter_map(|v| v.to_str().ok()), name)
 }
 
@@ -187,7 +180,11 @@ fn cookie_in<'v>(fields: impl Iterator<Item = &'v str>, name: &str) -> Option<&'
 /// `GET /connect/{token}`: the browser opens the connect URL once; it is sent to the provider,
 /// carrying a cookie that only this browser has and the callback will ask for.
 #[tracing::instrument(skip_all)]
-pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn open_session(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    token: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let state_param = random_token();
     let state_hash = hash_secret(&state_param);
     let nonce = random_token();
@@ -206,7 +203,10 @@ pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) 
     let session = match started {
         Ok(s) => s,
         Err(SessionLookup::Unknown) => {
-            return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session"))
+            if super::connect_form::wants_html(&req) {
+                return Ok(super::connect_form::unknown_link(&state));
+            }
+            return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session"));
         }
         Err(SessionLookup::Expired { return_url }) => return Ok(error_back(&return_url, "session_expired")),
         Err(SessionLookup::AlreadyUsed { return_url }) => return Ok(error_back(&return_url, "session_already_used")),
@@ -216,6 +216,16 @@ pub async fn open_session(state: web::Data<AppState>, token: web::Path<String>) 
         state.core.tokens.catalog.get(&session.provider).ok_or_else(|| {
             ApiError::new(ErrorCode::UnknownProvider, "the session's provider is no longer configured")
         })?;
+    if provider.credentials.is_some() {
+        return Ok(super::connect_form::form_page(
+            &state,
+            provider,
+            &session.return_url,
+            &state_param,
+            &state_hash,
+            &nonce,
+        ));
+    }
     let challenge = provider.pkce.then_some(challenge.as_str());
     let url = OAuthClient::authorize_url(provider, &state.redirect_uri(), &state_param, challenge)
         .map_err(|e| ApiError::new(ErrorCode::ProviderNotConfigured, e.to_string()))?;
@@ -299,6 +309,10 @@ pub async fn callback(
     let Some(provider) = state.core.tokens.catalog.get(&session.provider) else {
         return done(error_back(&session.return_url, "unknown_provider"));
     };
+    if provider.credentials.is_some() {
+        // A credential form's state never went to a provider: no callback can carry it.
+        return done(error_back(&session.return_url, "invalid_state"));
+    }
     if !issuer_matches(provider, q.iss.as_deref()) {
         span.record("outcome", "issuer_mismatch");
         tracing::warn!("callback with an unexpected iss; nothing stored");

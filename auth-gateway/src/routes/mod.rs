@@ -2,6 +2,7 @@
 
 mod api_keys;
 mod connect;
+mod connect_form;
 mod connections;
 
 use actix_web::{web, HttpResponse};
@@ -12,6 +13,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/v1/connect/sessions", web::post().to(connect::create_session))
         .route("/connect/{token}", web::get().to(connect::open_session))
+        .route("/connect/credentials", web::post().to(connect_form::submit))
+        .route("/connect/assets/connect.css", web::get().to(connect_form::stylesheet))
         .route("/oauth/callback", web::get().to(connect::callback))
         .route("/v1/api-keys", web::post().to(api_keys::create))
         .route("/v1/api-keys", web::get().to(api_keys::list))

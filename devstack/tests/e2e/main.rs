@@ -2,6 +2,7 @@
 //! PostgreSQL and RabbitMQ. One stack (database + queue prefix) per test.
 
 mod callbacks;
+mod connect_form;
 mod credentials;
 mod flow;
 mod machine;

@@ -133,6 +133,36 @@ impl Store {
         }))
     }
 
+    /// The session bound to a state, if it was opened and is neither consumed nor expired,
+    /// without consuming it (a credential form may be sent again after a refusal). No verifier.
+    pub async fn peek_state(&self, state_hash: &[u8]) -> Result<Result<ConsumedSession, SessionLookup>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT provider, connection_id, return_url, browser_hash, may_replace,
+                        consumed_at IS NOT NULL, expires_at <= now()
+                   FROM connect_sessions WHERE state_hash = $1",
+                &[&state_hash],
+            )
+            .await?;
+        let Some(r) = row else { return Ok(Err(SessionLookup::Unknown)) };
+        let return_url: String = r.get(2);
+        if r.get::<_, bool>(5) {
+            return Ok(Err(SessionLookup::AlreadyUsed { return_url }));
+        }
+        if r.get::<_, bool>(6) {
+            return Ok(Err(SessionLookup::Expired { return_url }));
+        }
+        Ok(Ok(ConsumedSession {
+            provider: r.get(0),
+            connection_id: r.get(1),
+            return_url,
+            verifier: None,
+            browser_hash: r.get(3),
+            may_replace: r.get(4),
+        }))
+    }
+
     /// Consumes the session bound to a state, once.
     pub async fn consume_state(&self, state_hash: &[u8]) -> Result<Result<ConsumedSession, SessionLookup>, StoreError> {
         let client = self.client().await?;

@@ -1,0 +1,206 @@
+//! Pages for the end user's browser: the credential form of a connect session and the pages a
+//! flow ends on when it cannot go back to the product. Server-rendered HTML, one stylesheet
+//! (`/connect/assets/connect.css`), no script, nothing loaded from elsewhere; every text an end
+//! user reads is in [`text`].
+
+use actix_web::http::{header, StatusCode};
+use actix_web::HttpResponse;
+use shared::credentials::Field;
+
+/// Every text an end user reads, in one place (a translation is this module).
+pub mod text {
+    pub fn connect_title(provider: &str) -> String {
+        format!("Connect your {provider} account")
+    }
+    pub const CONNECT_LEAD: &str =
+        "Enter the details below. They are checked with the provider before anything is saved, and stored encrypted.";
+    pub const SUBMIT: &str = "Connect";
+    pub const REFUSED_HEADING: &str = "The provider did not accept these details";
+    pub const UNAVAILABLE_HEADING: &str = "The provider could not be reached";
+    pub const UNAVAILABLE: &str = "Nothing was saved. Wait a moment, then try again.";
+    pub const WHERE: &str = "Where to find this";
+    pub const REQUIRED: &str = "required";
+    pub const SECRET_NOTE: &str = "Secret values are never shown again once sent.";
+}
+
+/// `s` with the characters HTML gives meaning to escaped (text and quoted attribute values).
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The stylesheet every page uses: light and dark follow the browser, readable at 360 px.
+pub const STYLESHEET: &str = include_str!("pages/connect.css");
+
+/// An HTML page with the headers every page carries: no caching, no referrer, no framing, and a
+/// CSP that allows only our stylesheet and form posts to us (and to `form_targets`, where a
+/// successful post redirects: browsers apply `form-action` to the redirect too).
+pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String], https: bool) -> HttpResponse {
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <meta name=\"referrer\" content=\"no-referrer\">\n<title>{}</title>\n\
+         <link rel=\"stylesheet\" href=\"/connect/assets/connect.css\">\n</head>\n<body>\n\
+         <main class=\"card\">\n{body}</main>\n</body>\n</html>\n",
+        escape(title)
+    );
+    let mut form_action = String::from("'self'");
+    for t in form_targets {
+        form_action.push(' ');
+        form_action.push_str(t);
+    }
+    let csp = format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
+         frame-ancestors 'none'; base-uri 'none'"
+    );
+    let mut resp = HttpResponse::build(status);
+    resp.content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, csp))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"));
+    if https {
+        resp.insert_header((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"));
+    }
+    resp.body(page)
+}
+
+/// What a credential form shows after a refusal.
+pub enum FormError<'a> {
+    /// The provider refused the values; its own words.
+    Refused(&'a str),
+    Unavailable,
+}
+
+/// The body of a credential form for `fields`, posting to `action` with the flow's `state`.
+/// Non-secret values the end user typed come back in `keep`; secret ones never do.
+pub fn credential_form(
+    provider_name: &str,
+    fields: &[Field],
+    action: &str,
+    state: &str,
+    error: Option<FormError<'_>>,
+    keep: &dyn Fn(&str) -> Option<String>,
+) -> String {
+    let mut b = String::with_capacity(2048);
+    b.push_str(&format!(
+        "<h1>{}</h1>\n<p class=\"lead\">{}</p>\n",
+        escape(&text::connect_title(provider_name)),
+        text::CONNECT_LEAD
+    ));
+    let error_id = "form-error";
+    match &error {
+        Some(FormError::Refused(words)) => b.push_str(&format!(
+            "<div class=\"alert\" role=\"alert\" id=\"{error_id}\" tabindex=\"-1\"><h2>{}</h2><p>{}</p></div>\n",
+            text::REFUSED_HEADING,
+            escape(words)
+        )),
+        Some(FormError::Unavailable) => b.push_str(&format!(
+            "<div class=\"alert\" role=\"alert\" id=\"{error_id}\" tabindex=\"-1\"><h2>{}</h2><p>{}</p></div>\n",
+            text::UNAVAILABLE_HEADING,
+            text::UNAVAILABLE
+        )),
+        None => {}
+    }
+    b.push_str(&format!(
+        "<form method=\"post\" action=\"{}\" autocomplete=\"off\" novalidate>\n\
+         <input type=\"hidden\" name=\"state\" value=\"{}\">\n",
+        escape(action),
+        escape(state)
+    ));
+    for (i, f) in fields.iter().enumerate() {
+        let id = format!("field-{i}");
+        let help_id = format!("{id}-help");
+        let described = match (&f.help, error.is_some()) {
+            (Some(_), true) => format!(" aria-describedby=\"{help_id} {error_id}\""),
+            (Some(_), false) => format!(" aria-describedby=\"{help_id}\""),
+            (None, true) => format!(" aria-describedby=\"{error_id}\""),
+            (None, false) => String::new(),
+        };
+        let invalid = if matches!(error, Some(FormError::Refused(_))) { " aria-invalid=\"true\"" } else { "" };
+        let (kind, value) = if f.secret {
+            ("password", String::new())
+        } else {
+            ("text", keep(&f.name).map(|v| format!(" value=\"{}\"", escape(&v))).unwrap_or_default())
+        };
+        b.push_str(&format!(
+            "<div class=\"field\">\n<label for=\"{id}\">{} <span class=\"req\">({})</span></label>\n\
+             <input id=\"{id}\" name=\"{}\" type=\"{kind}\" required spellcheck=\"false\" autocapitalize=\"off\"{value}{described}{invalid}>\n",
+            escape(&f.label),
+            text::REQUIRED,
+            escape(&f.name),
+        ));
+        if let Some(help) = &f.help {
+            let link = f
+                .help_url
+                .as_ref()
+                .map(|u| {
+                    format!(
+                        " <a href=\"{}\" rel=\"noopener noreferrer\" target=\"_blank\">{}</a>",
+                        escape(u),
+                        text::WHERE
+                    )
+                })
+                .unwrap_or_default();
+            b.push_str(&format!("<p class=\"help\" id=\"{help_id}\">{}{link}</p>\n", escape(help)));
+        }
+        b.push_str("</div>\n");
+    }
+    b.push_str(&format!(
+        "<button type=\"submit\">{}</button>\n<p class=\"note\">{}</p>\n</form>\n",
+        text::SUBMIT,
+        text::SECRET_NOTE
+    ));
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, secret: bool) -> Field {
+        Field { name: name.into(), label: format!("<{name}>"), secret, help: Some("a & b".into()), help_url: None }
+    }
+
+    #[test]
+    fn secrets_are_never_echoed_and_everything_is_escaped() {
+        let fields = [field("user", false), field("password", true)];
+        let keep = |n: &str| Some(format!("\"{n}\"<script>"));
+        let b = credential_form(
+            "K<r>",
+            &fields,
+            "/connect/credentials",
+            "st\"ate",
+            Some(FormError::Refused("bad <b>")),
+            &keep,
+        );
+        assert!(b.contains("Connect your K&lt;r&gt; account"));
+        assert!(b.contains("value=\"&quot;user&quot;&lt;script&gt;\""), "{b}");
+        assert!(!b.contains("&quot;password&quot;"), "a secret's value is never written back");
+        assert!(b.contains("type=\"password\""));
+        assert!(b.contains("bad &lt;b&gt;") && b.contains("role=\"alert\""));
+        assert!(b.contains("name=\"state\" value=\"st&quot;ate\""));
+        assert!(!b.contains("<script>") && !b.contains("<b>"));
+        assert!(b.contains("aria-describedby=\"field-0-help form-error\""));
+    }
+
+    #[test]
+    fn pages_allow_only_our_stylesheet_and_posts_to_us_and_the_return_origin() {
+        let r = html(StatusCode::OK, "t", "<p>x</p>", &["https://app.example".into()], true);
+        let csp = r.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("style-src 'self'"));
+        assert!(csp.contains("form-action 'self' https://app.example"));
+        assert!(!csp.contains("unsafe-inline"));
+        assert_eq!(r.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert!(r.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+    }
+}

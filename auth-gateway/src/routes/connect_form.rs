@@ -1,0 +1,201 @@
+//! The connect flow of a credential provider (api_key, basic, two_step) in the end user's
+//! browser: `GET /connect/{token}` shows the provider's fields; `POST /connect/credentials`
+//! has the provider check them and, once it accepts them, stores them and sends the browser
+//! back to the product.
+//!
+//! The flow is bound to the browser that opened it exactly as the OAuth flow is (a cookie whose
+//! nonce's hash is stored with the session, RFC 9700 §4.7.1): a form sent from another browser
+//! burns the session and stores nothing. A refusal shows the form again, with the provider's
+//! own words and without the secret values, and the session stays open for another try until
+//! it expires; an accepted form consumes it.
+
+use super::connect::{back_to_app, binding_cookie_at, binding_cookie_name, cookie, error_back};
+use crate::pages::{self, FormError};
+use crate::AppState;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use shared::crypto::hash_secret;
+use shared::http::ApiError;
+use shared::oauth::OAuthError;
+use shared::store::SessionLookup;
+use std::collections::BTreeMap;
+
+/// Whether the request comes from a browser (it prefers HTML), not an API client.
+pub fn wants_html(req: &HttpRequest) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("text/html") && !accept.starts_with("application/json")
+}
+
+fn https(state: &AppState) -> bool {
+    state.settings.public_url.scheme() == "https"
+}
+
+fn action(state: &AppState) -> String {
+    format!("{}/connect/credentials", state.settings.public_url.as_str().trim_end_matches('/'))
+}
+
+/// The origin a successful form post redirects to, for the page's `form-action`.
+fn origin_of(return_url: &str) -> Vec<String> {
+    url::Url::parse(return_url).map(|u| vec![u.origin().ascii_serialization()]).unwrap_or_default()
+}
+
+/// The page of an unknown (or mistyped) connect link: there is nowhere to send the browser.
+pub fn unknown_link(state: &AppState) -> HttpResponse {
+    pages::html(
+        StatusCode::NOT_FOUND,
+        "This link does not work",
+        "<h1>This link does not work</h1>\n<p class=\"lead\">The connect link is not valid. It may have been \
+         copied incompletely. Go back to the app you came from and start connecting again.</p>\n",
+        &[],
+        https(state),
+    )
+}
+
+/// The credential form of a session just opened, with the cookie that binds it to this browser.
+pub fn form_page(
+    state: &AppState,
+    provider: &shared::catalog::Provider,
+    return_url: &str,
+    state_param: &str,
+    state_hash: &[u8],
+    nonce: &str,
+) -> HttpResponse {
+    let spec = provider.credentials.as_ref().expect("a credential provider");
+    let body =
+        pages::credential_form(&provider.display_name, &spec.fields, &action(state), state_param, None, &|_| None);
+    let title = pages::text::connect_title(&provider.display_name);
+    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(return_url), https(state));
+    let ttl = state.settings.session_ttl.as_secs();
+    let set = binding_cookie_at(state, &action(state), &binding_cookie_name(state_hash), nonce, ttl);
+    if let Ok(v) = header::HeaderValue::from_str(&set) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+/// A redirect after a form post (303: the browser follows it with GET).
+fn see_other(mut resp: HttpResponse) -> HttpResponse {
+    if resp.status() == StatusCode::FOUND {
+        *resp.status_mut() = StatusCode::SEE_OTHER;
+    }
+    resp
+}
+
+/// `POST /connect/credentials`: the form's values, checked with the provider.
+#[tracing::instrument(skip_all, fields(provider, connection_id, outcome))]
+pub async fn submit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    form: web::Form<BTreeMap<String, String>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut given = form.into_inner();
+    let Some(state_param) = given.remove("state").filter(|s| !s.is_empty() && s.len() <= 512) else {
+        return Ok(unknown_link(&state));
+    };
+    let state_hash = hash_secret(&state_param);
+    let session = match state.core.store.peek_state(&state_hash).await? {
+        Ok(s) => s,
+        Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
+        Err(SessionLookup::Expired { return_url }) => return Ok(see_other(error_back(&return_url, "session_expired"))),
+        Err(SessionLookup::AlreadyUsed { return_url }) => {
+            return Ok(see_other(error_back(&return_url, "state_already_used")))
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("provider", session.provider.as_str());
+    span.record("connection_id", session.connection_id.as_str());
+    let cookie_name = binding_cookie_name(&state_hash);
+    // Once the flow ends (either way), its cookie goes.
+    let ended = |resp: HttpResponse| {
+        let mut resp = see_other(resp);
+        if let Ok(v) = header::HeaderValue::from_str(&binding_cookie_at(&state, &action(&state), &cookie_name, "", 0)) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
+        Ok(resp)
+    };
+    let same_browser = match (cookie(&req, &cookie_name), &session.browser_hash) {
+        (Some(nonce), Some(expected)) => shared::crypto::same_digest(&hash_secret(nonce), expected),
+        _ => false,
+    };
+    if !same_browser {
+        // Burnt: a form sent from another browser can never finish this flow.
+        let _ = state.core.store.consume_state(&state_hash).await?;
+        span.record("outcome", "browser_mismatch");
+        tracing::warn!("credential form from a browser that did not open the flow; nothing stored");
+        return ended(error_back(&session.return_url, "browser_mismatch"));
+    }
+    let provider = match state.core.tokens.catalog.get(&session.provider) {
+        Some(p) if p.credentials.is_some() => p,
+        _ => {
+            let _ = state.core.store.consume_state(&state_hash).await?;
+            return ended(error_back(&session.return_url, "invalid_state"));
+        }
+    };
+    let spec = provider.credentials.as_ref().expect("checked");
+    let again = |status: StatusCode, error: FormError<'_>, given: &BTreeMap<String, String>| {
+        let body = pages::credential_form(
+            &provider.display_name,
+            &spec.fields,
+            &action(&state),
+            &state_param,
+            Some(error),
+            &|n| given.get(n).cloned(),
+        );
+        let title = pages::text::connect_title(&provider.display_name);
+        Ok(pages::html(status, &title, &body, &origin_of(&session.return_url), https(&state)))
+    };
+    // Only the provider's fields are taken: a form cannot smuggle in the operator's values.
+    given.retain(|k, _| spec.fields.iter().any(|f| &f.name == k));
+    if let Err(message) = shared::credentials::check_given(spec, &given) {
+        span.record("outcome", "incomplete");
+        return again(StatusCode::UNPROCESSABLE_ENTITY, FormError::Refused(&message), &given);
+    }
+    if !session.may_replace
+        && state.core.store.get_connection(&session.provider, &session.connection_id).await?.is_some()
+    {
+        let _ = state.core.store.consume_state(&state_hash).await?;
+        span.record("outcome", "reconnect_not_allowed");
+        return ended(error_back(&session.return_url, "reconnect_not_allowed"));
+    }
+    let stored = match state.core.tokens.verify_credentials(provider, &given).await {
+        Ok(stored) => stored,
+        Err(OAuthError::Rejected { error, description, .. }) if error == shared::credentials::INVALID_CREDENTIALS => {
+            span.record("outcome", "invalid_credentials");
+            let words = description.unwrap_or_else(|| "The provider refused these details.".into());
+            return again(StatusCode::UNPROCESSABLE_ENTITY, FormError::Refused(&words), &given);
+        }
+        Err(OAuthError::Transient { .. }) => {
+            span.record("outcome", "unavailable");
+            return again(StatusCode::SERVICE_UNAVAILABLE, FormError::Unavailable, &given);
+        }
+        Err(e) => {
+            // The integration itself is refused (the operator's values): the end user cannot
+            // fix that here.
+            let _ = state.core.store.consume_state(&state_hash).await?;
+            span.record("outcome", "integration_refused");
+            tracing::warn!(error = %e, "the provider refused this integration's own values");
+            return ended(error_back(&session.return_url, &e.code()));
+        }
+    };
+    // Accepted: the session is used up now, once, whoever else races for it.
+    match state.core.store.consume_state(&state_hash).await? {
+        Ok(_) => {}
+        Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
+        Err(SessionLookup::Expired { return_url }) => return ended(error_back(&return_url, "session_expired")),
+        Err(SessionLookup::AlreadyUsed { return_url }) => return ended(error_back(&return_url, "state_already_used")),
+    }
+    state.core.tokens.store_credentials(provider, &session.connection_id, stored).await?;
+    span.record("outcome", "connected");
+    ended(back_to_app(
+        &session.return_url,
+        &[("status", "connected"), ("provider", &session.provider), ("connection_id", &session.connection_id)],
+    ))
+}
+
+/// `GET /connect/assets/connect.css`.
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(pages::STYLESHEET)
+}

@@ -26,6 +26,12 @@ if [ "$status" -eq 0 ]; then
   rm -f "$apilog"
 fi
 if [ "$status" -eq 0 ]; then
+  # The hosted connect pages in Debian's Chromium: flows, keyboard, WCAG 2.1 AA (axe-core),
+  # screenshots in target/browser/.
+  bash scripts/browser-test.sh
+  status=$?
+fi
+if [ "$status" -eq 0 ]; then
   # Fault injection stops and restarts the shared RabbitMQ and PostgreSQL: alone, one case at
   # a time, after everything else. Figures land in target/reliability-report.md.
   rm -f target/reliability-report.md

@@ -29,6 +29,12 @@ pub struct Token {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub query: Vec<(String, String)>,
     pub form: Vec<(String, String)>,
+    /// `query` and `form` form-encoded, once per connection rather than once per call.
+    pub query_encoded: String,
+    pub form_encoded: String,
+    /// `headers` and `Content-Type: application/x-www-form-urlencoded`, for a form-body call
+    /// whose caller named no content type.
+    pub form_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Names the credential among all the proxy carries (a keyed hash of what the call
     /// carries): the upstream pool keeps a connection for the credential whose call it carried last.
     pub tenant: u64,
@@ -54,7 +60,16 @@ impl Token {
     pub fn bearer(creds: Credentials) -> Result<Self, ApiError> {
         let bearer = sensitive(&format!("Bearer {}", creds.access_token))?;
         let tenant = tenant_of(&creds.access_token);
-        Ok(Self { creds, headers: vec![(http::header::AUTHORIZATION, bearer)], query: vec![], form: vec![], tenant })
+        Ok(Self {
+            creds,
+            headers: vec![(http::header::AUTHORIZATION, bearer)],
+            query: vec![],
+            form: vec![],
+            query_encoded: String::new(),
+            form_encoded: String::new(),
+            form_headers: vec![],
+            tenant,
+        })
     }
 
     /// A connection's credentials placed as its provider wants them.
@@ -75,12 +90,27 @@ impl Token {
             identity.push_str(v);
             identity.push('\0');
         }
-        Ok(Self { creds, headers, query: placed.query, form: placed.form, tenant: tenant_of(&identity) })
+        let form_headers = if placed.form.is_empty() {
+            Vec::new()
+        } else {
+            let form_type = http::HeaderValue::from_static("application/x-www-form-urlencoded");
+            headers.iter().cloned().chain([(http::header::CONTENT_TYPE, form_type)]).collect()
+        };
+        Ok(Self {
+            creds,
+            headers,
+            query_encoded: crate::inject::encode(&placed.query),
+            form_encoded: crate::inject::encode(&placed.form),
+            query: placed.query,
+            form: placed.form,
+            form_headers,
+            tenant: tenant_of(&identity),
+        })
     }
 
     /// A copy sharing no memory with this one (so no reference count is touched by two threads).
     fn private_copy(&self) -> Self {
-        let headers = self
+        let headers: Vec<_> = self
             .headers
             .iter()
             .map(|(n, v)| {
@@ -89,11 +119,20 @@ impl Token {
                 (http::HeaderName::from_bytes(n.as_str().as_bytes()).unwrap_or_else(|_| n.clone()), copy)
             })
             .collect();
+        let form_headers = if self.form_headers.is_empty() {
+            Vec::new()
+        } else {
+            let form_type = http::HeaderValue::from_static("application/x-www-form-urlencoded");
+            headers.iter().cloned().chain([(http::header::CONTENT_TYPE, form_type)]).collect()
+        };
         Self {
             creds: self.creds.clone(),
             headers,
             query: self.query.clone(),
             form: self.form.clone(),
+            query_encoded: self.query_encoded.clone(),
+            form_encoded: self.form_encoded.clone(),
+            form_headers,
             tenant: self.tenant,
         }
     }

@@ -691,6 +691,9 @@ async fn send(
 pub struct RelayBody {
     body: UpBody,
     deadline: Deadline,
+    /// The whole body, when it was read before the answer went back (to judge it); `body` is
+    /// then at its end, and its head still names the answer's fields.
+    ready: Option<Bytes>,
 }
 
 impl Body for RelayBody {
@@ -699,6 +702,9 @@ impl Body for RelayBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let Some(data) = this.ready.take().filter(|d| !d.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
                 if this.deadline.poll_expired(cx) {
@@ -714,11 +720,14 @@ impl Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.ready.as_ref().is_none_or(Bytes::is_empty) && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.ready {
+            Some(data) => SizeHint::with_exact(data.len() as u64),
+            None => self.body.size_hint(),
+        }
     }
 }
 
@@ -743,7 +752,7 @@ impl crate::h1_server::RawFields for ResponseBody {
 /// are moved into the answer's map here and filtered.
 fn relay(resp: Response<UpBody>, deadline: Deadline, raw_ok: bool) -> Response<ResponseBody> {
     let (parts, body) = answer_parts(resp, raw_ok);
-    Response::from_parts(parts, Either::Right(RelayBody { body, deadline }))
+    Response::from_parts(parts, Either::Right(RelayBody { body, deadline, ready: None }))
 }
 
 /// A provider's answer with its end-to-end headers: in the map, filtered, unless `raw_ok` (then
@@ -851,10 +860,10 @@ pub async fn proxy(
     let (version, token) = token_for(state, provider, connection_id).await?;
     // Credentials that go in the query or the form body (most go in header fields).
     if !token.query.is_empty() {
-        query_with_credentials = crate::inject::query(parts.uri.query().unwrap_or(""), &token.query);
+        query_with_credentials =
+            crate::inject::query(parts.uri.query().unwrap_or(""), &token.query, &token.query_encoded);
         target = target_for(&query_with_credentials)?;
     }
-    let with_form_type: Vec<(header::HeaderName, HeaderValue)>;
     let mut inject = token.headers.as_slice();
     if !token.form.is_empty() {
         let add_type = crate::inject::form_allowed(provider_id, &parts.method, fields.get("content-type"))?;
@@ -867,11 +876,9 @@ pub async fn proxy(
                 ),
             ));
         };
-        body = Outbound::Held(crate::inject::form(caller_form, &token.form));
+        body = Outbound::Held(crate::inject::form(caller_form, &token.form, &token.form_encoded));
         if add_type {
-            let form_type = HeaderValue::from_static("application/x-www-form-urlencoded");
-            with_form_type = token.headers.iter().cloned().chain([(header::CONTENT_TYPE, form_type)]).collect();
-            inject = &with_form_type;
+            inject = &token.form_headers;
         }
     }
     let upstream = &worker.upstream;
@@ -1060,15 +1067,15 @@ async fn credential_answer(
     connection_id: &str,
     version: i64,
     resp: Response<UpBody>,
-    mut deadline: Deadline,
+    deadline: Deadline,
     (raw_ok, head): (bool, bool),
 ) -> Result<Response<ResponseBody>, ApiError> {
     use shared::credentials::Verdict;
     let status = resp.status().as_u16();
     tracing::Span::current().record("upstream_status", status);
     let (verdict, answer) = if spec.reads_body() && !head {
-        let (parts, bytes) = read_answer(resp, &mut deadline, state.settings.max_body).await?;
-        (spec.judge(status, &bytes), Response::from_parts(parts, Either::Left(Full::new(bytes))))
+        let (bytes, answer) = read_answer(resp, deadline, state.settings.max_body, raw_ok).await?;
+        (spec.judge(status, &bytes), answer)
     } else {
         (spec.judge(status, b""), relay(resp, deadline, raw_ok))
     };
@@ -1106,28 +1113,52 @@ async fn credential_answer(
     }
 }
 
-/// A provider's answer read whole (within `max` bytes and the call's deadline), its headers
-/// filtered as for [`relay`], for an answer whose body must be judged before it goes back.
+/// A provider's answer read whole (within `max` bytes and the call's deadline), for an answer
+/// whose body must be judged before it goes back: the bytes, and the answer to send (its
+/// fields as [`relay`] sends them, kept as they arrived when `raw_ok`).
 async fn read_answer(
     resp: Response<UpBody>,
-    deadline: &mut Deadline,
+    mut deadline: Deadline,
     max: usize,
-) -> Result<(http::response::Parts, Bytes), ApiError> {
-    // The body is sent from memory: its headers must be in the map.
-    let (mut parts, body) = answer_parts(resp, false);
+    raw_ok: bool,
+) -> Result<(Bytes, Response<ResponseBody>), ApiError> {
+    let (mut parts, mut body) = answer_parts(resp, raw_ok);
     // The length is stated anew from what is sent.
     parts.headers.remove(header::CONTENT_LENGTH);
-    let collected = tokio::select! {
-        biased;
-        c = http_body_util::Limited::new(body, max).collect() => c,
-        _ = &mut *deadline => {
-            return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
+    let mut whole = bytes::BytesMut::new();
+    let mut first: Option<Bytes> = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => f,
+            _ = &mut deadline => {
+                return Err(proxy_error(ErrorCode::UpstreamTimeout, "the provider's API did not answer in time"))
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|_| {
+            proxy_error(ErrorCode::UpstreamUnreachable, "the provider's answer could not be read whole")
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if first.as_ref().map_or(0, Bytes::len) + whole.len() + data.len() > max {
+            return Err(proxy_error(
+                ErrorCode::UpstreamUnreachable,
+                "the provider's answer is larger than the proxy holds",
+            ));
         }
-    };
-    let bytes = collected
-        .map_err(|_| proxy_error(ErrorCode::UpstreamUnreachable, "the provider's answer could not be read whole"))?
-        .to_bytes();
-    Ok((parts, bytes))
+        // Most answers come in one frame: kept as it is, copied only if a second one follows.
+        match first.take() {
+            None if whole.is_empty() => first = Some(data),
+            Some(f) => {
+                whole.extend_from_slice(&f);
+                whole.extend_from_slice(&data);
+            }
+            None => whole.extend_from_slice(&data),
+        }
+    }
+    let bytes = first.unwrap_or_else(|| whole.freeze());
+    let answer = Response::from_parts(parts, Either::Right(RelayBody { body, deadline, ready: Some(bytes.clone()) }));
+    Ok((bytes, answer))
 }
 
 /// The client for providers' APIs: kept-alive connections per provider host, one pool per

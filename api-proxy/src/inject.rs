@@ -8,23 +8,51 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::Method;
 use shared::http::{ApiError, ErrorCode};
-use std::borrow::Cow;
 
-/// The decoded name of one `name=value` pair of a query or form body.
-fn decoded_name(pair: &[u8]) -> Cow<'_, str> {
+/// Whether the name of one `name=value` pair of a query or form body is `ours` once decoded
+/// (`+` is a space, `%XX` a byte), compared as it is decoded, without allocating.
+fn name_is(pair: &[u8], ours: &str) -> bool {
     let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+    let ours = ours.as_bytes();
     if !name.iter().any(|&b| b == b'%' || b == b'+') {
-        return String::from_utf8_lossy(name);
+        return name == ours;
     }
-    url::form_urlencoded::parse(name).next().map(|(n, _)| Cow::Owned(n.into_owned())).unwrap_or_default()
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let (mut i, mut j) = (0, 0);
+    while i < name.len() {
+        let byte = match name[i] {
+            b'+' => b' ',
+            b'%' if i + 2 < name.len() => match (hex(name[i + 1]), hex(name[i + 2])) {
+                (Some(h), Some(l)) => {
+                    i += 2;
+                    h * 16 + l
+                }
+                _ => b'%',
+            },
+            b => b,
+        };
+        if ours.get(j) != Some(&byte) {
+            return false;
+        }
+        i += 1;
+        j += 1;
+    }
+    j == ours.len()
 }
 
-/// `raw` (a query or form body) without the pairs named in `ours`, then `ours`, encoded.
-fn merged(raw: &[u8], ours: &[(String, String)]) -> BytesMut {
-    let mut out = BytesMut::with_capacity(raw.len() + 64 * ours.len());
+/// `ours`, form-encoded (`a=1&b=2`): done once per connection, not per call.
+pub fn encode(ours: &[(String, String)]) -> String {
+    let mut ser = url::form_urlencoded::Serializer::new(String::new());
+    ser.extend_pairs(ours.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    ser.finish()
+}
+
+/// `raw` (a query or form body) without the pairs named in `ours`, then `encoded` (`ours`,
+/// from [`encode`]).
+fn merged(raw: &[u8], ours: &[(String, String)], encoded: &str) -> BytesMut {
+    let mut out = BytesMut::with_capacity(raw.len() + 1 + encoded.len());
     for pair in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
-        let name = decoded_name(pair);
-        if ours.iter().any(|(n, _)| *n == name) {
+        if ours.iter().any(|(n, _)| name_is(pair, n)) {
             continue;
         }
         if !out.is_empty() {
@@ -32,19 +60,16 @@ fn merged(raw: &[u8], ours: &[(String, String)]) -> BytesMut {
         }
         out.put_slice(pair);
     }
-    let mut ser = url::form_urlencoded::Serializer::new(String::new());
-    ser.extend_pairs(ours.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    let ours = ser.finish();
-    if !out.is_empty() && !ours.is_empty() {
+    if !out.is_empty() && !encoded.is_empty() {
         out.put_u8(b'&');
     }
-    out.put_slice(ours.as_bytes());
+    out.put_slice(encoded.as_bytes());
     out
 }
 
 /// The caller's query with the connection's parameters in place of any of the same names.
-pub fn query(caller: &str, ours: &[(String, String)]) -> String {
-    String::from_utf8(merged(caller.as_bytes(), ours).to_vec()).unwrap_or_default()
+pub fn query(caller: &str, ours: &[(String, String)], encoded: &str) -> String {
+    String::from_utf8(merged(caller.as_bytes(), ours, encoded).to_vec()).unwrap_or_default()
 }
 
 /// Whether a call may carry credentials in its form body, and whether the `Content-Type`
@@ -76,8 +101,8 @@ fn is_form(content_type: &[u8]) -> bool {
 }
 
 /// The caller's form body with the connection's fields in place of any of the same names.
-pub fn form(caller: &[u8], ours: &[(String, String)]) -> Bytes {
-    merged(caller, ours).freeze()
+pub fn form(caller: &[u8], ours: &[(String, String)], encoded: &str) -> Bytes {
+    merged(caller, ours, encoded).freeze()
 }
 
 #[cfg(test)]
@@ -90,13 +115,43 @@ mod tests {
 
     #[test]
     fn callers_fields_of_our_names_are_dropped_however_they_are_spelled() {
-        let body = form(b"cmd=get_lead&api_key=mine&api%5Fkey=mine2&app+id=x&lead%5Bemail%5D=a%40b&app_id=", &ours());
+        let enc = encode(&ours());
+        let body =
+            form(b"cmd=get_lead&api_key=mine&api%5Fkey=mine2&app+id=x&lead%5Bemail%5D=a%40b&app_id=", &ours(), &enc);
         assert_eq!(&body[..], b"cmd=get_lead&app+id=x&lead%5Bemail%5D=a%40b&api_key=K%261&app_id=A+B");
         let parsed: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
         assert_eq!(parsed.iter().filter(|(n, _)| n == "api_key").count(), 1);
-        assert_eq!(&form(b"", &ours())[..], b"api_key=K%261&app_id=A+B");
-        assert_eq!(query("a=1&&api_key=z", &ours()), "a=1&api_key=K%261&app_id=A+B");
-        assert_eq!(query("a=1", &[]), "a=1");
+        assert_eq!(&form(b"", &ours(), &enc)[..], b"api_key=K%261&app_id=A+B");
+        assert_eq!(query("a=1&&api_key=z", &ours(), &enc), "a=1&api_key=K%261&app_id=A+B");
+        assert_eq!(query("a=1", &[], ""), "a=1");
+    }
+
+    #[test]
+    fn names_are_compared_as_the_provider_decodes_them() {
+        let decoded =
+            |pair: &[u8]| url::form_urlencoded::parse(pair).next().map(|(n, _)| n.into_owned()).unwrap_or_default();
+        let names = ["api_key", "a b", "api%key", "x", ""];
+        let pairs: [&[u8]; 14] = [
+            b"api_key=1",
+            b"api%5Fkey=1",
+            b"api%5fkey",
+            b"a+b=",
+            b"a%20b=2",
+            b"api%key=",
+            b"api%25key=",
+            b"api_key%",
+            b"api_ke%7",
+            b"%zz",
+            b"x",
+            b"=v",
+            b"api_keyy=1",
+            b"%78",
+        ];
+        for pair in pairs {
+            for name in names {
+                assert_eq!(name_is(pair, name), decoded(pair) == name, "{} vs {name}", String::from_utf8_lossy(pair));
+            }
+        }
     }
 
     #[test]

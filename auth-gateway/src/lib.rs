@@ -65,6 +65,7 @@ impl Application {
                 .app_data(auth.clone())
                 .app_data(limits.clone())
                 .app_data(shared::http::json_config(64 * 1024))
+                .app_data(form_config())
                 .app_data(shared::http::query_config())
                 .app_data(shared::http::path_config())
                 .configure(routes::configure)
@@ -96,4 +97,18 @@ impl Application {
             state.core.stop().await;
         }
     }
+}
+
+/// The credential form's body: small, form-encoded; anything else is a JSON error.
+fn form_config() -> web::FormConfig {
+    use actix_web::error::UrlencodedError;
+    use shared::http::{ApiError, ErrorCode};
+    web::FormConfig::default().limit(16 * 1024).error_handler(|e, _| {
+        let code = match &e {
+            UrlencodedError::Overflow { .. } => ErrorCode::PayloadTooLarge,
+            UrlencodedError::ContentType => ErrorCode::UnsupportedMediaType,
+            _ => ErrorCode::InvalidRequest,
+        };
+        ApiError::new(code, format!("invalid form body: {e}")).into()
+    })
 }

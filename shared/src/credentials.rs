@@ -400,8 +400,31 @@ impl CredentialSpec {
 
     /// What an answer to a call made with a connection's values says about them.
     pub fn judge(&self, status: u16, body: &[u8]) -> Verdict {
-        let json = if self.reads_body() || !body.is_empty() { serde_json::from_slice(body).ok() } else { None };
-        let message = || self.message(status, json.as_ref(), body);
+        // A proxied answer passes here on every call: when the rules look at top-level keys
+        // only (Kartra's `/type`), only those are read out of it; the whole answer is parsed
+        // only to quote the provider's message.
+        let mut keys = [""; 2];
+        let mut n = 0;
+        let mut shallow = true;
+        for rule in [&self.refused, &self.app_refused] {
+            match rule.pointer.as_deref().map(top_level_key) {
+                Some(Some(k)) => {
+                    keys[n] = k;
+                    n += 1;
+                }
+                Some(None) => shallow = false,
+                None => {}
+            }
+        }
+        let json = match (body.is_empty(), shallow) {
+            (true, _) => None,
+            (false, true) => top_level_values(body, &keys[..n]),
+            (false, false) => serde_json::from_slice(body).ok(),
+        };
+        let message = || {
+            let full = if shallow && !body.is_empty() { serde_json::from_slice(body).ok() } else { json.clone() };
+            self.message(status, full.as_ref(), body)
+        };
         if self.refused.matches(status, json.as_ref()) {
             return Verdict::Refused(message());
         }
@@ -429,6 +452,60 @@ impl CredentialSpec {
             _ => format!("the provider answered {status}"),
         }
     }
+}
+
+/// The key a JSON pointer of one segment names (`/type` → `type`); `None` for deeper ones or
+/// ones with escapes.
+fn top_level_key(pointer: &str) -> Option<&str> {
+    let key = pointer.strip_prefix('/')?;
+    (!key.contains(['/', '~'])).then_some(key)
+}
+
+/// The values at `keys` of a JSON object, read without building the rest of it; `None` when
+/// `body` is not a JSON object.
+fn top_level_values(body: &[u8], keys: &[&str]) -> Option<serde_json::Value> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Wanted<'k>(&'k [&'k str]);
+    struct KeyOf<'k>(&'k [&'k str]);
+    impl<'de> DeserializeSeed<'de> for KeyOf<'_> {
+        type Value = Option<usize>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl Visitor<'_> for KeyOf<'_> {
+        type Value = Option<usize>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+            Ok(self.0.iter().position(|k| *k == v))
+        }
+    }
+    impl<'de> Visitor<'de> for Wanted<'_> {
+        type Value = serde_json::Map<String, serde_json::Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(found) = map.next_key_seed(KeyOf(self.0))? {
+                match found {
+                    Some(i) => {
+                        out.insert(self.0[i].to_owned(), map.next_value()?);
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let map = de.deserialize_map(Wanted(keys)).ok()?;
+    de.end().ok()?;
+    Some(serde_json::Value::Object(map))
 }
 
 /// What a provider's answer says about the credentials a call carried.
@@ -676,5 +753,38 @@ mod tests {
         assert_eq!(refused(r#"{"error":{"code":1}}"#), Verdict::Refused("the provider answered 401".into()));
         assert_eq!(spec.judge(503, b"down"), Verdict::Unavailable("the provider answered 503".into()));
         assert_eq!(spec.judge(200, b"Invalid"), Verdict::Accepted);
+    }
+
+    #[test]
+    fn body_rules_read_only_the_keys_they_name_with_the_same_verdicts_as_a_full_parse() {
+        let spec = CredentialSpec {
+            fields: vec![],
+            operator: vec![],
+            place: Placement::default(),
+            exchange: None,
+            verify: None,
+            refused: Rule { pointer: Some("/type".into()), values: vec!["203".into()], ..Default::default() },
+            app_refused: Rule { pointer: Some("/type".into()), values: vec!["238".into()], ..Default::default() },
+            message_pointer: "/message".into(),
+            recheck: Duration::from_secs(60),
+        };
+        let j = |b: &str| spec.judge(200, b.as_bytes());
+        let refused = r#"{"status":"Error","message":"API key is not valid","lead":{"type":"x"},"type":"203"}"#;
+        assert_eq!(j(refused), Verdict::Refused("API key is not valid".into()));
+        assert_eq!(j(r#"{"type":238,"message":"App"}"#), Verdict::AppRefused("App".into()));
+        assert_eq!(
+            j(r#"{"\u0074ype":"203"}"#),
+            Verdict::Refused("the provider answered 200".into()),
+            "escaped keys too"
+        );
+        assert_eq!(j(r#"{"lead":{"type":"203"}}"#), Verdict::Accepted, "a nested key is not the top-level one");
+        assert_eq!(j(r#"[{"type":"203"}]"#), Verdict::Accepted);
+        assert_eq!(j(r#"{"type":"203"} trailing"#), Verdict::Accepted, "not JSON");
+        assert_eq!(j(""), Verdict::Accepted);
+        let deep = CredentialSpec {
+            refused: Rule { pointer: Some("/error/code".into()), values: vec!["1".into()], ..Default::default() },
+            ..spec.clone()
+        };
+        assert!(matches!(deep.judge(200, br#"{"error":{"code":1}}"#), Verdict::Refused(_)));
     }
 }

@@ -72,8 +72,11 @@ async fn each_documented_provider_connects_through_the_api_and_is_called_the_way
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "application/json", "the answer's fields, read to judge its body");
+    let length: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["status"], "Success", "{v}");
+    assert_eq!(length, serde_json::to_vec(&v).unwrap().len());
     let form = form_of(&v["echo"]);
     let field = |n: &str| form.iter().filter(|(k, _)| k == n).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
     assert_eq!(field("cmd"), ["create_lead"]);

@@ -1,0 +1,123 @@
+// The hosted connect pages in a real browser (Debian's Chromium, driven by playwright-core),
+// against a running system (scripts/browser-test.sh starts one): an OAuth connect, a
+// credential form with a bad key and then a good one (by keyboard only), and a broken link.
+// Every page is checked with axe-core (WCAG 2.1 A and AA rules: no violation allowed) at
+// 1280 px and at 360 px, and photographed into target/browser/.
+//
+// Environment: GATEWAY (the gateway's URL), API_KEY, CHROMIUM (default /usr/bin/chromium).
+import { chromium } from "playwright-core";
+import { readFileSync, mkdirSync } from "node:fs";
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const axeSource = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+const GATEWAY = process.env.GATEWAY ?? "http://127.0.0.1:18080";
+const API_KEY = process.env.API_KEY ?? "dev-api-key-change-me";
+const SHOTS = process.env.SHOTS ?? "../../target/browser";
+mkdirSync(SHOTS, { recursive: true });
+
+let failures = 0;
+const check = (ok, what) => {
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
+  if (!ok) failures++;
+};
+
+// The product's page the flows return to: it shows what the query says.
+const product = createServer((req, res) => {
+  const u = new URL(req.url, "http://x");
+  res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+  res.end(`<!doctype html><html lang="en"><title>Product</title><main><h1>status=${u.searchParams.get("status")}</h1>` +
+    `<p id="error">${u.searchParams.get("error") ?? ""}</p></main></html>`);
+});
+await new Promise((r) => product.listen(0, "127.0.0.1", r));
+const RETURN = `http://127.0.0.1:${product.address().port}/settings`;
+
+async function session(provider, connectionId) {
+  const r = await fetch(`${GATEWAY}/v1/connect/sessions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ provider, connection_id: connectionId, return_url: RETURN }),
+  });
+  if (r.status !== 201) throw new Error(`session for ${provider}: ${r.status} ${await r.text()}`);
+  return (await r.json()).connect_url;
+}
+
+// axe-core's WCAG 2.1 A/AA rules on the page as it is now, at both widths, with a screenshot
+// of each.
+async function audit(page, name) {
+  for (const width of [1280, 360]) {
+    await page.setViewportSize({ width, height: width === 360 ? 780 : 900 });
+    await page.evaluate(axeSource);
+    const result = await page.evaluate(() =>
+      window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }),
+    );
+    const v = result.violations.map((x) => `${x.id}: ${x.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+    check(v.length === 0, `${name} at ${width}px: no WCAG 2.1 AA violation${v.length ? " — " + v.join("; ") : ""}`);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+    check(!overflow, `${name} at ${width}px: nothing wider than the screen`);
+    await page.screenshot({ path: `${SHOTS}/${name}-${width}.png`, fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic"],
+});
+try {
+  // 1. A credential provider: Kartra's form, a wrong password, then the right one, by keyboard.
+  {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(await session("kartra", "browser-kartra"));
+    check((await page.title()) === "Connect your Kartra account", "the form is titled for the provider");
+    check(await page.locator("label", { hasText: "API key" }).count() === 1, "each field has its label");
+    await audit(page, "form");
+    await page.keyboard.press("Tab");
+    check(await page.evaluate(() => document.activeElement?.name) === "api_key", "Tab reaches the first field");
+    await page.keyboard.type("demo-key");
+    await page.keyboard.press("Tab");
+    check(await page.evaluate(() => document.activeElement?.name) === "api_password", "then the password");
+    await page.keyboard.type("not-the-password");
+    await page.keyboard.press("Enter");
+    await page.waitForLoadState();
+    const alert = await page.locator("[role=alert]").innerText();
+    check(alert.includes("API password is not valid"), `the provider's words are shown: ${alert.replace(/\s+/g, " ")}`);
+    check(!(await page.content()).includes("not-the-password"), "the refused secret is not written back");
+    check(await page.inputValue("input[name=api_key]") === "", "secret fields come back empty");
+    await audit(page, "form-refused");
+    await page.fill("input[name=api_key]", "demo-key");
+    await page.fill("input[name=api_password]", "demo-password");
+    await page.press("input[name=api_password]", "Enter");
+    await page.waitForURL((u) => u.toString().startsWith(RETURN));
+    const landed = new URL(page.url());
+    check(landed.searchParams.get("status") === "connected", `back at the product: ${landed.search}`);
+    await ctx.close();
+  }
+  // 2. An OAuth provider: redirected to the provider (the mock approves at once) and back.
+  {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(await session("mock", "browser-oauth"));
+    await page.waitForURL((u) => u.toString().startsWith(RETURN));
+    check(new URL(page.url()).searchParams.get("status") === "connected", "the OAuth flow lands connected");
+    await ctx.close();
+  }
+  // 3. A broken link: a page that says what to do, not JSON.
+  {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const r = await page.goto(`${GATEWAY}/connect/this-link-is-broken`);
+    check(r.status() === 404, "an unknown link is a 404");
+    check((await page.locator("h1").innerText()) === "This link does not work", "in plain words");
+    await audit(page, "broken-link");
+    await ctx.close();
+  }
+} finally {
+  await browser.close();
+  product.close();
+}
+console.log(failures ? `\nbrowser tests: ${failures} failed` : "\nbrowser tests: all passed");
+process.exit(failures ? 1 : 0);

@@ -11,34 +11,7 @@ command -v schemathesis >/dev/null 2>&1 || pip install --quiet "schemathesis==4.
 cargo build --locked -p devstack
 
 # A fresh database, queue prefix and key for every run, removed afterwards.
-run_id="apitest_$$_$(date +%s)"
-export AUTHBRIDGE_DEV_DATABASE="authbridge_$run_id" AUTHBRIDGE_DEV_QUEUE_PREFIX="authbridge-$run_id"
-AUTHBRIDGE_ENCRYPTION_KEY=$(head -c 32 /dev/urandom | base64)
-export AUTHBRIDGE_ENCRYPTION_KEY
-export AUTHBRIDGE_DEV_GATEWAY_PORT=18080 AUTHBRIDGE_DEV_PROXY_PORT=18081
-export AUTHBRIDGE_DEV_REFRESHER_PORT=18082 AUTHBRIDGE_DEV_MOCK_PORT=19090
-export AUTHBRIDGE_DEV_API_KEY=apitest-key-0123456789 RUST_LOG=warn
-GW=http://127.0.0.1:18080 PX=http://127.0.0.1:18081
-log=$(mktemp)
-"${CARGO_TARGET_DIR:-target}/debug/authbridge-dev" >"$log" 2>&1 &
-pid=$!
-cleanup() {
-  kill -INT "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null || true
-  rm -f "$log"
-  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS \"$AUTHBRIDGE_DEV_DATABASE\" WITH (FORCE)" >/dev/null 2>&1 || true
-  if command -v rabbitmqctl >/dev/null 2>&1; then
-    rabbitmqctl -q list_queues name 2>/dev/null | grep "^$AUTHBRIDGE_DEV_QUEUE_PREFIX\." | while read -r q; do
-      rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || true
-    done
-  fi
-}
-trap cleanup EXIT
-for _ in $(seq 60); do
-  curl -fs "$GW/readyz" >/dev/null 2>&1 && curl -fs "$PX/readyz" >/dev/null 2>&1 && break
-  sleep 1
-done
-curl -fs "$GW/readyz" >/dev/null || { cat "$log"; echo "the system did not start" >&2; exit 1; }
+. scripts/dev-system.sh apitest 18080 18081 18082 19090
 
 # Some data for the tester to find: one connection made through the real flow.
 KEY="Authorization: Bearer $AUTHBRIDGE_DEV_API_KEY"

@@ -21,6 +21,65 @@ pub mod text {
     pub const WHERE: &str = "Where to find this";
     pub const REQUIRED: &str = "required";
     pub const SECRET_NOTE: &str = "Secret values are never shown again once sent.";
+
+    pub fn connected(provider: &str) -> String {
+        format!("Your {provider} account is connected")
+    }
+    pub const CONNECTED_LEAD: &str = "You can close this window.";
+    pub const CLOSE_NOTE: &str = "This window closes by itself once the app has the result.";
+
+    /// The heading and the words of an end page for a flow that failed with `code`.
+    pub fn failed(code: &str) -> (&'static str, &'static str) {
+        match code {
+            "session_expired" => (
+                "This link has expired",
+                "Connect links work for a few minutes only. Go back to the app and start connecting again.",
+            ),
+            "session_already_used" | "state_already_used" => (
+                "This link was already used",
+                "Each connect link works once. If your account is not connected yet, go back to the app and start again.",
+            ),
+            "access_denied" => (
+                "Connecting was cancelled",
+                "Access was not granted, so nothing was connected. You can start again from the app whenever you like.",
+            ),
+            "browser_mismatch" => (
+                "This link was opened in another browser",
+                "For your safety, a connection must be finished in the browser where it started. Start again from the app, in this browser.",
+            ),
+            "issuer_mismatch" | "invalid_state" => (
+                "This answer did not come from the expected provider",
+                "Nothing was connected. Start again from the app.",
+            ),
+            "reconnect_not_allowed" => (
+                "This account is already connected",
+                "The app did not allow replacing the existing connection. Ask the app's support if you need to connect it again.",
+            ),
+            "integration_refused" => (
+                "The provider refused this integration",
+                "This is a problem with the app's own setup, not with your account. The app's team has to fix it; try again later.",
+            ),
+            "temporarily_unavailable" => (
+                "The provider could not be reached",
+                "Nothing was connected. Wait a moment, then start again from the app.",
+            ),
+            _ => (
+                "Connecting did not work",
+                "The provider did not complete the connection, and nothing was saved. Start again from the app.",
+            ),
+        }
+    }
+
+    /// The status of an end page (or its JSON) for a flow that failed with `code`.
+    pub fn end_status(code: &str) -> actix_web::http::StatusCode {
+        use actix_web::http::StatusCode;
+        match code {
+            "session_expired" | "session_already_used" | "state_already_used" => StatusCode::GONE,
+            "browser_mismatch" | "reconnect_not_allowed" | "access_denied" => StatusCode::FORBIDDEN,
+            "integration_refused" | "temporarily_unavailable" => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
 }
 
 /// `s` with the characters HTML gives meaning to escaped (text and quoted attribute values).
@@ -42,10 +101,24 @@ pub fn escape(s: &str) -> String {
 /// The stylesheet every page uses: light and dark follow the browser, readable at 360 px.
 pub const STYLESHEET: &str = include_str!("pages/connect.css");
 
+/// The script a product's page loads for popup mode (no dependencies).
+pub const CONNECT_JS: &str = include_str!("pages/connect.js");
+
 /// An HTML page with the headers every page carries: no caching, no referrer, no framing, and a
 /// CSP that allows only our stylesheet and form posts to us (and to `form_targets`, where a
 /// successful post redirects: browsers apply `form-action` to the redirect too).
 pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String], https: bool) -> HttpResponse {
+    page(status, title, body, form_targets, None, https)
+}
+
+fn page(
+    status: StatusCode,
+    title: &str,
+    body: &str,
+    form_targets: &[String],
+    script_nonce: Option<&str>,
+    https: bool,
+) -> HttpResponse {
     let page = format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
@@ -59,8 +132,9 @@ pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String]
         form_action.push(' ');
         form_action.push_str(t);
     }
+    let script = script_nonce.map(|n| format!("script-src 'nonce-{n}'; ")).unwrap_or_default();
     let csp = format!(
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action {form_action}; \
+        "default-src 'none'; {script}style-src 'self'; img-src 'self'; form-action {form_action}; \
          frame-ancestors 'none'; base-uri 'none'"
     );
     let mut resp = HttpResponse::build(status);
@@ -72,6 +146,32 @@ pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String]
         resp.insert_header((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"));
     }
     resp.body(page)
+}
+
+/// The page a flow ends on. With `message` (the product window's origin and the outcome), a
+/// popup's page posts the outcome to the window that opened it, and closes.
+pub fn end_page(
+    status: StatusCode,
+    title: &str,
+    lead: &str,
+    message: Option<(String, serde_json::Value)>,
+    https: bool,
+) -> HttpResponse {
+    let mut body = format!("<h1>{}</h1>\n<p class=\"lead\">{}</p>\n", escape(title), escape(lead));
+    let Some((origin, outcome)) = message else {
+        return html(status, title, &body, &[], https);
+    };
+    // JSON in a script: `<` escaped so no `</script>` can end it early.
+    let js = |v: &serde_json::Value| v.to_string().replace('<', "\\u003c");
+    let nonce = shared::crypto::random_token();
+    body.push_str(&format!("<p class=\"note\">{}</p>\n", text::CLOSE_NOTE));
+    body.push_str(&format!(
+        "<script nonce=\"{nonce}\">(function () {{\n  var outcome = {};\n  outcome.type = \"authbridge:result\";\n  \
+         if (window.opener) {{\n    window.opener.postMessage(outcome, {});\n    setTimeout(function () {{ window.close(); }}, 100);\n  }}\n}})();</script>\n",
+        js(&outcome),
+        js(&serde_json::Value::String(origin)),
+    ));
+    page(status, title, &body, &[], Some(&nonce), https)
 }
 
 /// What a credential form shows after a refusal.

@@ -729,19 +729,24 @@ mod tests {
         assert!(!r.matches(403, None));
     }
 
-    #[test]
-    fn a_refusal_carries_the_providers_own_words_wherever_it_puts_them() {
-        let spec = CredentialSpec {
+    /// A spec that only judges answers, by these rules.
+    fn judged_by(refused: Rule, app_refused: Rule, message_pointer: &str) -> CredentialSpec {
+        CredentialSpec {
             fields: vec![],
             operator: vec![],
             place: Placement::default(),
             exchange: None,
             verify: None,
-            refused: Rule { statuses: vec![401], ..Default::default() },
-            app_refused: Rule::default(),
-            message_pointer: "/detail".into(),
+            refused,
+            app_refused,
+            message_pointer: message_pointer.into(),
             recheck: Duration::from_secs(60),
-        };
+        }
+    }
+
+    #[test]
+    fn a_refusal_carries_the_providers_own_words_wherever_it_puts_them() {
+        let spec = judged_by(Rule { statuses: vec![401], ..Default::default() }, Rule::default(), "/detail");
         let refused = |body: &str| spec.judge(401, body.as_bytes());
         assert_eq!(refused(r#"{"detail":"key revoked","message":"other"}"#), Verdict::Refused("key revoked".into()));
         assert_eq!(refused(r#"{"error_message":"Invalid API token"}"#), Verdict::Refused("Invalid API token".into()));
@@ -757,17 +762,11 @@ mod tests {
 
     #[test]
     fn body_rules_read_only_the_keys_they_name_with_the_same_verdicts_as_a_full_parse() {
-        let spec = CredentialSpec {
-            fields: vec![],
-            operator: vec![],
-            place: Placement::default(),
-            exchange: None,
-            verify: None,
-            refused: Rule { pointer: Some("/type".into()), values: vec!["203".into()], ..Default::default() },
-            app_refused: Rule { pointer: Some("/type".into()), values: vec!["238".into()], ..Default::default() },
-            message_pointer: "/message".into(),
-            recheck: Duration::from_secs(60),
-        };
+        let spec = judged_by(
+            Rule { pointer: Some("/type".into()), values: vec!["203".into()], ..Default::default() },
+            Rule { pointer: Some("/type".into()), values: vec!["238".into()], ..Default::default() },
+            "/message",
+        );
         let j = |b: &str| spec.judge(200, b.as_bytes());
         let refused = r#"{"status":"Error","message":"API key is not valid","lead":{"type":"x"},"type":"203"}"#;
         assert_eq!(j(refused), Verdict::Refused("API key is not valid".into()));

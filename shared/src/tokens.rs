@@ -213,10 +213,16 @@ impl TokenService {
     ) -> Result<Connection, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
         let tokens = new_tokens(&self.policy, p.refresh_margin, resp, None, &p.scopes);
+        self.save(provider, connection_id, &tokens).await
+    }
+
+    /// Stores a connection's new tokens or values and its next refresh or check (the event in
+    /// the same transaction), and wakes the relay.
+    async fn save(&self, provider: &str, connection_id: &str, tokens: &NewTokens) -> Result<Connection, TokenError> {
         let due = tokens.refresh_due_at;
         let conn = self
             .store
-            .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, due))
+            .save_authorized(provider, connection_id, tokens, |v| schedule_for(provider, connection_id, v, due))
             .await?;
         self.outbox_signal.notify_one();
         Ok(conn)
@@ -269,12 +275,7 @@ impl TokenService {
             expires_at: None,
             refresh_due_at: Some(due),
         };
-        let conn = self
-            .store
-            .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, Some(due)))
-            .await?;
-        self.outbox_signal.notify_one();
-        Ok(conn)
+        self.save(provider, connection_id, &tokens).await
     }
 
     /// Connects a client-credentials (machine-to-machine) connection: the first token is
@@ -291,13 +292,7 @@ impl TokenService {
             Err(e) => return Ok(Err(e)),
         };
         let tokens = self.machine_tokens(p, resp);
-        let due = tokens.refresh_due_at;
-        let conn = self
-            .store
-            .save_authorized(provider, connection_id, &tokens, |v| schedule_for(provider, connection_id, v, due))
-            .await?;
-        self.outbox_signal.notify_one();
-        Ok(Ok(conn))
+        self.save(provider, connection_id, &tokens).await.map(Ok)
     }
 
     /// A client-credentials token, scheduled for renewal before it expires whether or not

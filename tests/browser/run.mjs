@@ -23,21 +23,38 @@ const check = (ok, what) => {
   if (!ok) failures++;
 };
 
-// The product's page the flows return to: it shows what the query says.
+// The product's pages: the one redirect-mode flows return to (it shows what the query says),
+// and one that runs a flow in a popup with connect.js and keeps what it was told.
 const product = createServer((req, res) => {
   const u = new URL(req.url, "http://x");
   res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+  if (u.pathname === "/popup") {
+    res.end(`<!doctype html><html lang="en"><title>Product</title><main><h1>Integrations</h1>
+      <button id="connect" type="button">Connect</button><output id="result"></output></main>
+      <script src="${GATEWAY}/connect/assets/connect.js"></script>
+      <script>
+        window.result = null;
+        document.getElementById("connect").addEventListener("click", function () {
+          authbridge.connect(window.connectUrl, {
+            onConnected: function (r) { window.result = Object.assign({ kind: "connected" }, r); },
+            onError: function (r) { window.result = Object.assign({ kind: "error" }, r); },
+            onClose: function () { window.result = { kind: "closed" }; },
+          });
+        });
+      </script></html>`);
+    return;
+  }
   res.end(`<!doctype html><html lang="en"><title>Product</title><main><h1>status=${u.searchParams.get("status")}</h1>` +
     `<p id="error">${u.searchParams.get("error") ?? ""}</p></main></html>`);
 });
 await new Promise((r) => product.listen(0, "127.0.0.1", r));
 const RETURN = `http://127.0.0.1:${product.address().port}/settings`;
 
-async function session(provider, connectionId) {
+async function session(provider, connectionId, extra = { return_url: RETURN }) {
   const r = await fetch(`${GATEWAY}/v1/connect/sessions`, {
     method: "POST",
     headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-    body: JSON.stringify({ provider, connection_id: connectionId, return_url: RETURN }),
+    body: JSON.stringify({ provider, connection_id: connectionId, ...extra }),
   });
   if (r.status !== 201) throw new Error(`session for ${provider}: ${r.status} ${await r.text()}`);
   return (await r.json()).connect_url;
@@ -113,6 +130,55 @@ try {
     check(r.status() === 404, "an unknown link is a 404");
     check((await page.locator("h1").innerText()) === "This link does not work", "in plain words");
     await audit(page, "broken-link");
+    await ctx.close();
+  }
+  // 4. Popup mode: the product's page opens the flow with connect.js and is told the result.
+  const POPUP_PAGE = `http://127.0.0.1:${product.address().port}/popup`;
+  const popupFlow = async (provider, id, inPopup, returnUrl = POPUP_PAGE) => {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(POPUP_PAGE);
+    const url = await session(provider, id, { return_url: returnUrl, mode: "popup" });
+    await page.evaluate((u) => { window.connectUrl = u; }, url);
+    const [popup] = await Promise.all([page.waitForEvent("popup"), page.click("#connect")]);
+    await inPopup(popup);
+    await page.waitForFunction(() => window.result !== null, null, { timeout: 10000 });
+    const result = await page.evaluate(() => window.result);
+    await ctx.close();
+    return result;
+  };
+  {
+    const r = await popupFlow("mock", "popup-oauth", async () => {});
+    check(r.kind === "connected" && r.connection_id === "popup-oauth", `an OAuth popup tells the opener: ${JSON.stringify(r)}`);
+    const c = await popupFlow("kartra", "popup-kartra", async (popup) => {
+      await popup.waitForLoadState();
+      await popup.fill("input[name=api_key]", "demo-key");
+      await popup.fill("input[name=api_password]", "demo-password");
+      await popup.press("input[name=api_password]", "Enter");
+    });
+    check(c.kind === "connected" && c.provider === "kartra", `a credential form in a popup tells the opener: ${JSON.stringify(c)}`);
+    const closed = await popupFlow("kartra", "popup-closed", async (popup) => {
+      await popup.waitForLoadState();
+      await popup.close();
+    });
+    check(closed.kind === "closed", `closing the popup early is reported: ${JSON.stringify(closed)}`);
+    // A session made for another origin: its result is not posted to this page.
+    const other = await popupFlow("mock", "popup-other-origin", async () => {}, "http://localhost:9/elsewhere");
+    check(other.kind === "closed", `the result goes to the session's origin only: ${JSON.stringify(other)}`);
+  }
+  // 5. No return_url: the flow ends on the gateway's own pages, success and error.
+  {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    const url = await session("mock", "no-return", {});
+    await page.goto(url);
+    await page.waitForURL((u) => u.toString().startsWith(`${GATEWAY}/oauth/callback`));
+    check((await page.locator("h1").innerText()) === "Your Mock provider (mock) account is connected", "the connected page names the provider");
+    await audit(page, "end-connected");
+    const again = await page.goto(url);
+    check(again.status() === 410, "a used link is gone");
+    check((await page.locator("h1").innerText()) === "This link was already used", "and says so in plain words");
+    await audit(page, "end-used");
     await ctx.close();
   }
 } finally {

@@ -1,6 +1,7 @@
 //! The end user's side of a connection: connect sessions, the redirect to the provider, and
 //! the callback.
 
+use super::ending::{finish, Outcome};
 use crate::AppState;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -19,7 +20,22 @@ use url::Url;
 pub struct CreateSession {
     provider: String,
     connection_id: String,
-    return_url: String,
+    /// Where the browser goes when the flow ends (redirect mode), or whose origin a popup's
+    /// page tells (popup mode). Without it, the flow ends on the gateway's own page.
+    return_url: Option<String>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+/// How the product shows the flow.
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The browser leaves the product for the flow and comes back to `return_url`.
+    #[default]
+    Redirect,
+    /// The flow runs in a popup (`connect.js`), whose last page tells the product's window.
+    Popup,
 }
 
 /// `POST /v1/connect/sessions`: a backend asks for a connect URL for one end user.
@@ -53,14 +69,26 @@ pub async fn create_session(
         ));
     }
     check_connection_id(&body.connection_id)?;
-    let return_url = Url::parse(&body.return_url)
-        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "return_url must be an absolute URL"))?;
-    if !state.settings.return_url_allowed(&return_url) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidRequest,
-            "return_url is not an allowed http(s) URL (see AUTHBRIDGE_RETURN_URL_ALLOWLIST)",
-        ));
-    }
+    let return_url = match &body.return_url {
+        Some(raw) => {
+            let u = Url::parse(raw)
+                .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "return_url must be an absolute URL"))?;
+            if !state.settings.return_url_allowed(&u) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "return_url is not an allowed http(s) URL (see AUTHBRIDGE_RETURN_URL_ALLOWLIST)",
+                ));
+            }
+            Some(u.to_string())
+        }
+        None if body.mode == Mode::Popup => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "popup mode needs return_url: the popup tells the result to that URL's origin only",
+            ))
+        }
+        None => None,
+    };
     // Reconnecting replaces an existing connection's credentials: that is a write to the
     // connection, which `connect` alone does not allow. Checked here for a clear answer, and
     // again at the callback (the connection may appear meanwhile).
@@ -80,7 +108,7 @@ pub async fn create_session(
             token_hash: hash_secret(&token),
             provider: provider.id.clone(),
             connection_id: body.connection_id.clone(),
-            return_url: return_url.to_string(),
+            ending: shared::store::Ending { return_url, popup: body.mode == Mode::Popup },
             expires_at,
             may_replace,
         })
@@ -121,19 +149,9 @@ fn redirect(to: &str) -> HttpResponse {
         .finish()
 }
 
-/// `return_url` with the outcome appended to its query.
-pub(super) fn back_to_app(return_url: &str, pairs: &[(&str, &str)]) -> HttpResponse {
-    match Url::parse(return_url) {
-        Ok(mut u) => {
-            u.query_pairs_mut().extend_pairs(pairs);
-            redirect(u.as_str())
-        }
-        Err(_) => actix_web::ResponseError::error_response(&ApiError::internal("stored return_url does not parse")),
-    }
-}
-
-pub(super) fn error_back(return_url: &str, code: &str) -> HttpResponse {
-    back_to_app(return_url, &[("status", "error"), ("error", code)])
+/// The flow's end with the error `code`.
+pub(super) fn failed(state: &AppState, req: &HttpRequest, ending: &shared::store::Ending, code: &str) -> HttpResponse {
+    finish(state, req, ending, Outcome::Failed { error: code })
 }
 
 /// The cookie that binds a flow to the browser that opened it (RFC 9700 §4.7.1). Without it,
@@ -163,8 +181,17 @@ pub(super) fn binding_cookie_at(state: &AppState, url: &str, name: &str, value: 
     format!("{name}={value}; Max-Age={max_age}; Path={path}; HttpOnly; SameSite=Lax{secure}")
 }
 
+/// Whether the request carries the flow's cookie (`name`) with the nonce whose hash the session
+/// was bound to: the browser that opened the flow.
+pub(super) fn same_browser(req: &HttpRequest, name: &str, browser_hash: Option<&[u8]>) -> bool {
+    match (cookie(req, name), browser_hash) {
+        (Some(nonce), Some(expected)) => shared::crypto::same_digest(&hash_secret(nonce), expected),
+        _ => false,
+    }
+}
+
 /// The value of the cookie `name` in the request's `Cookie` fields, if there is one.
-pub(super) fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+fn cookie<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
     cookie_in(req.headers().get_all(header::COOKIE).filter_map(|v| v.to_str().ok()), name)
 }
 
@@ -208,8 +235,8 @@ pub async fn open_session(
             }
             return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session"));
         }
-        Err(SessionLookup::Expired { return_url }) => return Ok(error_back(&return_url, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { return_url }) => return Ok(error_back(&return_url, "session_already_used")),
+        Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
+        Err(SessionLookup::AlreadyUsed { ending }) => return Ok(failed(&state, &req, &ending, "session_already_used")),
     };
     tracing::Span::current().record("provider", session.provider.as_str());
     let provider =
@@ -220,7 +247,7 @@ pub async fn open_session(
         return Ok(super::connect_form::form_page(
             &state,
             provider,
-            &session.return_url,
+            &session.ending,
             &state_param,
             &state_hash,
             &nonce,
@@ -282,8 +309,8 @@ pub async fn callback(
                 "unknown state: this callback does not belong to any connect session",
             ))
         }
-        Err(SessionLookup::Expired { return_url }) => return Ok(error_back(&return_url, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { return_url }) => return Ok(error_back(&return_url, "state_already_used")),
+        Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
+        Err(SessionLookup::AlreadyUsed { ending }) => return Ok(failed(&state, &req, &ending, "state_already_used")),
     };
     let span = tracing::Span::current();
     span.record("provider", session.provider.as_str());
@@ -297,39 +324,35 @@ pub async fn callback(
         Ok(resp)
     };
     // The session was consumed above, so a callback refused here can never be replayed.
-    let same_browser = match (cookie(&req, &cookie_name), &session.browser_hash) {
-        (Some(nonce), Some(expected)) => shared::crypto::same_digest(&hash_secret(nonce), expected),
-        _ => false,
-    };
-    if !same_browser {
+    if !same_browser(&req, &cookie_name, session.browser_hash.as_deref()) {
         span.record("outcome", "browser_mismatch");
         tracing::warn!("callback from a browser that did not open the flow; nothing stored");
-        return done(error_back(&session.return_url, "browser_mismatch"));
+        return done(failed(&state, &req, &session.ending, "browser_mismatch"));
     }
     let Some(provider) = state.core.tokens.catalog.get(&session.provider) else {
-        return done(error_back(&session.return_url, "unknown_provider"));
+        return done(failed(&state, &req, &session.ending, "unknown_provider"));
     };
     if provider.credentials.is_some() {
         // A credential form's state never went to a provider: no callback can carry it.
-        return done(error_back(&session.return_url, "invalid_state"));
+        return done(failed(&state, &req, &session.ending, "invalid_state"));
     }
     if !issuer_matches(provider, q.iss.as_deref()) {
         span.record("outcome", "issuer_mismatch");
         tracing::warn!("callback with an unexpected iss; nothing stored");
-        return done(error_back(&session.return_url, "issuer_mismatch"));
+        return done(failed(&state, &req, &session.ending, "issuer_mismatch"));
     }
     if let Some(err) = q.error {
         span.record("outcome", "provider_error");
-        return done(error_back(&session.return_url, &sanitize_code(&err)));
+        return done(failed(&state, &req, &session.ending, &sanitize_code(&err)));
     }
     let Some(code) = q.code.filter(|c| !c.is_empty()) else {
-        return done(error_back(&session.return_url, "invalid_request"));
+        return done(failed(&state, &req, &session.ending, "invalid_request"));
     };
     if !session.may_replace
         && state.core.store.get_connection(&session.provider, &session.connection_id).await?.is_some()
     {
         span.record("outcome", "reconnect_not_allowed");
-        return done(error_back(&session.return_url, "reconnect_not_allowed"));
+        return done(failed(&state, &req, &session.ending, "reconnect_not_allowed"));
     }
     let verifier = if provider.pkce { session.verifier.as_deref() } else { None };
     let resp = match state.core.tokens.oauth.exchange_code(provider, &code, &state.redirect_uri(), verifier).await {
@@ -337,14 +360,16 @@ pub async fn callback(
         Err(e) => {
             span.record("outcome", "exchange_failed");
             tracing::warn!(error = %e, "code exchange failed");
-            return done(error_back(&session.return_url, &e.code()));
+            return done(failed(&state, &req, &session.ending, &e.code()));
         }
     };
     state.core.tokens.store_authorized(&session.provider, &session.connection_id, resp).await?;
     span.record("outcome", "connected");
-    done(back_to_app(
-        &session.return_url,
-        &[("status", "connected"), ("provider", &session.provider), ("connection_id", &session.connection_id)],
+    done(finish(
+        &state,
+        &req,
+        &session.ending,
+        Outcome::Connected { provider: &session.provider, connection_id: &session.connection_id },
     ))
 }
 

@@ -9,7 +9,8 @@
 //! own words and without the secret values, and the session stays open for another try until
 //! it expires; an accepted form consumes it.
 
-use super::connect::{back_to_app, binding_cookie_at, binding_cookie_name, cookie, error_back};
+use super::connect::{binding_cookie_at, binding_cookie_name, failed, same_browser};
+use super::ending::{finish, Outcome};
 use crate::pages::{self, FormError};
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
@@ -26,6 +27,12 @@ pub fn wants_html(req: &HttpRequest) -> bool {
     accept.contains("text/html") && !accept.starts_with("application/json")
 }
 
+/// Whether the request asks for JSON rather than a page (an API client following the flow).
+pub fn wants_json(req: &HttpRequest) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.starts_with("application/json")
+}
+
 fn https(state: &AppState) -> bool {
     state.settings.public_url.scheme() == "https"
 }
@@ -34,9 +41,12 @@ fn action(state: &AppState) -> String {
     format!("{}/connect/credentials", state.settings.public_url.as_str().trim_end_matches('/'))
 }
 
-/// The origin a successful form post redirects to, for the page's `form-action`.
-fn origin_of(return_url: &str) -> Vec<String> {
-    url::Url::parse(return_url).map(|u| vec![u.origin().ascii_serialization()]).unwrap_or_default()
+/// The origin a successful form post redirects to (redirect mode), for the page's `form-action`.
+fn origin_of(ending: &shared::store::Ending) -> Vec<String> {
+    match (&ending.return_url, ending.popup) {
+        (Some(u), false) => url::Url::parse(u).map(|u| vec![u.origin().ascii_serialization()]).unwrap_or_default(),
+        _ => Vec::new(),
+    }
 }
 
 /// The page of an unknown (or mistyped) connect link: there is nowhere to send the browser.
@@ -55,7 +65,7 @@ pub fn unknown_link(state: &AppState) -> HttpResponse {
 pub fn form_page(
     state: &AppState,
     provider: &shared::catalog::Provider,
-    return_url: &str,
+    ending: &shared::store::Ending,
     state_param: &str,
     state_hash: &[u8],
     nonce: &str,
@@ -64,7 +74,7 @@ pub fn form_page(
     let body =
         pages::credential_form(&provider.display_name, &spec.fields, &action(state), state_param, None, &|_| None);
     let title = pages::text::connect_title(&provider.display_name);
-    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(return_url), https(state));
+    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(ending), https(state));
     let ttl = state.settings.session_ttl.as_secs();
     let set = binding_cookie_at(state, &action(state), &binding_cookie_name(state_hash), nonce, ttl);
     if let Ok(v) = header::HeaderValue::from_str(&set) {
@@ -96,9 +106,11 @@ pub async fn submit(
     let session = match state.core.store.peek_state(&state_hash).await? {
         Ok(s) => s,
         Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
-        Err(SessionLookup::Expired { return_url }) => return Ok(see_other(error_back(&return_url, "session_expired"))),
-        Err(SessionLookup::AlreadyUsed { return_url }) => {
-            return Ok(see_other(error_back(&return_url, "state_already_used")))
+        Err(SessionLookup::Expired { ending }) => {
+            return Ok(see_other(failed(&state, &req, &ending, "session_expired")))
+        }
+        Err(SessionLookup::AlreadyUsed { ending }) => {
+            return Ok(see_other(failed(&state, &req, &ending, "state_already_used")))
         }
     };
     let span = tracing::Span::current();
@@ -113,22 +125,18 @@ pub async fn submit(
         }
         Ok(resp)
     };
-    let same_browser = match (cookie(&req, &cookie_name), &session.browser_hash) {
-        (Some(nonce), Some(expected)) => shared::crypto::same_digest(&hash_secret(nonce), expected),
-        _ => false,
-    };
-    if !same_browser {
+    if !same_browser(&req, &cookie_name, session.browser_hash.as_deref()) {
         // Burnt: a form sent from another browser can never finish this flow.
         let _ = state.core.store.consume_state(&state_hash).await?;
         span.record("outcome", "browser_mismatch");
         tracing::warn!("credential form from a browser that did not open the flow; nothing stored");
-        return ended(error_back(&session.return_url, "browser_mismatch"));
+        return ended(failed(&state, &req, &session.ending, "browser_mismatch"));
     }
     let provider = match state.core.tokens.catalog.get(&session.provider) {
         Some(p) if p.credentials.is_some() => p,
         _ => {
             let _ = state.core.store.consume_state(&state_hash).await?;
-            return ended(error_back(&session.return_url, "invalid_state"));
+            return ended(failed(&state, &req, &session.ending, "invalid_state"));
         }
     };
     let spec = provider.credentials.as_ref().expect("checked");
@@ -142,7 +150,7 @@ pub async fn submit(
             &|n| given.get(n).cloned(),
         );
         let title = pages::text::connect_title(&provider.display_name);
-        Ok(pages::html(status, &title, &body, &origin_of(&session.return_url), https(&state)))
+        Ok(pages::html(status, &title, &body, &origin_of(&session.ending), https(&state)))
     };
     // Only the provider's fields are taken: a form cannot smuggle in the operator's values.
     given.retain(|k, _| spec.fields.iter().any(|f| &f.name == k));
@@ -155,7 +163,7 @@ pub async fn submit(
     {
         let _ = state.core.store.consume_state(&state_hash).await?;
         span.record("outcome", "reconnect_not_allowed");
-        return ended(error_back(&session.return_url, "reconnect_not_allowed"));
+        return ended(failed(&state, &req, &session.ending, "reconnect_not_allowed"));
     }
     let stored = match state.core.tokens.verify_credentials(provider, &given).await {
         Ok(stored) => stored,
@@ -174,22 +182,35 @@ pub async fn submit(
             let _ = state.core.store.consume_state(&state_hash).await?;
             span.record("outcome", "integration_refused");
             tracing::warn!(error = %e, "the provider refused this integration's own values");
-            return ended(error_back(&session.return_url, &e.code()));
+            return ended(failed(&state, &req, &session.ending, &e.code()));
         }
     };
     // Accepted: the session is used up now, once, whoever else races for it.
     match state.core.store.consume_state(&state_hash).await? {
         Ok(_) => {}
         Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
-        Err(SessionLookup::Expired { return_url }) => return ended(error_back(&return_url, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { return_url }) => return ended(error_back(&return_url, "state_already_used")),
+        Err(SessionLookup::Expired { ending }) => return ended(failed(&state, &req, &ending, "session_expired")),
+        Err(SessionLookup::AlreadyUsed { ending }) => {
+            return ended(failed(&state, &req, &ending, "state_already_used"))
+        }
     }
     state.core.tokens.store_credentials(provider, &session.connection_id, stored).await?;
     span.record("outcome", "connected");
-    ended(back_to_app(
-        &session.return_url,
-        &[("status", "connected"), ("provider", &session.provider), ("connection_id", &session.connection_id)],
+    ended(finish(
+        &state,
+        &req,
+        &session.ending,
+        Outcome::Connected { provider: &session.provider, connection_id: &session.connection_id },
     ))
+}
+
+/// `GET /connect/assets/connect.js`: `authbridge.connect(connectUrl, {onConnected, onError,
+/// onClose})` for the product's page (popup mode).
+pub async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(pages::CONNECT_JS)
 }
 
 /// `GET /connect/assets/connect.css`.

@@ -4,6 +4,7 @@ mod api_keys;
 mod connect;
 mod connect_form;
 mod connections;
+mod ending;
 
 use actix_web::{web, HttpResponse};
 
@@ -15,6 +16,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/connect/{token}", web::get().to(connect::open_session))
         .route("/connect/credentials", web::post().to(connect_form::submit))
         .route("/connect/assets/connect.css", web::get().to(connect_form::stylesheet))
+        .route("/connect/assets/connect.js", web::get().to(connect_form::script))
         .route("/oauth/callback", web::get().to(connect::callback))
         .route("/v1/api-keys", web::post().to(api_keys::create))
         .route("/v1/api-keys", web::get().to(api_keys::list))

@@ -125,3 +125,72 @@ async fn broken_links_get_a_page_in_a_browser_and_json_elsewhere() {
     assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
     app.stop().await;
 }
+
+async fn session_with(app: &TestApp, body: serde_json::Value) -> reqwest::Response {
+    app.post_json("/v1/connect/sessions", &body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_without_a_return_url_or_in_a_popup_end_on_the_gateways_page() {
+    let app = TestApp::start().await;
+    // Popup mode needs an origin to tell; a mode that does not exist is refused.
+    let r = session_with(&app, serde_json::json!({"provider": "mock", "connection_id": "p", "mode": "popup"})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.text().await.unwrap().contains("return_url"));
+    let r = session_with(&app, serde_json::json!({"provider": "mock", "connection_id": "p", "mode": "tab"})).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // No return_url: the callback answers with the outcome itself (JSON for an API client).
+    let r = session_with(&app, serde_json::json!({"provider": "mock", "connection_id": "nr"})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let connect: serde_json::Value = r.json().await.unwrap();
+    let authorize = app.follow(connect["connect_url"].as_str().unwrap()).await;
+    let callback = app.follow(authorize.as_str()).await;
+    let cookie: String = app.cookies().iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+    let r = app
+        .http
+        .get(callback.as_str())
+        .header("Cookie", &cookie)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"status": "connected", "provider": "mock", "connection_id": "nr"}));
+    let r = app
+        .http
+        .get(connect["connect_url"].as_str().unwrap())
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::GONE);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], "session_already_used");
+
+    // Popup mode: the last page posts the outcome to the return_url's origin only, from a
+    // script the page's CSP allows by nonce.
+    let r = session_with(
+        &app,
+        serde_json::json!({"provider": "mock", "connection_id": "pp", "mode": "popup", "return_url": "https://app.example/x"}),
+    )
+    .await;
+    let connect: serde_json::Value = r.json().await.unwrap();
+    let authorize = app.follow(connect["connect_url"].as_str().unwrap()).await;
+    let callback = app.follow(authorize.as_str()).await;
+    let cookie: String = app.cookies().iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join("; ");
+    let r =
+        app.http.get(callback.as_str()).header("Cookie", &cookie).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    let page = r.text().await.unwrap();
+    let nonce = page.split("<script nonce=\"").nth(1).unwrap().split('"').next().unwrap();
+    assert!(csp.contains(&format!("script-src 'nonce-{nonce}'")) && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(page.contains("postMessage(outcome, \"https://app.example\")"), "{page}");
+    assert!(page.contains("\"connection_id\":\"pp\""));
+    assert_eq!(app.connection("mock", "pp").await["status"], "active");
+    let js = app.http.get(app.gw("/connect/assets/connect.js")).send().await.unwrap();
+    assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(js.text().await.unwrap().contains("authbridge"));
+    app.stop().await;
+}

@@ -10,10 +10,15 @@ use std::time::Duration;
 
 impl TestApp {
     pub async fn connect_with(&self, provider: &str, connection_id: &str, credentials: Value) -> reqwest::Response {
-        self.http
-            .post(self.gw("/v1/connections"))
-            .header("Authorization", format!("Bearer {}", self.stack.api_key))
-            .json(&json!({"provider": provider, "connection_id": connection_id, "credentials": credentials}))
+        let body = json!({"provider": provider, "connection_id": connection_id, "credentials": credentials});
+        self.post_json("/v1/connections", &body).await
+    }
+
+    /// A form-body call to Kartra's one URL through the proxy.
+    async fn kartra_call(&self, connection_id: &str, form: &'static str) -> reqwest::Response {
+        self.proxy(Method::POST, &format!("kartra/{connection_id}"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
             .send()
             .await
             .unwrap()
@@ -64,13 +69,7 @@ async fn each_documented_provider_connects_through_the_api_and_is_called_the_way
     assert!(conn["refresh_due_at"].is_string(), "the next credential check is scheduled");
     let text = conn.to_string();
     assert!(!text.contains("demo-password") && !text.contains("demo-key"), "no secret in the answer: {text}");
-    let r = app
-        .proxy(Method::POST, "kartra/k1")
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("cmd=create_lead&lead%5Bemail%5D=ada%40example.com")
-        .send()
-        .await
-        .unwrap();
+    let r = app.kartra_call("k1", "cmd=create_lead&lead%5Bemail%5D=ada%40example.com").await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/json", "the answer's fields, read to judge its body");
     let length: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
@@ -218,13 +217,7 @@ async fn a_caller_can_neither_override_nor_read_the_injected_credentials() {
 
     // Kartra: the caller's own app_id / api_key / api_password fields are dropped, whatever
     // their case or encoding, and ours are the only ones sent.
-    let r = app
-        .proxy(Method::POST, "kartra/k1")
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("api_key=evil&cmd=x&api%5Fpassword=evil&app_id=evil&api_key=evil2")
-        .send()
-        .await
-        .unwrap();
+    let r = app.kartra_call("k1", "api_key=evil&cmd=x&api%5Fpassword=evil&app_id=evil&api_key=evil2").await;
     let v: Value = r.json().await.unwrap();
     let form = form_of(&v["echo"]);
     for name in ["app_id", "api_key", "api_password"] {
@@ -288,13 +281,7 @@ async fn a_revoked_credential_found_by_a_proxied_call_marks_the_connection_needs
 
     // Kartra: every answer is 200; a credential `type` in the body is what says "refused".
     app.stack.mock.state.accounts(|a| a.kartra.insert("demo-key".into(), ("demo-password".into(), false)));
-    let r = app
-        .proxy(Method::POST, "kartra/k1")
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("cmd=x")
-        .send()
-        .await
-        .unwrap();
+    let r = app.kartra_call("k1", "cmd=x").await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(r.headers()["x-authbridge-error"], "needs_reauth");
     let c = app.connection("kartra", "k1").await;
@@ -497,13 +484,7 @@ async fn a_providers_own_429_is_sent_again_after_its_wait_when_the_deadline_allo
         app.http.post(&kartra_api).form(&[("app_id", devstack::MOCK_KARTRA_APP_ID)]).send().await.unwrap();
     }
     let before = app.api_counts();
-    let r = app
-        .proxy(Method::POST, "kartra/k1")
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("cmd=x")
-        .send()
-        .await
-        .unwrap();
+    let r = app.kartra_call("k1", "cmd=x").await;
     assert_eq!(r.status(), StatusCode::OK, "sent again a second later, as Kartra documents");
     let after = app.api_counts();
     assert_eq!(after.kartra_rate_limited - before.kartra_rate_limited, 1);

@@ -8,13 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 async fn create(app: &TestApp, body: Value) -> reqwest::Response {
-    app.http
-        .post(app.gw("/v1/connections"))
-        .header("Authorization", format!("Bearer {}", app.stack.api_key))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    app.post_json("/v1/connections", &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

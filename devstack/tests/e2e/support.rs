@@ -121,6 +121,11 @@ impl TestApp {
         self.http.request(method, self.px(&format!("/proxy/{tail}"))).header("Authorization", self.key())
     }
 
+    /// `POST {gateway}{path}` with a JSON body and the stack's API key.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http.post(self.gw(path)).header("Authorization", self.key()).json(body).send().await.unwrap()
+    }
+
     pub async fn api(&self, method: reqwest::Method, path: &str) -> reqwest::Response {
         self.http.request(method, self.gw(path)).header("Authorization", self.key()).send().await.unwrap()
     }

@@ -106,6 +106,15 @@ CREATE TABLE replicas (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+-- A flow may end on the gateway's own page (no return URL) or in a popup whose page tells the
+-- product's window.
+ALTER TABLE connect_sessions ALTER COLUMN return_url DROP NOT NULL;
+ALTER TABLE connect_sessions ADD COLUMN popup BOOLEAN NOT NULL DEFAULT false;
+"#,
+    ),
 ];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {

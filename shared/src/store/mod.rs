@@ -16,7 +16,7 @@ mod tests;
 pub use api_keys::ApiKeyRecord;
 pub use connections::{Connection, ConnectionStatus, Credentials, NewTokens, RefreshGuard};
 pub use outbox::{OutboxMessage, OutboxRow};
-pub use sessions::{ConsumedSession, NewSession, SessionLookup, StartedSession};
+pub use sessions::{ConsumedSession, Ending, NewSession, SessionLookup, StartedSession};
 
 use crate::crypto::{CryptoError, Keyring};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -8,12 +8,21 @@ use super::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
+/// Where a flow ends: back at the product's `return_url` (redirect mode), or on our own page
+/// (no `return_url`, or popup mode, whose page tells the product's window by `postMessage`,
+/// sent only to `return_url`'s origin).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub return_url: Option<String>,
+    pub popup: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub token_hash: Vec<u8>,
     pub provider: String,
     pub connection_id: String,
-    pub return_url: String,
+    pub ending: Ending,
     pub expires_at: DateTime<Utc>,
     /// Whether the flow may replace an existing connection's credentials (a reconnect).
     pub may_replace: bool,
@@ -24,7 +33,7 @@ pub struct NewSession {
 pub struct StartedSession {
     pub provider: String,
     pub connection_id: String,
-    pub return_url: String,
+    pub ending: Ending,
 }
 
 /// A session the callback just consumed.
@@ -32,7 +41,7 @@ pub struct StartedSession {
 pub struct ConsumedSession {
     pub provider: String,
     pub connection_id: String,
-    pub return_url: String,
+    pub ending: Ending,
     pub verifier: Option<String>,
     /// The SHA-256 of the browser-binding nonce set when the session was opened.
     pub browser_hash: Option<Vec<u8>>,
@@ -53,8 +62,13 @@ impl std::fmt::Debug for ConsumedSession {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionLookup {
     Unknown,
-    Expired { return_url: String },
-    AlreadyUsed { return_url: String },
+    Expired { ending: Ending },
+    AlreadyUsed { ending: Ending },
+}
+
+/// The ending of a row selected as `return_url, <flag>, popup`.
+fn ending_of(r: &tokio_postgres::Row) -> Ending {
+    Ending { return_url: r.get(0), popup: r.get(2) }
 }
 
 fn verifier_aad(state_hash: &[u8]) -> Vec<u8> {
@@ -66,14 +80,22 @@ impl Store {
         let client = self.client().await?;
         let insert = client
             .prepare_cached(
-                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at, may_replace)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at, may_replace, popup)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .await?;
         client
             .execute(
                 &insert,
-                &[&s.token_hash, &s.provider, &s.connection_id, &s.return_url, &s.expires_at, &s.may_replace],
+                &[
+                    &s.token_hash,
+                    &s.provider,
+                    &s.connection_id,
+                    &s.ending.return_url,
+                    &s.expires_at,
+                    &s.may_replace,
+                    &s.ending.popup,
+                ],
             )
             .await?;
         // Housekeeping: sessions are worthless a day after they expire.
@@ -101,7 +123,7 @@ impl Store {
                 "UPDATE connect_sessions SET started_at = now(), state_hash = $2, verifier_key_id = $3,
                     verifier = $4, expires_at = now() + make_interval(secs => $5), browser_hash = $6
                  WHERE token_hash = $1 AND started_at IS NULL AND expires_at > now()
-                 RETURNING provider, connection_id, return_url",
+                 RETURNING provider, connection_id, return_url, popup",
             )
             .await?;
         let row = client
@@ -118,18 +140,19 @@ impl Store {
             )
             .await?;
         if let Some(r) = row {
-            return Ok(Ok(StartedSession { provider: r.get(0), connection_id: r.get(1), return_url: r.get(2) }));
+            let ending = Ending { return_url: r.get(2), popup: r.get(3) };
+            return Ok(Ok(StartedSession { provider: r.get(0), connection_id: r.get(1), ending }));
         }
         let why = client
             .query_opt(
-                "SELECT return_url, started_at IS NOT NULL FROM connect_sessions WHERE token_hash = $1",
+                "SELECT return_url, started_at IS NOT NULL, popup FROM connect_sessions WHERE token_hash = $1",
                 &[&token_hash],
             )
             .await?;
         Ok(Err(match why {
             None => SessionLookup::Unknown,
-            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { return_url: r.get(0) },
-            Some(r) => SessionLookup::Expired { return_url: r.get(0) },
+            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { ending: ending_of(&r) },
+            Some(r) => SessionLookup::Expired { ending: ending_of(&r) },
         }))
     }
 
@@ -140,23 +163,23 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT provider, connection_id, return_url, browser_hash, may_replace,
-                        consumed_at IS NOT NULL, expires_at <= now()
+                        consumed_at IS NOT NULL, expires_at <= now(), popup
                    FROM connect_sessions WHERE state_hash = $1",
                 &[&state_hash],
             )
             .await?;
         let Some(r) = row else { return Ok(Err(SessionLookup::Unknown)) };
-        let return_url: String = r.get(2);
+        let ending = Ending { return_url: r.get(2), popup: r.get(7) };
         if r.get::<_, bool>(5) {
-            return Ok(Err(SessionLookup::AlreadyUsed { return_url }));
+            return Ok(Err(SessionLookup::AlreadyUsed { ending }));
         }
         if r.get::<_, bool>(6) {
-            return Ok(Err(SessionLookup::Expired { return_url }));
+            return Ok(Err(SessionLookup::Expired { ending }));
         }
         Ok(Ok(ConsumedSession {
             provider: r.get(0),
             connection_id: r.get(1),
-            return_url,
+            ending,
             verifier: None,
             browser_hash: r.get(3),
             may_replace: r.get(4),
@@ -170,7 +193,7 @@ impl Store {
             .prepare_cached(
                 "UPDATE connect_sessions SET consumed_at = now()
                  WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
-                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier, browser_hash, may_replace",
+                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier, browser_hash, may_replace, popup",
             )
             .await?;
         let row = client.query_opt(&stmt, &[&state_hash]).await?;
@@ -187,7 +210,7 @@ impl Store {
             return Ok(Ok(ConsumedSession {
                 provider: r.get(0),
                 connection_id: r.get(1),
-                return_url: r.get(2),
+                ending: Ending { return_url: r.get(2), popup: r.get(7) },
                 verifier,
                 browser_hash: r.get(5),
                 may_replace: r.get(6),
@@ -195,14 +218,14 @@ impl Store {
         }
         let why = client
             .query_opt(
-                "SELECT return_url, consumed_at IS NOT NULL FROM connect_sessions WHERE state_hash = $1",
+                "SELECT return_url, consumed_at IS NOT NULL, popup FROM connect_sessions WHERE state_hash = $1",
                 &[&state_hash],
             )
             .await?;
         Ok(Err(match why {
             None => SessionLookup::Unknown,
-            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { return_url: r.get(0) },
-            Some(r) => SessionLookup::Expired { return_url: r.get(0) },
+            Some(r) if r.get::<_, bool>(1) => SessionLookup::AlreadyUsed { ending: ending_of(&r) },
+            Some(r) => SessionLookup::Expired { ending: ending_of(&r) },
         }))
     }
 }

@@ -29,7 +29,7 @@ fn session(token: &str, may_replace: bool, expires_in: chrono::Duration) -> NewS
         token_hash: hash_secret(token),
         provider: "kartra".into(),
         connection_id: "alice".into(),
-        return_url: "https://app.example/done".into(),
+        ending: Ending { return_url: Some("https://app.example/done".into()), popup: false },
         expires_at: Utc::now() + expires_in,
         may_replace,
     }
@@ -73,7 +73,10 @@ async fn an_expired_session_neither_opens_nor_consumes() {
         .start_session(&hash_secret("old"), &hash_secret("s"), &hash_secret("n"), None, Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(r.unwrap_err(), SessionLookup::Expired { return_url: "https://app.example/done".into() });
+    assert_eq!(
+        r.unwrap_err(),
+        SessionLookup::Expired { ending: Ending { return_url: Some("https://app.example/done".into()), popup: false } }
+    );
     // A flow that outlives its time after it was opened cannot be finished either.
     store.create_session(&session("t2", true, chrono::Duration::minutes(10))).await.unwrap();
     let state = hash_secret("s2");

@@ -16,3 +16,9 @@ cargo build --locked -p devstack
 . scripts/dev-system.sh browser 18480 18481 18482 18490
 mkdir -p target/browser
 (cd tests/browser && GATEWAY=$GW API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs)
+# Again with the pages branded (a product name, an accent colour) and the OAuth interstitial on.
+(
+  export AUTHBRIDGE_CONNECT_PRODUCT_NAME=Acme AUTHBRIDGE_CONNECT_ACCENT='#ffd400' AUTHBRIDGE_CONNECT_INTERSTITIAL=true
+  . scripts/dev-system.sh browser_branded 18580 18581 18582 18590
+  cd tests/browser && BRANDED=1 GATEWAY=$GW API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs
+)

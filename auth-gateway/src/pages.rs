@@ -3,17 +3,37 @@
 //! (`/connect/assets/connect.css`), no script, nothing loaded from elsewhere; every text an end
 //! user reads is in [`text`].
 
+use crate::settings::UiSettings;
 use actix_web::http::{header, StatusCode};
 use actix_web::HttpResponse;
 use shared::credentials::Field;
+
+/// What every page needs besides its content: the branding, the framing rule, and whether the
+/// gateway is served over HTTPS.
+#[derive(Clone, Copy)]
+pub struct Look<'a> {
+    pub ui: &'a UiSettings,
+    pub https: bool,
+}
 
 /// Every text an end user reads, in one place (a translation is this module).
 pub mod text {
     pub fn connect_title(provider: &str) -> String {
         format!("Connect your {provider} account")
     }
-    pub const CONNECT_LEAD: &str =
-        "Enter the details below. They are checked with the provider before anything is saved, and stored encrypted.";
+    pub fn connect_lead(product: Option<&str>, provider: &str) -> String {
+        let who = product.map(|p| format!("{p} asks for these details. ")).unwrap_or_default();
+        format!("{who}They are checked with {provider} before anything is saved, and stored encrypted.")
+    }
+    pub fn interstitial_title(product: Option<&str>, provider: &str) -> String {
+        format!("Connect {} to your {provider} account", product.unwrap_or("this app"))
+    }
+    pub fn interstitial_lead(provider: &str) -> String {
+        format!("You will sign in at {provider} and choose what to allow. Then you come back here.")
+    }
+    pub fn interstitial_button(provider: &str) -> String {
+        format!("Continue to {provider}")
+    }
     pub const SUBMIT: &str = "Connect";
     pub const REFUSED_HEADING: &str = "The provider did not accept these details";
     pub const UNAVAILABLE_HEADING: &str = "The provider could not be reached";
@@ -107,8 +127,25 @@ pub const CONNECT_JS: &str = include_str!("pages/connect.js");
 /// An HTML page with the headers every page carries: no caching, no referrer, no framing, and a
 /// CSP that allows only our stylesheet and form posts to us (and to `form_targets`, where a
 /// successful post redirects: browsers apply `form-action` to the redirect too).
-pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String], https: bool) -> HttpResponse {
-    page(status, title, body, form_targets, None, https)
+pub fn html(status: StatusCode, title: &str, body: &str, form_targets: &[String], look: Look<'_>) -> HttpResponse {
+    page(status, title, body, form_targets, None, look)
+}
+
+/// The accent colour's stylesheet (`/connect/assets/brand.css`): the button in the accent, its
+/// text black or white, whichever contrasts more (WCAG relative luminance).
+pub fn brand_css(accent: &str) -> String {
+    let channel = |i: usize| {
+        let c = u8::from_str_radix(&accent[i..i + 2], 16).unwrap_or(0) as f64 / 255.0;
+        if c <= 0.03928 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    };
+    let l = 0.2126 * channel(1) + 0.7152 * channel(3) + 0.0722 * channel(5);
+    // Contrast with white is 1.05 / (l + 0.05), with black (l + 0.05) / 0.05.
+    let text = if 1.05 / (l + 0.05) >= (l + 0.05) / 0.05 { "#ffffff" } else { "#000000" };
+    format!(":root {{ --button: {accent}; --button-text: {text}; }}\n")
 }
 
 fn page(
@@ -117,14 +154,28 @@ fn page(
     body: &str,
     form_targets: &[String],
     script_nonce: Option<&str>,
-    https: bool,
+    look: Look<'_>,
 ) -> HttpResponse {
+    let brand =
+        if look.ui.accent.is_some() { "<link rel=\"stylesheet\" href=\"/connect/assets/brand.css\">\n" } else { "" };
+    let mut banner = String::new();
+    if look.ui.product_name.is_some() || look.ui.logo_url.is_some() {
+        banner.push_str("<header class=\"brand\">");
+        if let Some(logo) = &look.ui.logo_url {
+            let alt = look.ui.product_name.as_deref().map(escape).unwrap_or_default();
+            banner.push_str(&format!("<img src=\"{}\" alt=\"{alt}\" height=\"32\">", escape(logo.as_str())));
+        }
+        if let (Some(name), None) = (&look.ui.product_name, &look.ui.logo_url) {
+            banner.push_str(&format!("<span>{}</span>", escape(name)));
+        }
+        banner.push_str("</header>\n");
+    }
     let page = format!(
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <meta name=\"referrer\" content=\"no-referrer\">\n<title>{}</title>\n\
-         <link rel=\"stylesheet\" href=\"/connect/assets/connect.css\">\n</head>\n<body>\n\
-         <main class=\"card\">\n{body}</main>\n</body>\n</html>\n",
+         <link rel=\"stylesheet\" href=\"/connect/assets/connect.css\">\n{brand}</head>\n<body>\n\
+         <main class=\"card\">\n{banner}{body}</main>\n</body>\n</html>\n",
         escape(title)
     );
     let mut form_action = String::from("'self'");
@@ -133,17 +184,25 @@ fn page(
         form_action.push_str(t);
     }
     let script = script_nonce.map(|n| format!("script-src 'nonce-{n}'; ")).unwrap_or_default();
+    let img = look.ui.logo_url.as_ref().map(|u| format!(" {}", u.origin().ascii_serialization())).unwrap_or_default();
+    let frame =
+        if look.ui.frame_ancestors.is_empty() { "'none'".to_owned() } else { look.ui.frame_ancestors.join(" ") };
     let csp = format!(
-        "default-src 'none'; {script}style-src 'self'; img-src 'self'; form-action {form_action}; \
-         frame-ancestors 'none'; base-uri 'none'"
+        "default-src 'none'; {script}style-src 'self'; img-src 'self'{img}; form-action {form_action}; \
+         frame-ancestors {frame}; base-uri 'none'"
     );
     let mut resp = HttpResponse::build(status);
     resp.content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::CONTENT_SECURITY_POLICY, csp))
         .insert_header((header::REFERRER_POLICY, "no-referrer"));
-    if https {
+    if look.https {
         resp.insert_header((header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"));
+    }
+    if !look.ui.frame_ancestors.is_empty() {
+        // Browsers that read only X-Frame-Options would take the gateway's default DENY as
+        // forbidding the allowed frames too: SAMEORIGIN is the nearest they understand.
+        resp.insert_header((header::X_FRAME_OPTIONS, "SAMEORIGIN"));
     }
     resp.body(page)
 }
@@ -155,11 +214,11 @@ pub fn end_page(
     title: &str,
     lead: &str,
     message: Option<(String, serde_json::Value)>,
-    https: bool,
+    look: Look<'_>,
 ) -> HttpResponse {
     let mut body = format!("<h1>{}</h1>\n<p class=\"lead\">{}</p>\n", escape(title), escape(lead));
     let Some((origin, outcome)) = message else {
-        return html(status, title, &body, &[], https);
+        return html(status, title, &body, &[], look);
     };
     // JSON in a script: `<` escaped so no `</script>` can end it early.
     let js = |v: &serde_json::Value| v.to_string().replace('<', "\\u003c");
@@ -171,7 +230,21 @@ pub fn end_page(
         js(&outcome),
         js(&serde_json::Value::String(origin)),
     ));
-    page(status, title, &body, &[], Some(&nonce), https)
+    page(status, title, &body, &[], Some(&nonce), look)
+}
+
+/// The page an OAuth flow starts on when configured to (`AUTHBRIDGE_CONNECT_INTERSTITIAL`): one
+/// button, a link to the provider's authorize URL.
+pub fn interstitial(provider_name: &str, authorize_url: &str, look: Look<'_>) -> HttpResponse {
+    let title = text::interstitial_title(look.ui.product_name.as_deref(), provider_name);
+    let body = format!(
+        "<h1>{}</h1>\n<p class=\"lead\">{}</p>\n<a class=\"button\" href=\"{}\">{}</a>\n",
+        escape(&title),
+        escape(&text::interstitial_lead(provider_name)),
+        escape(authorize_url),
+        escape(&text::interstitial_button(provider_name)),
+    );
+    html(StatusCode::OK, &title, &body, &[], look)
 }
 
 /// What a credential form shows after a refusal.
@@ -184,6 +257,7 @@ pub enum FormError<'a> {
 /// The body of a credential form for `fields`, posting to `action` with the flow's `state`.
 /// Non-secret values the end user typed come back in `keep`; secret ones never do.
 pub fn credential_form(
+    product: Option<&str>,
     provider_name: &str,
     fields: &[Field],
     action: &str,
@@ -195,7 +269,7 @@ pub fn credential_form(
     b.push_str(&format!(
         "<h1>{}</h1>\n<p class=\"lead\">{}</p>\n",
         escape(&text::connect_title(provider_name)),
-        text::CONNECT_LEAD
+        escape(&text::connect_lead(product, provider_name))
     ));
     let error_id = "form-error";
     match &error {
@@ -276,6 +350,7 @@ mod tests {
         let fields = [field("user", false), field("password", true)];
         let keep = |n: &str| Some(format!("\"{n}\"<script>"));
         let b = credential_form(
+            Some("Acme"),
             "K<r>",
             &fields,
             "/connect/credentials",
@@ -295,12 +370,31 @@ mod tests {
 
     #[test]
     fn pages_allow_only_our_stylesheet_and_posts_to_us_and_the_return_origin() {
-        let r = html(StatusCode::OK, "t", "<p>x</p>", &["https://app.example".into()], true);
+        let ui = UiSettings::default();
+        let r = html(StatusCode::OK, "t", "<p>x</p>", &["https://app.example".into()], Look { ui: &ui, https: true });
         let csp = r.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
         assert!(csp.contains("default-src 'none'") && csp.contains("style-src 'self'"));
         assert!(csp.contains("form-action 'self' https://app.example"));
         assert!(!csp.contains("unsafe-inline"));
         assert_eq!(r.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
         assert!(r.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+        assert!(csp.contains("frame-ancestors 'none'"));
+        let ui = UiSettings {
+            frame_ancestors: vec!["https://app.example".into()],
+            logo_url: Some(url::Url::parse("https://cdn.example/logo.png").unwrap()),
+            ..Default::default()
+        };
+        let r = html(StatusCode::OK, "t", "", &[], Look { ui: &ui, https: false });
+        let csp = r.headers().get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+        assert!(
+            csp.contains("frame-ancestors https://app.example") && csp.contains("img-src 'self' https://cdn.example")
+        );
+    }
+
+    #[test]
+    fn the_accent_buttons_text_is_whichever_of_black_and_white_contrasts_more() {
+        assert!(brand_css("#1f5fbf").contains("--button-text: #ffffff"));
+        assert!(brand_css("#ffd400").contains("--button-text: #000000"));
+        assert!(brand_css("#000000").contains("--button-text: #ffffff"));
     }
 }

@@ -13,6 +13,72 @@ pub const PUBLIC_URL: &str = "AUTHBRIDGE_PUBLIC_URL";
 pub const SESSION_TTL: &str = "AUTHBRIDGE_SESSION_TTL_SECONDS";
 /// Comma-separated URL prefixes a `return_url` must start with. Default: empty (any http(s) URL).
 pub const RETURN_URL_ALLOWLIST: &str = "AUTHBRIDGE_RETURN_URL_ALLOWLIST";
+/// The product's name on the connect pages ("Connect Acme to your Kartra account"). Default: none.
+pub const PRODUCT_NAME: &str = "AUTHBRIDGE_CONNECT_PRODUCT_NAME";
+/// An https URL of the product's logo, shown on the connect pages. Default: none.
+pub const LOGO_URL: &str = "AUTHBRIDGE_CONNECT_LOGO_URL";
+/// The pages' accent colour, `#rrggbb` (buttons; their text is black or white, whichever
+/// contrasts more). Default: a blue.
+pub const ACCENT: &str = "AUTHBRIDGE_CONNECT_ACCENT";
+/// Comma-separated origins that may show the connect pages in an iframe (CSP
+/// `frame-ancestors`). Default: none may.
+pub const FRAME_ANCESTORS: &str = "AUTHBRIDGE_CONNECT_FRAME_ANCESTORS";
+/// `true`: an OAuth flow first shows "You are connecting … to …" with one button, instead of
+/// going to the provider at once (link scanners then cannot use up a connect link). Default: false.
+pub const INTERSTITIAL: &str = "AUTHBRIDGE_CONNECT_INTERSTITIAL";
+
+/// How the connect pages look and may be shown.
+#[derive(Debug, Clone, Default)]
+pub struct UiSettings {
+    pub product_name: Option<String>,
+    pub logo_url: Option<Url>,
+    /// `#rrggbb`.
+    pub accent: Option<String>,
+    pub frame_ancestors: Vec<String>,
+    pub interstitial: bool,
+}
+
+impl UiSettings {
+    /// The pages' settings alone (the dev command reads them so the demo can be branded).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
+        let mut r = Reader::new(env);
+        let ui = Self::read(&mut r);
+        r.finish()?;
+        Ok(ui)
+    }
+
+    fn read(r: &mut Reader<'_>) -> Self {
+        let product_name = r.optional(PRODUCT_NAME).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        if product_name.as_ref().is_some_and(|n| n.chars().count() > 60 || n.chars().any(char::is_control)) {
+            r.fail(format!("{PRODUCT_NAME} must be at most 60 characters, none of them control characters"));
+        }
+        let logo_url = r.optional(LOGO_URL).and_then(|raw| match Url::parse(&raw) {
+            Ok(u) if u.scheme() == "https" || is_loopback(&u) => Some(u),
+            _ => {
+                r.fail(format!("{LOGO_URL}={raw:?} must be an https URL"));
+                None
+            }
+        });
+        let accent = r.optional(ACCENT).and_then(|a| {
+            let ok = a.len() == 7 && a.starts_with('#') && a[1..].bytes().all(|b| b.is_ascii_hexdigit());
+            if !ok {
+                r.fail(format!("{ACCENT}={a:?} must be a colour as #rrggbb"));
+            }
+            ok.then(|| a.to_ascii_lowercase())
+        });
+        let mut frame_ancestors = Vec::new();
+        for a in r.list(FRAME_ANCESTORS) {
+            match Url::parse(&a) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+                    frame_ancestors.push(u.origin().ascii_serialization())
+                }
+                _ => r.fail(format!("{FRAME_ANCESTORS}: {a:?} is not an origin such as https://app.example")),
+            }
+        }
+        let interstitial = r.parse(INTERSTITIAL, false);
+        Self { product_name, logo_url, accent, frame_ancestors, interstitial }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -25,6 +91,7 @@ pub struct Settings {
     pub workers: usize,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
+    pub ui: UiSettings,
 }
 
 impl Settings {
@@ -51,6 +118,7 @@ impl Settings {
         }
         let workers = r.parse(shared::config::HTTP_WORKERS, shared::config::default_http_workers());
         let tls = TlsFiles::read(&mut r);
+        let ui = UiSettings::read(&mut r);
         r.finish()?;
         Ok(Self {
             common: common.expect("checked"),
@@ -61,6 +129,7 @@ impl Settings {
             return_url_allowlist: allow,
             workers: workers.max(1),
             tls,
+            ui,
         })
     }
 

@@ -101,6 +101,8 @@ pub struct StackOptions {
     pub proxy_stale: Duration,
     /// How often credential connections are checked again (the catalog's default: daily).
     pub credential_recheck: Option<Duration>,
+    /// The connect pages' branding and framing.
+    pub ui: auth_gateway::settings::UiSettings,
 }
 
 impl Default for StackOptions {
@@ -132,6 +134,7 @@ impl Default for StackOptions {
             proxy_max_connections: api_proxy::settings::default_max_connections(),
             proxy_stale: Duration::from_secs(300),
             credential_recheck: None,
+            ui: Default::default(),
         }
     }
 }
@@ -253,6 +256,7 @@ impl Stack {
                     .collect::<Result<_, _>>()?,
                 workers: opts.http_workers,
                 tls: opts.tls.clone(),
+                ui: opts.ui.clone(),
             },
             gw_listener,
         )

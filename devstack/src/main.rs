@@ -52,6 +52,9 @@ fn main() -> anyhow::Result<()> {
         http_workers: 2,
         session_ttl: Duration::from_secs(600),
         mock_api_base: std::env::var("AUTHBRIDGE_DEV_MOCK_API_BASE").ok(),
+        // The connect pages' branding (AUTHBRIDGE_CONNECT_*), as the gateway reads it.
+        ui: auth_gateway::settings::UiSettings::from_env(&shared::config::Env::from_process())
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         ..Default::default()
     };
     tokio::runtime::Runtime::new()?.block_on(async {

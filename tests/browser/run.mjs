@@ -84,6 +84,25 @@ const browser = await chromium.launch({
     "--disable-sync", "--no-first-run", "--disable-quic"],
 });
 try {
+  if (process.env.BRANDED) {
+    // The branded stack (AUTHBRIDGE_CONNECT_PRODUCT_NAME=Acme, a yellow accent, the
+    // interstitial on): the interstitial by keyboard, and the branded form.
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto(await session("mock", "branded-oauth"));
+    check((await page.locator("h1").innerText()) === "Connect Acme to your Mock provider (mock) account", "the interstitial names the product");
+    await audit(page, "interstitial-branded");
+    await page.keyboard.press("Tab");
+    check(await page.evaluate(() => document.activeElement?.classList.contains("button")), "Tab reaches its one button");
+    await page.keyboard.press("Enter");
+    await page.waitForURL((u) => u.toString().startsWith(RETURN));
+    check(new URL(page.url()).searchParams.get("status") === "connected", "Enter goes on to the provider and back");
+    await page.goto(await session("kartra", "branded-kartra"));
+    check((await page.locator(".lead").innerText()).startsWith("Acme asks for these details."), "the form names the product");
+    await audit(page, "form-branded");
+    await ctx.close();
+    throw "branded-done";
+  }
   // 1. A credential provider: Kartra's form, a wrong password, then the right one, by keyboard.
   {
     const ctx = await browser.newContext();
@@ -181,6 +200,8 @@ try {
     await audit(page, "end-used");
     await ctx.close();
   }
+} catch (e) {
+  if (e !== "branded-done") throw e;
 } finally {
   await browser.close();
   product.close();

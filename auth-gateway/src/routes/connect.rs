@@ -211,7 +211,30 @@ pub async fn open_session(
     state: web::Data<AppState>,
     req: HttpRequest,
     token: web::Path<String>,
+    q: web::Query<OpenQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    if state.settings.ui.interstitial && !q.go {
+        // Shown without opening the session: a link checker that fetches the link does not
+        // use it up. The button opens it (`?go=1`).
+        match state.core.store.peek_session(&hash_secret(&token)).await? {
+            Ok((provider, _)) => {
+                let p = state.core.tokens.catalog.get(&provider).filter(|p| p.credentials.is_none());
+                if let Some(p) = p {
+                    let go = format!(
+                        "{}/connect/{}?go=1",
+                        state.settings.public_url.as_str().trim_end_matches('/'),
+                        token.as_str()
+                    );
+                    return Ok(crate::pages::interstitial(&p.display_name, &go, super::connect_form::look(&state)));
+                }
+            }
+            Err(SessionLookup::Unknown) => {}
+            Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
+            Err(SessionLookup::AlreadyUsed { ending }) => {
+                return Ok(failed(&state, &req, &ending, "session_already_used"))
+            }
+        }
+    }
     let state_param = random_token();
     let state_hash = hash_secret(&state_param);
     let nonce = random_token();
@@ -262,6 +285,18 @@ pub async fn open_session(
         resp.headers_mut().append(header::SET_COOKIE, v);
     }
     Ok(resp)
+}
+
+/// `GET /connect/{token}?go=1`: the interstitial's button (open the session now).
+#[derive(Deserialize)]
+pub struct OpenQuery {
+    #[serde(default, deserialize_with = "flag")]
+    go: bool,
+}
+
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let v = String::deserialize(d)?;
+    Ok(matches!(v.as_str(), "1" | "true" | "yes"))
 }
 
 #[derive(Deserialize)]

@@ -33,8 +33,9 @@ pub fn wants_json(req: &HttpRequest) -> bool {
     accept.starts_with("application/json")
 }
 
-fn https(state: &AppState) -> bool {
-    state.settings.public_url.scheme() == "https"
+/// How this gateway's pages look.
+pub fn look(state: &AppState) -> pages::Look<'_> {
+    pages::Look { ui: &state.settings.ui, https: state.settings.public_url.scheme() == "https" }
 }
 
 fn action(state: &AppState) -> String {
@@ -57,7 +58,7 @@ pub fn unknown_link(state: &AppState) -> HttpResponse {
         "<h1>This link does not work</h1>\n<p class=\"lead\">The connect link is not valid. It may have been \
          copied incompletely. Go back to the app you came from and start connecting again.</p>\n",
         &[],
-        https(state),
+        look(state),
     )
 }
 
@@ -71,10 +72,17 @@ pub fn form_page(
     nonce: &str,
 ) -> HttpResponse {
     let spec = provider.credentials.as_ref().expect("a credential provider");
-    let body =
-        pages::credential_form(&provider.display_name, &spec.fields, &action(state), state_param, None, &|_| None);
+    let body = pages::credential_form(
+        state.settings.ui.product_name.as_deref(),
+        &provider.display_name,
+        &spec.fields,
+        &action(state),
+        state_param,
+        None,
+        &|_| None,
+    );
     let title = pages::text::connect_title(&provider.display_name);
-    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(ending), https(state));
+    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(ending), look(state));
     let ttl = state.settings.session_ttl.as_secs();
     let set = binding_cookie_at(state, &action(state), &binding_cookie_name(state_hash), nonce, ttl);
     if let Ok(v) = header::HeaderValue::from_str(&set) {
@@ -142,6 +150,7 @@ pub async fn submit(
     let spec = provider.credentials.as_ref().expect("checked");
     let again = |status: StatusCode, error: FormError<'_>, given: &BTreeMap<String, String>| {
         let body = pages::credential_form(
+            state.settings.ui.product_name.as_deref(),
             &provider.display_name,
             &spec.fields,
             &action(&state),
@@ -150,7 +159,7 @@ pub async fn submit(
             &|n| given.get(n).cloned(),
         );
         let title = pages::text::connect_title(&provider.display_name);
-        Ok(pages::html(status, &title, &body, &origin_of(&session.ending), https(&state)))
+        Ok(pages::html(status, &title, &body, &origin_of(&session.ending), look(&state)))
     };
     // Only the provider's fields are taken: a form cannot smuggle in the operator's values.
     given.retain(|k, _| spec.fields.iter().any(|f| &f.name == k));
@@ -211,6 +220,23 @@ pub async fn script() -> HttpResponse {
         .content_type("text/javascript; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
         .body(pages::CONNECT_JS)
+}
+
+/// `GET /connect/assets/brand.css`: the configured accent colour (empty without one).
+pub async fn brand_stylesheet(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .body(state.settings.ui.accent.as_deref().map(pages::brand_css).unwrap_or_default())
+}
+
+/// `HEAD /connect/{token}`: what a GET would be, without opening the session (a link checker's
+/// HEAD must not use the link up).
+pub async fn head_link() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
 }
 
 /// `GET /connect/assets/connect.css`.

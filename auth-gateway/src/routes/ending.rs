@@ -72,18 +72,14 @@ pub fn finish(state: &AppState, req: &HttpRequest, ending: &Ending, outcome: Out
             ),
         )
     });
-    let https = state.settings.public_url.scheme() == "https";
+    let look = super::connect_form::look(state);
     match outcome {
-        Outcome::Connected { .. } => pages::end_page(
-            status,
-            &pages::text::connected(&provider_name),
-            pages::text::CONNECTED_LEAD,
-            message,
-            https,
-        ),
+        Outcome::Connected { .. } => {
+            pages::end_page(status, &pages::text::connected(&provider_name), pages::text::CONNECTED_LEAD, message, look)
+        }
         Outcome::Failed { error } => {
             let (title, lead) = pages::text::failed(error);
-            pages::end_page(status, title, lead, message, https)
+            pages::end_page(status, title, lead, message, look)
         }
     }
 }

@@ -9,26 +9,36 @@ mod ending;
 use actix_web::{web, HttpResponse};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(shared::http::healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
+    cfg.route("/healthz", get_or_head().to(shared::http::healthz))
+        .route("/readyz", get_or_head().to(readyz))
+        .route("/metrics", get_or_head().to(metrics))
         .route("/v1/connect/sessions", web::post().to(connect::create_session))
         .route("/connect/{token}", web::get().to(connect::open_session))
+        .route("/connect/{token}", web::head().to(connect_form::head_link))
         .route("/connect/credentials", web::post().to(connect_form::submit))
-        .route("/connect/assets/connect.css", web::get().to(connect_form::stylesheet))
-        .route("/connect/assets/connect.js", web::get().to(connect_form::script))
+        .route("/connect/assets/connect.css", get_or_head().to(connect_form::stylesheet))
+        .route("/connect/assets/connect.js", get_or_head().to(connect_form::script))
+        .route("/connect/assets/brand.css", get_or_head().to(connect_form::brand_stylesheet))
         .route("/oauth/callback", web::get().to(connect::callback))
+        .route("/oauth/callback", web::head().to(connect_form::head_link))
         .route("/v1/api-keys", web::post().to(api_keys::create))
-        .route("/v1/api-keys", web::get().to(api_keys::list))
+        .route("/v1/api-keys", get_or_head().to(api_keys::list))
         .route("/v1/api-keys/{id}", web::delete().to(api_keys::revoke))
-        .route("/v1/providers", web::get().to(connections::list_providers))
-        .route("/v1/connections", web::get().to(connections::list))
+        .route("/v1/providers", get_or_head().to(connections::list_providers))
+        .route("/v1/connections", get_or_head().to(connections::list))
         .route("/v1/connections", web::post().to(connections::create))
-        .route("/v1/connections/{provider}/{connection_id}", web::get().to(connections::get))
+        .route("/v1/connections/{provider}/{connection_id}", get_or_head().to(connections::get))
         .route("/v1/connections/{provider}/{connection_id}", web::delete().to(connections::delete))
-        .route("/v1/connections/{provider}/{connection_id}/token", web::get().to(connections::token))
-        .route("/v1/connections/{provider}/{connection_id}/credentials", web::get().to(connections::credentials))
+        .route("/v1/connections/{provider}/{connection_id}/token", get_or_head().to(connections::token))
+        .route("/v1/connections/{provider}/{connection_id}/credentials", get_or_head().to(connections::credentials))
         .route("/v1/connections/{provider}/{connection_id}/refresh", web::post().to(connections::refresh));
+}
+
+/// GET, and HEAD with the same fields and no body (RFC 9110 §9.3.2), for routes without side
+/// effects. (The connect link and the callback answer HEAD on their own, without acting.)
+fn get_or_head() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 async fn readyz(state: web::Data<crate::AppState>) -> HttpResponse {

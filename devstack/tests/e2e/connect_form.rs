@@ -194,3 +194,69 @@ async fn flows_without_a_return_url_or_in_a_popup_end_on_the_gateways_page() {
     assert!(js.text().await.unwrap().contains("authbridge"));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branding_framing_the_interstitial_and_head_requests() {
+    let ui = auth_gateway::settings::UiSettings {
+        product_name: Some("Acme".into()),
+        logo_url: Some(Url::parse("https://cdn.acme.example/logo.svg").unwrap()),
+        accent: Some("#ffd400".into()),
+        frame_ancestors: vec!["https://app.example".into()],
+        interstitial: true,
+    };
+    let app = TestApp::start_with(devstack::StackOptions { ui, ..Default::default() }).await;
+    let connect = app.connect_url("mock", "branded").await;
+    // A link checker's HEAD does not use the link up.
+    let r = app.http.head(&connect).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().get("set-cookie").is_none());
+    // The interstitial: one link to the provider, the product's name and logo, framing allowed
+    // for the configured origin only.
+    let r = app.http.get(&connect).header("Accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        csp.contains("frame-ancestors https://app.example") && csp.contains("img-src 'self' https://cdn.acme.example"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-frame-options"], "SAMEORIGIN");
+    assert!(r.headers().get("set-cookie").is_none(), "the interstitial does not open the session");
+    let page = r.text().await.unwrap();
+    // Fetched again (a link checker came first): still there.
+    let again = app.http.get(&connect).send().await.unwrap();
+    assert!(again.text().await.unwrap().contains("Continue to Mock provider"));
+    assert!(page.contains("Connect Acme to your Mock provider (mock) account"), "{page}");
+    assert!(page.contains("<img src=\"https://cdn.acme.example/logo.svg\" alt=\"Acme\""));
+    assert!(page.contains("/connect/assets/brand.css"));
+    let href = page.split("class=\"button\" href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    assert!(href.ends_with("?go=1"), "{href}");
+    // The button opens the flow: from here on as without the interstitial.
+    let authorize = app.follow(&href).await;
+    let callback = app.follow(authorize.as_str()).await;
+    let landed = app.follow(callback.as_str()).await;
+    assert_eq!(query_param(&landed, "status").as_deref(), Some("connected"));
+    let css = app.http.get(app.gw("/connect/assets/brand.css")).send().await.unwrap().text().await.unwrap();
+    assert!(css.contains("--button: #ffd400") && css.contains("--button-text: #000000"), "{css}");
+    // A credential form names the product; HEAD works on the read-only API routes.
+    let form = open_framed(&app, "kartra", "k-branded").await;
+    assert!(form.contains("Acme asks for these details"), "{form}");
+    let r = app
+        .http
+        .head(app.gw("/v1/providers"))
+        .header("Authorization", format!("Bearer {}", app.stack.api_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().is_empty());
+    assert_eq!(app.http.head(app.gw("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    app.stop().await;
+}
+
+/// A credential form's page, in a stack whose pages may be framed (its CSP says so).
+async fn open_framed(app: &TestApp, provider: &str, id: &str) -> String {
+    let url = app.connect_url(provider, id).await;
+    let r = app.http.get(&url).header("Accept", "text/html").send().await.unwrap();
+    assert!(r.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors https://app.example"));
+    r.text().await.unwrap()
+}

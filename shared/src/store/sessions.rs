@@ -105,6 +105,24 @@ impl Store {
         Ok(())
     }
 
+    /// The provider and ending of a session that can still be opened, without opening it.
+    pub async fn peek_session(&self, token_hash: &[u8]) -> Result<Result<(String, Ending), SessionLookup>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT return_url, started_at IS NOT NULL, popup, provider, expires_at <= now()
+                   FROM connect_sessions WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await?;
+        Ok(match row {
+            None => Err(SessionLookup::Unknown),
+            Some(r) if r.get::<_, bool>(1) => Err(SessionLookup::AlreadyUsed { ending: ending_of(&r) }),
+            Some(r) if r.get::<_, bool>(4) => Err(SessionLookup::Expired { ending: ending_of(&r) }),
+            Some(r) => Ok((r.get(3), ending_of(&r))),
+        })
+    }
+
     /// Opens a session once: binds the state, the verifier and the browser (the hash of the
     /// nonce in its cookie) to it and restarts its clock for the provider round trip.
     pub async fn start_session(

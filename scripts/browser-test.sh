@@ -15,7 +15,7 @@ cargo build --locked -p devstack
 
 . scripts/dev-system.sh browser 18480 18481 18482 18490
 mkdir -p target/browser
-(cd tests/browser && GATEWAY=$GW API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs)
+(cd tests/browser && GATEWAY=$GW MOCK=http://127.0.0.1:18490 API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs)
 # Again with the pages branded (a product name, an accent colour) and the OAuth interstitial on.
 (
   export AUTHBRIDGE_CONNECT_PRODUCT_NAME=Acme AUTHBRIDGE_CONNECT_ACCENT='#ffd400' AUTHBRIDGE_CONNECT_INTERSTITIAL=true

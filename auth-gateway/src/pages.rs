@@ -46,6 +46,14 @@ pub mod text {
         format!("Your {provider} account is connected")
     }
     pub const CONNECTED_LEAD: &str = "You can close this window.";
+    pub const UNKNOWN_LINK: (&str, &str) = (
+        "This link does not work",
+        "The connect link is not valid. It may have been copied incompletely. Go back to the app you came from and start connecting again.",
+    );
+    pub const STRAY_CALLBACK: (&str, &str) = (
+        "This page belongs to no connection in progress",
+        "It may be an old tab, or a page that was reloaded. Go back to the app and start connecting again if your account is not connected.",
+    );
     pub const CLOSE_NOTE: &str = "This window closes by itself once the app has the result.";
 
     /// The heading and the words of an end page for a flow that failed with `code`.

@@ -200,6 +200,44 @@ try {
     await audit(page, "end-used");
     await ctx.close();
   }
+  // 6. The other end pages a browser can land on: consent denied, another browser, a stray
+  //    callback.
+  {
+    const MOCK = process.env.MOCK;
+    const control = (c) => fetch(`${MOCK}/mock/control`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(c),
+    });
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await control({ deny_authorizations: true });
+    await page.goto(await session("mock", "denied", {}));
+    await page.waitForURL((u) => u.toString().startsWith(`${GATEWAY}/oauth/callback`));
+    check((await page.locator("h1").innerText()) === "Connecting was cancelled", "a denied consent says so");
+    await audit(page, "end-denied");
+    await control({ deny_authorizations: false });
+    // The provider's token endpoint fails during the code exchange.
+    await control({ token_fail_count: 1, token_fail_status: 503 });
+    await page.goto(await session("mock", "exchange-fails", {}));
+    await page.waitForURL((u) => u.toString().startsWith(`${GATEWAY}/oauth/callback`));
+    check((await page.locator("h1").innerText()) === "The provider could not be reached", "a failed exchange says so");
+    await audit(page, "end-exchange-failed");
+    await control({});
+    // Opened by someone else (here, a script that keeps the redirect and drops the cookie),
+    // finished in this browser: the provider's link carries the flow's state, not the cookie.
+    const opened = await fetch(await session("mock", "hijack", {}), { redirect: "manual" });
+    const authorize = opened.headers.get("location");
+    const other = await browser.newContext();
+    const victim = await other.newPage();
+    await victim.goto(authorize);
+    await victim.waitForURL((u) => u.toString().startsWith(`${GATEWAY}/oauth/callback`));
+    check((await victim.locator("h1").innerText()) === "This link was opened in another browser", "another browser is refused, in plain words");
+    await audit(victim, "end-browser-mismatch");
+    await victim.goto(`${GATEWAY}/oauth/callback?code=x&state=stale`);
+    check((await victim.locator("h1").innerText()) === "This page belongs to no connection in progress", "a stray callback gets a page");
+    await audit(victim, "end-stray-callback");
+    await other.close();
+    await ctx.close();
+  }
 } catch (e) {
   if (e !== "branded-done") throw e;
 } finally {

@@ -332,6 +332,9 @@ pub async fn callback(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let Some(state_param) = q.state.filter(|s| !s.is_empty() && s.len() <= 512) else {
+        if super::connect_form::wants_html(&req) {
+            return Ok(super::connect_form::stray_callback(&state));
+        }
         return Err(ApiError::new(ErrorCode::InvalidState, "the callback has no valid state parameter"));
     };
     let state_hash = hash_secret(&state_param);
@@ -339,10 +342,13 @@ pub async fn callback(
     let session = match consumed {
         Ok(s) => s,
         Err(SessionLookup::Unknown) => {
+            if super::connect_form::wants_html(&req) {
+                return Ok(super::connect_form::stray_callback(&state));
+            }
             return Err(ApiError::new(
                 ErrorCode::InvalidState,
                 "unknown state: this callback does not belong to any connect session",
-            ))
+            ));
         }
         Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
         Err(SessionLookup::AlreadyUsed { ending }) => return Ok(failed(&state, &req, &ending, "state_already_used")),

@@ -52,14 +52,17 @@ fn origin_of(ending: &shared::store::Ending) -> Vec<String> {
 
 /// The page of an unknown (or mistyped) connect link: there is nowhere to send the browser.
 pub fn unknown_link(state: &AppState) -> HttpResponse {
-    pages::html(
-        StatusCode::NOT_FOUND,
-        "This link does not work",
-        "<h1>This link does not work</h1>\n<p class=\"lead\">The connect link is not valid. It may have been \
-         copied incompletely. Go back to the app you came from and start connecting again.</p>\n",
-        &[],
-        look(state),
-    )
+    plain_page(state, StatusCode::NOT_FOUND, pages::text::UNKNOWN_LINK)
+}
+
+fn plain_page(state: &AppState, status: StatusCode, (title, lead): (&str, &str)) -> HttpResponse {
+    let body = format!("<h1>{}</h1>\n<p class=\"lead\">{}</p>\n", pages::escape(title), pages::escape(lead));
+    pages::html(status, title, &body, &[], look(state))
+}
+
+/// The page of a provider's answer that belongs to no flow (an old tab, a reloaded page).
+pub fn stray_callback(state: &AppState) -> HttpResponse {
+    plain_page(state, StatusCode::BAD_REQUEST, pages::text::STRAY_CALLBACK)
 }
 
 /// The credential form of a session just opened, with the cookie that binds it to this browser.

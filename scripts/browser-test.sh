@@ -22,3 +22,9 @@ mkdir -p target/browser
   . scripts/dev-system.sh browser_branded 18580 18581 18582 18590
   cd tests/browser && BRANDED=1 GATEWAY=$GW API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs
 )
+# And with connect links that expire after a second, for the expired link's page.
+(
+  export AUTHBRIDGE_DEV_SESSION_TTL_SECONDS=1
+  . scripts/dev-system.sh browser_expiry 18780 18781 18782 18790
+  cd tests/browser && EXPIRED=1 GATEWAY=$GW API_KEY=$AUTHBRIDGE_DEV_API_KEY SHOTS="$PWD/../../target/browser" node run.mjs
+)

@@ -6,7 +6,7 @@
 //! `AUTHBRIDGE_DEV_API_KEY` (default `dev-api-key-change-me`), `AUTHBRIDGE_DEV_TOKEN_TTL_SECONDS`
 //! (lifetime of demo tokens, default 120, so refreshes are visible within minutes),
 //! `AUTHBRIDGE_DEV_{GATEWAY,PROXY,REFRESHER,MOCK}_PORT` (8080, 8081, 8082, 9090),
-//! `AUTHBRIDGE_DEV_QUEUE_PREFIX` (`authbridge-dev`), `AUTHBRIDGE_DEV_MOCK_API_BASE` (where the
+//! `AUTHBRIDGE_DEV_QUEUE_PREFIX` (`authbridge-dev`), `AUTHBRIDGE_DEV_SESSION_TTL_SECONDS` (600), `AUTHBRIDGE_DEV_MOCK_API_BASE` (where the
 //! `mock` provider's API lives; default: the mock provider itself — the benchmarks point it at
 //! a fast local upstream).
 
@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         sweep_interval: Duration::from_secs(30),
         sweep_grace: Duration::from_secs(30),
         http_workers: 2,
-        session_ttl: Duration::from_secs(600),
+        session_ttl: Duration::from_secs(env("AUTHBRIDGE_DEV_SESSION_TTL_SECONDS", "600").parse()?),
         mock_api_base: std::env::var("AUTHBRIDGE_DEV_MOCK_API_BASE").ok(),
         // The connect pages' branding (AUTHBRIDGE_CONNECT_*), as the gateway reads it.
         ui: auth_gateway::settings::UiSettings::from_env(&shared::config::Env::from_process())

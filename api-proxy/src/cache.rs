@@ -48,6 +48,19 @@ pub fn tenant_of(credential: &str) -> u64 {
     KEY.get_or_init(Default::default).hash_one(credential)
 }
 
+/// `headers` and `Content-Type: application/x-www-form-urlencoded` (for a provider that takes
+/// its credentials in a form body), or nothing.
+fn with_form_type(
+    headers: &[(http::HeaderName, http::HeaderValue)],
+    form: bool,
+) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    if !form {
+        return Vec::new();
+    }
+    let form_type = http::HeaderValue::from_static("application/x-www-form-urlencoded");
+    headers.iter().cloned().chain([(http::header::CONTENT_TYPE, form_type)]).collect()
+}
+
 fn sensitive(v: &str) -> Result<http::HeaderValue, ApiError> {
     let mut v = http::HeaderValue::try_from(v)
         .map_err(|_| ApiError::internal("a stored credential is not a valid header value"))?;
@@ -90,12 +103,7 @@ impl Token {
             identity.push_str(v);
             identity.push('\0');
         }
-        let form_headers = if placed.form.is_empty() {
-            Vec::new()
-        } else {
-            let form_type = http::HeaderValue::from_static("application/x-www-form-urlencoded");
-            headers.iter().cloned().chain([(http::header::CONTENT_TYPE, form_type)]).collect()
-        };
+        let form_headers = with_form_type(&headers, !placed.form.is_empty());
         Ok(Self {
             creds,
             headers,
@@ -119,12 +127,7 @@ impl Token {
                 (http::HeaderName::from_bytes(n.as_str().as_bytes()).unwrap_or_else(|_| n.clone()), copy)
             })
             .collect();
-        let form_headers = if self.form_headers.is_empty() {
-            Vec::new()
-        } else {
-            let form_type = http::HeaderValue::from_static("application/x-www-form-urlencoded");
-            headers.iter().cloned().chain([(http::header::CONTENT_TYPE, form_type)]).collect()
-        };
+        let form_headers = with_form_type(&headers, !self.form_headers.is_empty());
         Self {
             creds: self.creds.clone(),
             headers,

@@ -998,13 +998,18 @@ async fn wait_for_slot(
 ) -> Result<(), ApiError> {
     use crate::provider_limits::Admission;
     let now = std::time::Instant::now();
-    let reserve = (state.settings.upstream_timeout / 3).min(std::time::Duration::from_secs(2));
-    let max_wait = deadline_at.saturating_duration_since(now).saturating_sub(reserve);
+    let max_wait = deadline_at.saturating_duration_since(now).saturating_sub(answer_time(&state.settings));
     match state.provider_limits.admit(provider, connection_id, now, max_wait)? {
         Admission::Now => {}
         Admission::After(d) => tokio::time::sleep(d).await,
     }
     Ok(())
+}
+
+/// How much of a call's deadline is kept for the provider to answer: waits (for a slot, or
+/// after a 429) end before it.
+fn answer_time(settings: &crate::Settings) -> std::time::Duration {
+    (settings.upstream_timeout / 3).min(std::time::Duration::from_secs(2))
 }
 
 /// What one more attempt of a call sends.
@@ -1033,8 +1038,7 @@ async fn again_after_429(
     let documented = provider.rate_limit.as_ref().map_or(std::time::Duration::from_secs(1), |l| l.wait);
     for _ in 0..3 {
         let wait = crate::provider_limits::retry_after(resp.headers(), documented);
-        let reserve = (state.settings.upstream_timeout / 3).min(std::time::Duration::from_secs(2));
-        if std::time::Instant::now() + wait + reserve > deadline_at {
+        if std::time::Instant::now() + wait + answer_time(&state.settings) > deadline_at {
             break;
         }
         tracing::info!(
@@ -1043,9 +1047,7 @@ async fn again_after_429(
         );
         drop(resp);
         tokio::time::sleep(wait).await;
-        if provider.rate_limit.is_some() {
-            wait_for_slot(state, provider, connection_id, deadline_at).await?;
-        }
+        wait_for_slot(state, provider, connection_id, deadline_at).await?;
         resp = send(call.upstream, call.method, call.target, call.fields, body, call.inject, deadline).await?;
         if resp.status() != http::StatusCode::TOO_MANY_REQUESTS {
             break;

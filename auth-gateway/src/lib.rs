@@ -26,6 +26,11 @@ impl AppState {
     pub fn redirect_uri(&self) -> String {
         format!("{}/oauth/callback", self.settings.public_url.as_str().trim_end_matches('/'))
     }
+
+    /// How this gateway's pages look.
+    pub fn look(&self) -> pages::Look<'_> {
+        pages::Look { ui: &self.settings.ui, https: self.settings.public_url.scheme() == "https" }
+    }
 }
 
 /// A running gateway.

@@ -1,7 +1,7 @@
 //! The end user's side of a connection: connect sessions, the redirect to the provider, and
 //! the callback.
 
-use super::ending::{finish, Outcome};
+use super::ending::{finish, unusable, Outcome};
 use crate::AppState;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -12,7 +12,7 @@ use shared::catalog::valid_connection_id;
 use shared::crypto::{hash_secret, random_token};
 use shared::http::{ApiError, ErrorCode};
 use shared::oauth::{pkce_pair, sanitize_code, OAuthClient};
-use shared::store::{NewSession, SessionLookup};
+use shared::store::NewSession;
 use url::Url;
 
 #[derive(Deserialize)]
@@ -225,13 +225,13 @@ pub async fn open_session(
                         state.settings.public_url.as_str().trim_end_matches('/'),
                         token.as_str()
                     );
-                    return Ok(crate::pages::interstitial(&p.display_name, &go, super::connect_form::look(&state)));
+                    return Ok(crate::pages::interstitial(&p.display_name, &go, state.look()));
                 }
             }
-            Err(SessionLookup::Unknown) => {}
-            Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
-            Err(SessionLookup::AlreadyUsed { ending }) => {
-                return Ok(failed(&state, &req, &ending, "session_already_used"))
+            Err(why) => {
+                if let Some(end) = unusable(&state, &req, why, "session_already_used") {
+                    return Ok(end);
+                }
             }
         }
     }
@@ -252,14 +252,11 @@ pub async fn open_session(
         .await?;
     let session = match started {
         Ok(s) => s,
-        Err(SessionLookup::Unknown) => {
-            if super::connect_form::wants_html(&req) {
-                return Ok(super::connect_form::unknown_link(&state));
-            }
-            return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session"));
-        }
-        Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { ending }) => return Ok(failed(&state, &req, &ending, "session_already_used")),
+        Err(why) => match unusable(&state, &req, why, "session_already_used") {
+            Some(end) => return Ok(end),
+            None if super::ending::wants_html(&req) => return Ok(super::connect_form::unknown_link(&state)),
+            None => return Err(ApiError::new(ErrorCode::SessionNotFound, "unknown connect session")),
+        },
     };
     tracing::Span::current().record("provider", session.provider.as_str());
     let provider =
@@ -332,7 +329,7 @@ pub async fn callback(
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
     let Some(state_param) = q.state.filter(|s| !s.is_empty() && s.len() <= 512) else {
-        if super::connect_form::wants_html(&req) {
+        if super::ending::wants_html(&req) {
             return Ok(super::connect_form::stray_callback(&state));
         }
         return Err(ApiError::new(ErrorCode::InvalidState, "the callback has no valid state parameter"));
@@ -341,17 +338,16 @@ pub async fn callback(
     let consumed = state.core.store.consume_state(&state_hash).await?;
     let session = match consumed {
         Ok(s) => s,
-        Err(SessionLookup::Unknown) => {
-            if super::connect_form::wants_html(&req) {
-                return Ok(super::connect_form::stray_callback(&state));
+        Err(why) => match unusable(&state, &req, why, "state_already_used") {
+            Some(end) => return Ok(end),
+            None if super::ending::wants_html(&req) => return Ok(super::connect_form::stray_callback(&state)),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidState,
+                    "unknown state: this callback does not belong to any connect session",
+                ))
             }
-            return Err(ApiError::new(
-                ErrorCode::InvalidState,
-                "unknown state: this callback does not belong to any connect session",
-            ));
-        }
-        Err(SessionLookup::Expired { ending }) => return Ok(failed(&state, &req, &ending, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { ending }) => return Ok(failed(&state, &req, &ending, "state_already_used")),
+        },
     };
     let span = tracing::Span::current();
     span.record("provider", session.provider.as_str());
@@ -406,12 +402,7 @@ pub async fn callback(
     };
     state.core.tokens.store_authorized(&session.provider, &session.connection_id, resp).await?;
     span.record("outcome", "connected");
-    done(finish(
-        &state,
-        &req,
-        &session.ending,
-        Outcome::Connected { provider: &session.provider, connection_id: &session.connection_id },
-    ))
+    done(finish(&state, &req, &session.ending, Outcome::connected(&session)))
 }
 
 #[cfg(test)]

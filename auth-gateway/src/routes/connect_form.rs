@@ -10,7 +10,7 @@
 //! it expires; an accepted form consumes it.
 
 use super::connect::{binding_cookie_at, binding_cookie_name, failed, same_browser};
-use super::ending::{finish, Outcome};
+use super::ending::{finish, unusable, Outcome};
 use crate::pages::{self, FormError};
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
@@ -18,25 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use shared::crypto::hash_secret;
 use shared::http::ApiError;
 use shared::oauth::OAuthError;
-use shared::store::SessionLookup;
 use std::collections::BTreeMap;
-
-/// Whether the request comes from a browser (it prefers HTML), not an API client.
-pub fn wants_html(req: &HttpRequest) -> bool {
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    accept.contains("text/html") && !accept.starts_with("application/json")
-}
-
-/// Whether the request asks for JSON rather than a page (an API client following the flow).
-pub fn wants_json(req: &HttpRequest) -> bool {
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    accept.starts_with("application/json")
-}
-
-/// How this gateway's pages look.
-pub fn look(state: &AppState) -> pages::Look<'_> {
-    pages::Look { ui: &state.settings.ui, https: state.settings.public_url.scheme() == "https" }
-}
 
 fn action(state: &AppState) -> String {
     format!("{}/connect/credentials", state.settings.public_url.as_str().trim_end_matches('/'))
@@ -52,17 +34,14 @@ fn origin_of(ending: &shared::store::Ending) -> Vec<String> {
 
 /// The page of an unknown (or mistyped) connect link: there is nowhere to send the browser.
 pub fn unknown_link(state: &AppState) -> HttpResponse {
-    plain_page(state, StatusCode::NOT_FOUND, pages::text::UNKNOWN_LINK)
-}
-
-fn plain_page(state: &AppState, status: StatusCode, (title, lead): (&str, &str)) -> HttpResponse {
-    let body = format!("<h1>{}</h1>\n<p class=\"lead\">{}</p>\n", pages::escape(title), pages::escape(lead));
-    pages::html(status, title, &body, &[], look(state))
+    let (title, lead) = pages::text::UNKNOWN_LINK;
+    pages::end_page(StatusCode::NOT_FOUND, title, lead, None, state.look())
 }
 
 /// The page of a provider's answer that belongs to no flow (an old tab, a reloaded page).
 pub fn stray_callback(state: &AppState) -> HttpResponse {
-    plain_page(state, StatusCode::BAD_REQUEST, pages::text::STRAY_CALLBACK)
+    let (title, lead) = pages::text::STRAY_CALLBACK;
+    pages::end_page(StatusCode::BAD_REQUEST, title, lead, None, state.look())
 }
 
 /// The credential form of a session just opened, with the cookie that binds it to this browser.
@@ -85,7 +64,7 @@ pub fn form_page(
         &|_| None,
     );
     let title = pages::text::connect_title(&provider.display_name);
-    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(ending), look(state));
+    let mut resp = pages::html(StatusCode::OK, &title, &body, &origin_of(ending), state.look());
     let ttl = state.settings.session_ttl.as_secs();
     let set = binding_cookie_at(state, &action(state), &binding_cookie_name(state_hash), nonce, ttl);
     if let Ok(v) = header::HeaderValue::from_str(&set) {
@@ -116,12 +95,9 @@ pub async fn submit(
     let state_hash = hash_secret(&state_param);
     let session = match state.core.store.peek_state(&state_hash).await? {
         Ok(s) => s,
-        Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
-        Err(SessionLookup::Expired { ending }) => {
-            return Ok(see_other(failed(&state, &req, &ending, "session_expired")))
-        }
-        Err(SessionLookup::AlreadyUsed { ending }) => {
-            return Ok(see_other(failed(&state, &req, &ending, "state_already_used")))
+        Err(why) => {
+            let end = unusable(&state, &req, why, "state_already_used");
+            return Ok(end.map_or_else(|| unknown_link(&state), see_other));
         }
     };
     let span = tracing::Span::current();
@@ -162,7 +138,7 @@ pub async fn submit(
             &|n| given.get(n).cloned(),
         );
         let title = pages::text::connect_title(&provider.display_name);
-        Ok(pages::html(status, &title, &body, &origin_of(&session.ending), look(&state)))
+        Ok(pages::html(status, &title, &body, &origin_of(&session.ending), state.look()))
     };
     // Only the provider's fields are taken: a form cannot smuggle in the operator's values.
     given.retain(|k, _| spec.fields.iter().any(|f| &f.name == k));
@@ -198,22 +174,15 @@ pub async fn submit(
         }
     };
     // Accepted: the session is used up now, once, whoever else races for it.
-    match state.core.store.consume_state(&state_hash).await? {
-        Ok(_) => {}
-        Err(SessionLookup::Unknown) => return Ok(unknown_link(&state)),
-        Err(SessionLookup::Expired { ending }) => return ended(failed(&state, &req, &ending, "session_expired")),
-        Err(SessionLookup::AlreadyUsed { ending }) => {
-            return ended(failed(&state, &req, &ending, "state_already_used"))
-        }
+    if let Err(why) = state.core.store.consume_state(&state_hash).await? {
+        return match unusable(&state, &req, why, "state_already_used") {
+            Some(end) => ended(end),
+            None => Ok(unknown_link(&state)),
+        };
     }
     state.core.tokens.store_credentials(provider, &session.connection_id, stored).await?;
     span.record("outcome", "connected");
-    ended(finish(
-        &state,
-        &req,
-        &session.ending,
-        Outcome::Connected { provider: &session.provider, connection_id: &session.connection_id },
-    ))
+    ended(finish(&state, &req, &session.ending, Outcome::connected(&session)))
 }
 
 /// `GET /connect/assets/connect.js`: `authbridge.connect(connectUrl, {onConnected, onError,

@@ -8,13 +8,43 @@ use crate::pages;
 use crate::AppState;
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse};
-use shared::store::Ending;
+use shared::store::{ConsumedSession, Ending, SessionLookup};
 use url::Url;
+
+/// Whether the request comes from a browser (it prefers HTML), not an API client.
+pub fn wants_html(req: &HttpRequest) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("text/html") && !accept.starts_with("application/json")
+}
+
+/// Whether the request asks for JSON rather than a page (an API client following the flow).
+pub fn wants_json(req: &HttpRequest) -> bool {
+    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.starts_with("application/json")
+}
 
 /// What the flow came to.
 pub enum Outcome<'a> {
     Connected { provider: &'a str, connection_id: &'a str },
     Failed { error: &'a str },
+}
+
+impl<'a> Outcome<'a> {
+    pub fn connected(session: &'a ConsumedSession) -> Self {
+        Self::Connected { provider: &session.provider, connection_id: &session.connection_id }
+    }
+}
+
+/// The end of a flow whose session cannot be used any more (`used`: the code for one already
+/// used); `None` for an unknown one, which has no ending to go to (each route says so its way).
+pub fn unusable(state: &AppState, req: &HttpRequest, why: SessionLookup, used: &str) -> Option<HttpResponse> {
+    match why {
+        SessionLookup::Unknown => None,
+        SessionLookup::Expired { ending } => {
+            Some(finish(state, req, &ending, Outcome::Failed { error: "session_expired" }))
+        }
+        SessionLookup::AlreadyUsed { ending } => Some(finish(state, req, &ending, Outcome::Failed { error: used })),
+    }
 }
 
 fn redirect(to: &str) -> HttpResponse {
@@ -47,10 +77,10 @@ pub fn finish(state: &AppState, req: &HttpRequest, ending: &Ending, outcome: Out
         Outcome::Connected { .. } => StatusCode::OK,
         Outcome::Failed { error } => pages::text::end_status(error),
     };
-    if super::connect_form::wants_json(req) {
-        let body: serde_json::Map<String, serde_json::Value> =
-            pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
-        return HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(body);
+    let outcome_json: serde_json::Map<String, serde_json::Value> =
+        pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+    if wants_json(req) {
+        return HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(outcome_json);
     }
     let provider_name = match &outcome {
         Outcome::Connected { provider, .. } => {
@@ -59,20 +89,12 @@ pub fn finish(state: &AppState, req: &HttpRequest, ending: &Ending, outcome: Out
         Outcome::Failed { .. } => String::new(),
     };
     // The popup's message goes to the product's origin only; without one, the page alone says it.
-    let target = ending
+    let message = ending
         .popup
         .then(|| ending.return_url.as_deref().and_then(|u| Url::parse(u).ok()))
         .flatten()
-        .map(|u| u.origin().ascii_serialization());
-    let message = target.map(|origin| {
-        (
-            origin,
-            serde_json::Value::Object(
-                pairs.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect(),
-            ),
-        )
-    });
-    let look = super::connect_form::look(state);
+        .map(|u| (u.origin().ascii_serialization(), serde_json::Value::Object(outcome_json)));
+    let look = state.look();
     match outcome {
         Outcome::Connected { .. } => {
             pages::end_page(status, &pages::text::connected(&provider_name), pages::text::CONNECTED_LEAD, message, look)

@@ -172,6 +172,8 @@ impl Stopping {
 /// request this one does not serve itself (the connection's last), or to hyper's HTTP/2 server
 /// when the caller opens with HTTP/2's preface (or `h2` is true: ALPN chose it). The body of a
 /// request this server holds is read only once `gate` admits the request from its head.
+/// `caller` hears whether the connection behaves like a caller's while its first head is
+/// awaited: `false` when a read left that head unfinished, `true` when it then arrives.
 pub async fn serve<T, F, Fut, B, G, GFut>(
     io: T,
     h2: bool,
@@ -179,6 +181,7 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     gate: G,
     options: Rc<Options>,
     stopping: Rc<Stopping>,
+    caller: impl Fn(bool),
 ) where
     T: Io,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
@@ -204,7 +207,7 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     // The first head is waited for by this future alone; what serves requests (the handler's
     // future among it) is allocated only once one has arrived, so a connection that never sends
     // a whole head, as a slowloris's do not, holds little memory.
-    let first = conn.next_request(true, &options, &stopping, &gate).await;
+    let first = conn.next_request(Some(&caller), &options, &stopping, &gate).await;
     if matches!(first, Next::Closed) {
         return;
     }
@@ -262,7 +265,7 @@ async fn serve_requests<T, F, Fut, B, G, GFut>(
             Err(e) => return tracing::debug!(error = %e, "writing an answer failed; connection closed"),
         }
         conn.watch.waiting(true);
-        next = conn.next_request(false, &options, &stopping, &gate).await;
+        next = conn.next_request(None, &options, &stopping, &gate).await;
     }
 }
 
@@ -479,9 +482,11 @@ impl<T: Io> Conn<T> {
     }
 
     /// Waits for the next request's head (and its held body) and decides how it is served.
+    /// `first` is given for a connection's first request: told when a read leaves the head
+    /// unfinished (`false`), and when it completes after that (`true`).
     async fn next_request<B, G, GFut>(
         &mut self,
-        first: bool,
+        first: Option<&dyn Fn(bool)>,
         options: &Options,
         stopping: &Stopping,
         gate: &G,
@@ -490,17 +495,21 @@ impl<T: Io> Conn<T> {
         G: Fn(&Request<()>, &RawHead) -> GFut,
         GFut: Future<Output = Option<Response<B>>>,
     {
+        let mut unfinished = false;
         loop {
             if !self.buf.is_empty() {
-                if first && self.buf.starts_with(H2_PREFACE) {
+                if first.is_some() && self.buf.starts_with(H2_PREFACE) {
                     return Next::ToH2;
                 }
-                if first && self.buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.buf) {
+                if first.is_some() && self.buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&self.buf) {
                     // Perhaps HTTP/2's preface: wait for the rest of it.
                 } else {
                     match parse_request(&mut self.buf) {
                         Parsed::Head(head, raw, req, notes) => {
-                            return self.admit(head, raw, req, notes, options, gate).await
+                            if let (true, Some(told)) = (unfinished, first) {
+                                told(true);
+                            }
+                            return self.admit(head, raw, req, notes, options, gate).await;
                         }
                         Parsed::Partial if self.buf.len() > MAX_HEAD => {
                             return Next::Refuse(
@@ -508,7 +517,12 @@ impl<T: Io> Conn<T> {
                                 "the request head is too large",
                             )
                         }
-                        Parsed::Partial => {}
+                        Parsed::Partial => {
+                            if let (false, Some(told)) = (unfinished, first) {
+                                unfinished = true;
+                                told(false);
+                            }
+                        }
                         Parsed::Bad(status, message) => return Next::Refuse(status, message),
                     }
                 }
@@ -1046,6 +1060,48 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     #[test]
+    fn a_first_head_left_unfinished_is_told_and_so_is_its_arrival() {
+        use tokio::io::AsyncWriteExt;
+        run(async {
+            let told = Rc::new(std::cell::RefCell::new(Vec::new()));
+            let options = Rc::new(Options { head_timeout: Duration::from_secs(5), held_body: 1024 });
+            let (mut caller, io) = tokio::io::duplex(64 * 1024);
+            let t = told.clone();
+            let stopping = Rc::new(Stopping::default());
+            tokio::task::spawn_local(serve(io, false, echo, gate, options.clone(), stopping.clone(), move |yes| {
+                t.borrow_mut().push(yes)
+            }));
+            caller.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+            while told.borrow().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            caller.write_all(b"\r\n").await.unwrap();
+            let mut answer = [0u8; 512];
+            let n = caller.read(&mut answer).await.unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&answer[..n]));
+            // A caller's later heads, whole or in pieces, are not its first: nothing more is told.
+            caller.write_all(b"GET /b HTTP/1.1\r\nHo").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            caller.write_all(b"st: h\r\n\r\n").await.unwrap();
+            let n = caller.read(&mut answer).await.unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+            assert_eq!(*told.borrow(), [false, true]);
+
+            // A connection whose first head arrives whole is never told anything.
+            let told = Rc::new(std::cell::RefCell::new(Vec::new()));
+            let (mut caller, io) = tokio::io::duplex(64 * 1024);
+            let t = told.clone();
+            caller.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+            tokio::task::spawn_local(serve(io, false, echo, gate, options, stopping, move |yes| {
+                t.borrow_mut().push(yes)
+            }));
+            let n = caller.read(&mut answer).await.unwrap();
+            assert!(answer[..n].starts_with(b"HTTP/1.1 200 "));
+            assert!(told.borrow().is_empty());
+        });
+    }
+
+    #[test]
     fn the_fields_looked_up_on_every_call_are_found_as_parsed_whatever_their_case() {
         let mut buf = BytesMut::from(
             &b"GET /x HTTP/1.1\r\nHost: h\r\nAUTHORIZATION: Bearer first\r\nX-A: 1\r\nTraceParent: tp\r\n\
@@ -1180,7 +1236,7 @@ mod tests {
         tokio::task::spawn_local(async move {
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
-                tokio::task::spawn_local(serve(stream, false, echo, gate, options.clone(), stopping.clone()));
+                tokio::task::spawn_local(serve(stream, false, echo, gate, options.clone(), stopping.clone(), |_| {}));
             }
         });
         (addr, stop)

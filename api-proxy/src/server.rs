@@ -26,7 +26,7 @@ use shared::auth::{Authenticator, ConnectionMemo};
 use shared::http::{ApiError, ErrorCode};
 use shared::limits::RateLimits;
 use shared::metrics::Registry;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,7 +107,7 @@ impl Server {
         let (stop, stopped) = watch::channel(Stop::Running);
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let workers = workers.max(1);
-        let load: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+        let load: Arc<[Counts]> = (0..workers).map(|_| Counts::default()).collect();
         let mut done = Vec::with_capacity(workers + 1);
         let mut queues = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -162,40 +162,70 @@ impl Drop for Server {
     }
 }
 
-/// How many connections each worker is serving, and which worker this is.
+/// What each worker is serving, and which worker this is.
 struct Load {
-    all: Arc<[AtomicUsize]>,
+    all: Arc<[Counts]>,
     mine: usize,
+}
+
+/// One worker's connections.
+#[derive(Default)]
+struct Counts {
+    /// Every open connection (what the connection cap limits).
+    open: AtomicUsize,
+    /// Those that behave like callers': all but the ones whose first head is still unfinished
+    /// after a read. Connections are spread by this count: a slowloris's sockets (thousands,
+    /// never sending a whole head) would otherwise decide where callers land, and a burst of
+    /// callers' connections would all go to whichever worker the attack happened to leave
+    /// lighter, with the other worker idle.
+    callers: AtomicUsize,
 }
 
 /// Counts one connection against its worker while it is open; the worker's graceful stop waits
 /// until every `alive` sender is gone.
 struct Serving {
     load: Rc<Load>,
+    /// Counted among the worker's callers (as the acceptor counted it).
+    caller: Cell<bool>,
     _alive: mpsc::Sender<()>,
 }
 
 impl Serving {
     fn new(load: &Rc<Load>, alive: &mpsc::Sender<()>) -> Self {
-        load.all[load.mine].fetch_add(1, Ordering::Relaxed);
-        Self { load: load.clone(), _alive: alive.clone() }
+        load.all[load.mine].open.fetch_add(1, Ordering::Relaxed);
+        Self { load: load.clone(), caller: Cell::new(true), _alive: alive.clone() }
+    }
+
+    fn counts(&self) -> &Counts {
+        &self.load.all[self.load.mine]
+    }
+
+    /// Counts the connection among its worker's callers, or not.
+    fn set_caller(&self, caller: bool) {
+        if self.caller.replace(caller) != caller {
+            match caller {
+                true => self.counts().callers.fetch_add(1, Ordering::Relaxed),
+                false => self.counts().callers.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
     }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.load.all[self.load.mine].fetch_sub(1, Ordering::Relaxed);
+        self.set_caller(false);
+        self.counts().open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Accepts connections and gives each to the worker serving the fewest (the next in turn among
-/// equals). Callers keep connections open for many calls, so how they are spread decides how
-/// the load is spread: left to whichever worker wakes first, a burst of new connections can
-/// land two to one on one worker, whose calls then queue while the other idles.
+/// Accepts connections and gives each to the worker serving the fewest callers (the next in
+/// turn among equals). Callers keep connections open for many calls, so how they are spread
+/// decides how the load is spread: left to whichever worker wakes first, a burst of new
+/// connections can land two to one on one worker, whose calls then queue while the other idles.
 async fn accept(
     listener: tokio::net::TcpListener,
     queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
-    load: Arc<[AtomicUsize]>,
+    load: Arc<[Counts]>,
     mut stopped: watch::Receiver<Stop>,
 ) {
     let mut next = 0;
@@ -212,10 +242,13 @@ async fn accept(
                 let pick = least_loaded(&load, next);
                 next = (pick + 1) % load.len();
                 // A worker counts a connection when it takes it: count it now, so a burst of
-                // connections is spread before the workers have seen any of it.
-                load[pick].fetch_add(1, Ordering::Relaxed);
+                // connections is spread before the workers have seen any of it. It is a caller
+                // until its first read says otherwise.
+                load[pick].open.fetch_add(1, Ordering::Relaxed);
+                load[pick].callers.fetch_add(1, Ordering::Relaxed);
                 if queues[pick].send(stream).is_err() {
-                    load[pick].fetch_sub(1, Ordering::Relaxed);
+                    load[pick].open.fetch_sub(1, Ordering::Relaxed);
+                    load[pick].callers.fetch_sub(1, Ordering::Relaxed);
                 }
             }
             // Out of file descriptors or memory: wait a little rather than spin.
@@ -228,10 +261,10 @@ async fn accept(
     }
 }
 
-/// The worker serving the fewest connections; among equals, the first from `next` on.
-fn least_loaded(load: &[AtomicUsize], next: usize) -> usize {
+/// The worker serving the fewest callers; among equals, the first from `next` on.
+fn least_loaded(load: &[Counts], next: usize) -> usize {
     let n = load.len();
-    (0..n).map(|k| (next + k) % n).min_by_key(|&w| load[w].load(Ordering::Relaxed)).unwrap_or(0)
+    (0..n).map(|k| (next + k) % n).min_by_key(|&w| load[w].callers.load(Ordering::Relaxed)).unwrap_or(0)
 }
 
 async fn serve_worker(
@@ -276,16 +309,17 @@ async fn serve_worker(
             },
         };
         // The acceptor counted it already; from here the connection's own guard does.
-        load.all[load.mine].fetch_sub(1, Ordering::Relaxed);
+        load.all[load.mine].open.fetch_sub(1, Ordering::Relaxed);
         // At the cap, the connections that have waited longest for their callers make room, a
         // batch at a time: those chosen and not yet closed count as gone. With every
         // connection serving a request, the newcomer is refused.
-        let open = load.all[load.mine].load(Ordering::Relaxed);
+        let open = load.all[load.mine].open.load(Ordering::Relaxed);
         if open >= cap {
             let over = open + 1 - cap;
             let pending = stopping.shed_pending();
             if pending < over && stopping.shed_oldest(shed_batch.max(over - pending)) == 0 && pending == 0 {
                 tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
+                load.all[load.mine].callers.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
         }
@@ -319,7 +353,7 @@ async fn serve_connection(
     options: Rc<h1_server::Options>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stopping: Rc<Stopping>,
-    _serving: Serving,
+    serving: Serving,
 ) {
     // The API key this connection presented last, and the decision for it.
     let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(stream.peer_addr().ok().map(|a| a.ip()))));
@@ -337,12 +371,13 @@ async fn serve_connection(
         }
     };
     let handler = move |req| handle(worker.clone(), memo.clone(), req);
+    let caller = |yes| serving.set_caller(yes);
     match tls {
-        None => h1_server::serve(stream, false, handler, gate, options, stopping).await,
+        None => h1_server::serve(stream, false, handler, gate, options, stopping, caller).await,
         Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                h1_server::serve(stream, h2, handler, gate, options, stopping).await
+                h1_server::serve(stream, h2, handler, gate, options, stopping, caller).await
             }
             Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -569,21 +604,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn new_connections_go_to_the_least_loaded_worker_and_in_turn_among_equals() {
-        let load: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+    fn new_connections_go_to_the_worker_with_fewest_callers_and_in_turn_among_equals() {
+        let load: Vec<Counts> = (0..3).map(|_| Counts::default()).collect();
         let mut next = 0;
         let mut order = Vec::new();
         for _ in 0..6 {
             let w = least_loaded(&load, next);
-            load[w].fetch_add(1, Ordering::Relaxed);
+            load[w].callers.fetch_add(1, Ordering::Relaxed);
             next = (w + 1) % load.len();
             order.push(w);
         }
         assert_eq!(order, [0, 1, 2, 0, 1, 2]);
         // Worker 1's connections close: the next two go to it.
-        load[1].store(0, Ordering::Relaxed);
+        load[1].callers.store(0, Ordering::Relaxed);
         assert_eq!(least_loaded(&load, next), 1);
-        load[1].fetch_add(1, Ordering::Relaxed);
+        load[1].callers.fetch_add(1, Ordering::Relaxed);
         assert_eq!(least_loaded(&load, 2), 1);
+        // Open connections that are not callers' (a slowloris's) do not count.
+        load[0].open.store(10_000, Ordering::Relaxed);
+        load[0].callers.store(0, Ordering::Relaxed);
+        assert_eq!(least_loaded(&load, 1), 0);
+    }
+
+    #[test]
+    fn a_connection_stops_counting_as_a_caller_while_its_first_head_is_unfinished() {
+        let load = Rc::new(Load { all: (0..2).map(|_| Counts::default()).collect(), mine: 1 });
+        let (alive, _all_closed) = mpsc::channel(1);
+        let callers = |w: usize| load.all[w].callers.load(Ordering::Relaxed);
+        // As the acceptor hands it over: counted as a caller already.
+        load.all[1].callers.fetch_add(1, Ordering::Relaxed);
+        let serving = Serving::new(&load, &alive);
+        assert_eq!((callers(1), load.all[1].open.load(Ordering::Relaxed)), (1, 1));
+        serving.set_caller(false);
+        serving.set_caller(false);
+        assert_eq!(callers(1), 0, "told twice, counted off once");
+        assert_eq!(least_loaded(&load.all, 0), 0, "among equals, in turn");
+        assert_eq!(least_loaded(&load.all, 1), 1);
+        serving.set_caller(true);
+        assert_eq!(callers(1), 1);
+        drop(serving);
+        assert_eq!((callers(1), load.all[1].open.load(Ordering::Relaxed)), (0, 0));
+        // One that closes while not counted is not counted off again.
+        load.all[1].callers.fetch_add(1, Ordering::Relaxed);
+        let serving = Serving::new(&load, &alive);
+        serving.set_caller(false);
+        drop(serving);
+        assert_eq!(callers(1), 0);
     }
 }

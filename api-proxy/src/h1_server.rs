@@ -1072,9 +1072,12 @@ mod tests {
                 t.borrow_mut().push(yes)
             }));
             caller.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n").await.unwrap();
-            while told.borrow().is_empty() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            let heard = tokio::time::timeout(Duration::from_secs(2), async {
+                while told.borrow().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            assert!(heard.await.is_ok(), "the unfinished first head was never told");
             caller.write_all(b"\r\n").await.unwrap();
             let mut answer = [0u8; 512];
             let n = caller.read(&mut answer).await.unwrap();

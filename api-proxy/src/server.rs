@@ -191,8 +191,8 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(load: &Rc<Load>, alive: &mpsc::Sender<()>) -> Self {
-        load.all[load.mine].open.fetch_add(1, Ordering::Relaxed);
+    /// Takes over a connection the acceptor counted (open, and a caller) for this worker.
+    fn adopt(load: &Rc<Load>, alive: &mpsc::Sender<()>) -> Self {
         Self { load: load.clone(), caller: Cell::new(true), _alive: alive.clone() }
     }
 
@@ -308,22 +308,21 @@ async fn serve_worker(
                 None => break,
             },
         };
-        // The acceptor counted it already; from here the connection's own guard does.
-        load.all[load.mine].open.fetch_sub(1, Ordering::Relaxed);
-        // At the cap, the connections that have waited longest for their callers make room, a
-        // batch at a time: those chosen and not yet closed count as gone. With every
+        // The acceptor counted it already; from here the connection's own guard does (and
+        // counts it off however it ends, refused here included).
+        let serving = Serving::adopt(&load, &alive);
+        // Over the cap, the connections that have waited longest for their callers make room,
+        // a batch at a time: those chosen and not yet closed count as gone. With every
         // connection serving a request, the newcomer is refused.
-        let open = load.all[load.mine].open.load(Ordering::Relaxed);
-        if open >= cap {
-            let over = open + 1 - cap;
+        let open = serving.counts().open.load(Ordering::Relaxed);
+        if open > cap {
+            let over = open - cap;
             let pending = stopping.shed_pending();
             if pending < over && stopping.shed_oldest(shed_batch.max(over - pending)) == 0 && pending == 0 {
                 tracing::debug!("connection cap reached with no idle connection to close; refused a new one");
-                load.all[load.mine].callers.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
         }
-        let serving = Serving::new(&load, &alive);
         match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => {
                 tokio::task::spawn_local(serve_connection(
@@ -631,9 +630,10 @@ mod tests {
         let load = Rc::new(Load { all: (0..2).map(|_| Counts::default()).collect(), mine: 1 });
         let (alive, _all_closed) = mpsc::channel(1);
         let callers = |w: usize| load.all[w].callers.load(Ordering::Relaxed);
-        // As the acceptor hands it over: counted as a caller already.
+        // As the acceptor hands it over: counted already.
+        load.all[1].open.fetch_add(1, Ordering::Relaxed);
         load.all[1].callers.fetch_add(1, Ordering::Relaxed);
-        let serving = Serving::new(&load, &alive);
+        let serving = Serving::adopt(&load, &alive);
         assert_eq!((callers(1), load.all[1].open.load(Ordering::Relaxed)), (1, 1));
         serving.set_caller(false);
         serving.set_caller(false);
@@ -645,10 +645,11 @@ mod tests {
         drop(serving);
         assert_eq!((callers(1), load.all[1].open.load(Ordering::Relaxed)), (0, 0));
         // One that closes while not counted is not counted off again.
+        load.all[1].open.fetch_add(1, Ordering::Relaxed);
         load.all[1].callers.fetch_add(1, Ordering::Relaxed);
-        let serving = Serving::new(&load, &alive);
+        let serving = Serving::adopt(&load, &alive);
         serving.set_caller(false);
         drop(serving);
-        assert_eq!(callers(1), 0);
+        assert_eq!((callers(1), load.all[1].open.load(Ordering::Relaxed)), (0, 0));
     }
 }

@@ -6,45 +6,30 @@
 pub mod cache;
 pub mod deadline;
 pub mod forward;
-pub mod h1;
+pub mod h1_client;
 pub mod h1_server;
 pub mod inject;
+pub mod outgoing;
 pub mod pool;
 pub mod provider_limits;
+pub mod relay;
 pub mod server;
 pub mod settings;
+pub mod state;
+pub mod wire;
+pub mod worker;
 
+#[cfg(test)]
+mod layering;
 #[cfg(test)]
 mod testing;
 
 pub use settings::Settings;
+pub use state::ProxyState;
 
 use shared::core::Core;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-pub struct ProxyState {
-    pub core: Core,
-    pub settings: Settings,
-    pub cache: cache::TokenCache,
-    /// The providers' rate limits, shared with the other replicas.
-    pub provider_limits: Arc<provider_limits::ProviderLimits>,
-    /// Until when calls do not try the database again after it failed (so a call that needs it
-    /// fails at once instead of waiting for a connection, and memory serves the rest).
-    database_down_until: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-impl ProxyState {
-    /// Whether the database failed within the last second.
-    pub fn database_down(&self) -> bool {
-        self.database_down_until.lock().unwrap().is_some_and(|t| std::time::Instant::now() < t)
-    }
-
-    /// Notes that the database could not be reached.
-    pub fn database_failed(&self) {
-        *self.database_down_until.lock().unwrap() = Some(std::time::Instant::now() + std::time::Duration::from_secs(1));
-    }
-}
 
 pub struct Application {
     pub addr: SocketAddr,
@@ -55,7 +40,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "api-proxy").await?;
-        forward::upstream_client(&settings).map_err(anyhow::Error::msg)?; // fail now, not in a worker
+        pool::upstream_client(&settings).map_err(anyhow::Error::msg)?; // fail now, not in a worker
         let tls = match &settings.tls {
             Some(files) => {
                 let mut config = files.server_config().map_err(anyhow::Error::msg)?;
@@ -106,7 +91,7 @@ impl Application {
             }
         });
         let listener = server::listen(&state.settings.bind)?;
-        let shared = server::Shared {
+        let shared = worker::Shared {
             state: state.clone(),
             metrics: registry.into_inner(),
             auth: auth.into_inner(),

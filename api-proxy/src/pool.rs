@@ -2,7 +2,7 @@
 //!
 //! Each HTTP worker is a single-threaded runtime, so its pool needs no lock: connections are
 //! taken and given back on the worker's own thread. HTTP/1.1 connections carry one call at a
-//! time, spoken by our own client ([`crate::h1`]) in the call's task, and go back to the pool
+//! time, spoken by our own client ([`crate::h1_client`]) in the call's task, and go back to the pool
 //! the moment the provider's answer has been read to its end; an HTTP/2 connection (negotiated
 //! by ALPN over TLS) is shared by all calls to its host (hyper). A kept-alive HTTP/1.1
 //! connection is given again only to calls made with the credential whose call it carried:
@@ -12,18 +12,17 @@
 //! closed while idle is noticed when it is taken. A call whose body streams from the caller
 //! goes through hyper on an HTTP/1.1 connection of its own, closed after it.
 
-use crate::forward::{Outgoing, Target, UpstreamBody};
-use crate::h1::{CallError, Conn, Done, RawBody};
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use crate::h1_client::{CallError, Conn, Done, Home, RawBody};
+use crate::outgoing::{Outgoing, Target, UpstreamBody};
+use crate::wire::LocalExec;
+use http_body_util::Either;
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioTimer;
 use std::cell::RefCell;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
@@ -61,6 +60,7 @@ struct Host {
 
 struct Inner {
     hosts: Vec<Host>,
+    max_idle_per_host: usize,
 }
 
 /// One worker's pool. Cheap to clone (a reference-counted handle).
@@ -68,19 +68,7 @@ struct Inner {
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     inner: Rc<RefCell<Inner>>,
-    max_idle_per_host: usize,
     idle_timeout: Duration,
-}
-
-/// Runs tasks on the worker's own thread, in its `LocalSet`, beside the calls they serve: the
-/// worker's caller connections and its upstream connections are scheduled by one queue.
-#[derive(Clone, Copy)]
-pub struct LocalExec;
-
-impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
 }
 
 enum Sender {
@@ -91,41 +79,12 @@ enum Sender {
     H2(http2::SendRequest<UpstreamBody>),
 }
 
-/// A provider's answer body, from whichever client carried the call.
-pub enum UpBody {
-    Hyper(Incoming),
-    Raw(RawBody),
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            UpBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpBody::Raw(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Hyper(b) => b.is_end_stream(),
-            UpBody::Raw(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Hyper(b) => b.size_hint(),
-            UpBody::Raw(b) => b.size_hint(),
-        }
-    }
-}
+/// A provider's answer body: hyper's (HTTP/2, streamed calls) or our HTTP/1.1 client's.
+pub type UpBody = Either<Incoming, RawBody>;
 
 impl Pool {
     pub fn new(connector: HttpsConnector<HttpConnector>, max_idle_per_host: usize, idle_timeout: Duration) -> Self {
-        Self { connector, inner: Rc::new(RefCell::new(Inner { hosts: Vec::new() })), max_idle_per_host, idle_timeout }
+        Self { connector, inner: Rc::new(RefCell::new(Inner { hosts: Vec::new(), max_idle_per_host })), idle_timeout }
     }
 
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
@@ -149,8 +108,8 @@ impl Pool {
             // The common case: the request is written straight from the caller's headers.
             (Sender::H1(conn), reused) => {
                 let host_header = self.inner.borrow().hosts[host].host_header.clone();
-                match conn.call_proxied(out, &host_header, Done::Pool(self.clone(), host, tenant)).await {
-                    Ok(resp) => Ok(resp.map(UpBody::Raw)),
+                match conn.call_proxied(out, &host_header, Done::new(self.inner.clone(), host, tenant)).await {
+                    Ok(resp) => Ok(resp.map(Either::Right)),
                     Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                     Err(e) => Err(SendError::Call(e.into())),
                 }
@@ -188,8 +147,8 @@ impl Pool {
             let (error, back) = match sender {
                 Sender::H1(conn) => {
                     self.to_origin_form(host, &mut req);
-                    return match conn.call(req, Done::Pool(self.clone(), host, tenant)).await {
-                        Ok(resp) => Ok(resp.map(UpBody::Raw)),
+                    return match conn.call(req, Done::new(self.inner.clone(), host, tenant)).await {
+                        Ok(resp) => Ok(resp.map(Either::Right)),
                         Err(CallError::NoAnswer(e)) if reused => Err(SendError::Reused(e.into())),
                         Err(e) => Err(SendError::Call(e.into())),
                     };
@@ -197,12 +156,12 @@ impl Pool {
                 Sender::H1Once(mut tx) => {
                     self.to_origin_form(host, &mut req);
                     return match tx.try_send_request(req).await {
-                        Ok(resp) => Ok(resp.map(UpBody::Hyper)),
+                        Ok(resp) => Ok(resp.map(Either::Left)),
                         Err(e) => Err(SendError::Call(e.into_error().into())),
                     };
                 }
                 Sender::H2(mut tx) => match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok(resp.map(UpBody::Hyper)),
+                    Ok(resp) => return Ok(resp.map(Either::Left)),
                     Err(mut e) => {
                         let back = e.take_message();
                         (e.into_error(), back)
@@ -283,16 +242,6 @@ impl Pool {
         None
     }
 
-    pub(crate) fn put(&self, host: usize, tenant: u64, conn: Conn) {
-        let mut inner = self.inner.borrow_mut();
-        let h = &mut inner.hosts[host];
-        if h.idle.len() >= self.max_idle_per_host {
-            // Drop the longest idle one; dropping it closes it.
-            h.idle.remove(0);
-        }
-        h.idle.push((conn, shared::clock::recent(), tenant));
-    }
-
     /// Opens a connection (TCP, TLS where the scheme says so) and, for HTTP/2 (chosen by the
     /// provider by ALPN) or a streamed body, shakes hands with hyper; hyper's connections are
     /// driven by tasks on this worker.
@@ -324,6 +273,20 @@ impl Pool {
     }
 }
 
+/// Connections come home when their answer has been read to its end.
+impl Home for RefCell<Inner> {
+    fn put(&self, host: usize, tenant: u64, conn: Conn) {
+        let mut inner = self.borrow_mut();
+        let max = inner.max_idle_per_host;
+        let h = &mut inner.hosts[host];
+        if h.idle.len() >= max {
+            // Drop the longest idle one; dropping it closes it.
+            h.idle.remove(0);
+        }
+        h.idle.push((conn, shared::clock::recent(), tenant));
+    }
+}
+
 /// Drives one of hyper's connections on this worker until it ends.
 fn drive(conn: impl std::future::Future<Output = Result<(), hyper::Error>> + 'static, protocol: &'static str) {
     tokio::task::spawn_local(async move {
@@ -345,10 +308,39 @@ fn origin_form(uri: &http::Uri) -> http::Uri {
     }
 }
 
+/// The pool for providers' APIs: kept-alive connections per provider host, one pool per
+/// worker (HTTP/1.1, or HTTP/2 where the provider offers it over TLS), rustls with the platform's
+/// roots, a bounded connect time, no redirects followed (they go back to the caller, who decides).
+pub fn upstream_client(settings: &crate::settings::Settings) -> Result<Pool, String> {
+    upstream_client_with(settings.upstream_timeout)
+}
+
+/// The client with `timeout` bounding each connection attempt (at most 10 s).
+pub fn upstream_client_with(timeout: std::time::Duration) -> Result<Pool, String> {
+    use rustls_platform_verifier::ConfigVerifierExt;
+    let tls = rustls::ClientConfig::with_platform_verifier().map_err(|e| format!("TLS roots: {e}"))?;
+    Ok(upstream_client_tls(timeout, tls))
+}
+
+/// The client with the given TLS configuration (tests trust their own CA with it).
+pub fn upstream_client_tls(timeout: std::time::Duration, tls: rustls::ClientConfig) -> Pool {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(timeout.min(std::time::Duration::from_secs(10))));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
+    Pool::new(connector, 256, std::time::Duration::from_secs(90))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::Fields;
+    use crate::outgoing::Fields;
     use crate::testing::run;
     use http_body_util::BodyExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -491,7 +483,7 @@ mod tests {
     fn no_caller_receives_an_answer_produced_for_another_credential_whatever_the_provider_sends() {
         run(async {
             let addr = desyncing_provider().await;
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             for round in 0..20 {
                 for token in ["tenant-a", "tenant-b", "tenant-c"] {
                     let resp = match send_as(&pool, get(addr), false, token).await {
@@ -535,7 +527,7 @@ mod tests {
     fn sequential_calls_reuse_one_kept_alive_connection() {
         run(async {
             let (addr, accepted) = provider(Mode::KeepAlive).await;
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             for _ in 0..5 {
                 assert_eq!(call(&pool, addr).await, "ok");
                 tokio::task::yield_now().await; // lets the connection turn around, as a worker does
@@ -548,7 +540,7 @@ mod tests {
     fn a_connection_the_provider_closed_is_replaced_without_failing_the_call() {
         run(async {
             let (addr, accepted) = provider(Mode::CloseAfterOne).await;
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             // Straight after the answer (the close may not have been seen yet) and after a pause
             // (it has): either way the call goes out on a fresh connection.
             assert_eq!(call(&pool, addr).await, "ok");
@@ -563,7 +555,7 @@ mod tests {
     fn concurrent_calls_each_get_their_own_connection_and_all_come_back() {
         run(async {
             let (addr, accepted) = provider(Mode::KeepAlive).await;
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             let answers = futures_util::future::join_all((0..4).map(|_| call(&pool, addr))).await;
             assert!(answers.iter().all(|a| a == "ok"));
             tokio::task::yield_now().await;
@@ -577,7 +569,7 @@ mod tests {
     fn a_kept_alive_connection_that_fails_after_the_request_went_out_is_reported_as_such() {
         run(async {
             let (addr, accepted) = provider(Mode::DropSecond).await;
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             assert_eq!(call(&pool, addr).await, "ok");
             tokio::task::yield_now().await;
             // The request was written, so the pool cannot know whether the provider acted on
@@ -592,7 +584,7 @@ mod tests {
     #[test]
     fn connect_is_refused_before_any_connection_is_made() {
         run(async {
-            let pool = crate::forward::upstream_client_with(Duration::from_secs(5)).unwrap();
+            let pool = upstream_client_with(Duration::from_secs(5)).unwrap();
             let body = UpstreamBody::Held(None);
             let req =
                 http::Request::builder().method(http::Method::CONNECT).uri("http://127.0.0.1:9/").body(body).unwrap();
@@ -630,7 +622,7 @@ mod tests {
                 roots.add(c.unwrap()).unwrap();
             }
             let tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-            let pool = crate::forward::upstream_client_tls(Duration::from_secs(5), tls);
+            let pool = upstream_client_tls(Duration::from_secs(5), tls);
             let get = || {
                 let uri: http::Uri = format!("https://{addr}/v1/x?q=1").parse().unwrap();
                 let body = UpstreamBody::Held(None);

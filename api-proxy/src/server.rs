@@ -16,16 +16,13 @@
 //! else is a JSON 404. Errors, metrics, traces and the access log are the same as every other
 //! service's (`shared::http`).
 
-use crate::forward::{self, ResponseBody, Upstream};
+use crate::forward;
 use crate::h1_server::{self, CallerBody, Stopping};
-use crate::ProxyState;
-use bytes::Bytes;
+use crate::relay::{error_response, full, json, ResponseBody};
+use crate::worker::{Shared, Worker};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use shared::auth::{Authenticator, ConnectionMemo};
+use shared::auth::ConnectionMemo;
 use shared::http::{ApiError, ErrorCode};
-use shared::limits::RateLimits;
-use shared::metrics::Registry;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -40,26 +37,6 @@ pub const PROXY_ROUTE: &str = "/proxy/{provider}/{connection_id}/{path}";
 
 /// How long a caller has to complete a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What every worker shares.
-#[derive(Clone)]
-pub struct Shared {
-    pub state: Arc<ProxyState>,
-    pub metrics: Arc<Registry>,
-    pub auth: Arc<Authenticator>,
-    pub limits: Arc<RateLimits>,
-}
-
-/// One worker: the shared parts and its own upstream connection pool.
-pub struct Worker {
-    pub state: Arc<ProxyState>,
-    pub metrics: Arc<Registry>,
-    pub auth: Arc<Authenticator>,
-    pub limits: Arc<RateLimits>,
-    pub upstream: Upstream,
-    /// The deadlines of this worker's calls to providers.
-    pub deadlines: Rc<crate::deadline::Deadlines>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -275,7 +252,7 @@ async fn serve_worker(
     grace: Duration,
     load: Load,
 ) {
-    let upstream = match forward::upstream_client(&shared.state.settings) {
+    let upstream = match crate::pool::upstream_client(&shared.state.settings) {
         Ok(u) => u,
         Err(e) => {
             tracing::error!(error = %e, "an HTTP worker cannot build its upstream client");
@@ -360,7 +337,7 @@ async fn serve_connection(
     // copy of it per request).
     let gate = {
         let (worker, memo) = (worker.clone(), memo.clone());
-        move |req: &Request<()>, fields: &crate::h1::RawHead| {
+        move |req: &Request<()>, fields: &crate::wire::RawHead| {
             let route = route_of(req.uri().path());
             let presented = fields.get(b"authorization").and_then(shared::http::bearer_credential).map(str::to_owned);
             let method = req.method().clone();
@@ -521,30 +498,6 @@ async fn other_route(
             }
         }
     }
-}
-
-fn full(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<ResponseBody> {
-    let mut r = Response::new(Either::Left(Full::new(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r
-}
-
-fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
-    full(status, "application/json", body.into())
-}
-
-/// The answer for an error the proxy makes itself (`shared::http::ApiError`: JSON, a stable
-/// code, and the `x-authbridge-error` marker).
-pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
-    let status = StatusCode::from_u16(e.code.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json(status, e.body());
-    for (name, value) in e.headers() {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            r.headers_mut().insert(header::HeaderName::from_static(name), v);
-        }
-    }
-    r
 }
 
 /// Ready while calls can be served: with PostgreSQL, or without it from memory (within the stale

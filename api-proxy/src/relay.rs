@@ -143,11 +143,8 @@ pub fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
 /// code, and the `x-authbridge-error` marker).
 pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
     let status = StatusCode::from_u16(e.code.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut r = json(status, e.body());
-    for (name, value) in e.headers() {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            r.headers_mut().insert(header::HeaderName::from_static(name), v);
-        }
-    }
+    let mut r = Response::new(Either::Left(Full::new(e.body().into())));
+    *r.status_mut() = status;
+    *r.headers_mut() = crate::h1_server::error_fields(e);
     r
 }

@@ -243,7 +243,7 @@ impl Conn {
                     let (framing, framed) =
                         wire::answer_framing(status, &notes, head_request).map_err(CallError::Malformed)?;
                     let framing = match framing {
-                        wire::Framing::None | wire::Framing::Length(0) => Reading::Length(0),
+                        wire::Framing::None => Reading::Length(0),
                         wire::Framing::Length(n) => Reading::Length(n),
                         wire::Framing::Chunked => {
                             Reading::Chunked(Chunk::Size { value: 0, digits: 0, ext: false, cr: false })

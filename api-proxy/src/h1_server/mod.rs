@@ -118,7 +118,7 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
         served: 0,
         armed_at: 0,
         timer: Box::pin(tokio::time::sleep(options.head_timeout)),
-        watch: Watch { stopping: stopping.clone(), key: None, sheddable: true },
+        watch: Watch::new(stopping.clone()),
     };
     // The first head is waited for by this future alone; what serves requests (the handler's
     // future among it) is allocated only once one has arrived, so a connection that never sends
@@ -509,13 +509,7 @@ impl<T: Io> Conn<T> {
     async fn refuse(mut self, status: StatusCode, message: &'static str) {
         // The proxy's own error answer (JSON, its marker header), with the status that says why.
         let e = shared::http::ApiError::new(shared::http::ErrorCode::InvalidRequest, message);
-        let mut fields = HeaderMap::new();
-        fields.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-        for (name, value) in e.headers() {
-            if let Ok(v) = header::HeaderValue::try_from(value) {
-                fields.insert(header::HeaderName::from_static(name), v);
-            }
-        }
+        let fields = error_fields(&e);
         let body = e.body();
         self.out.clear();
         encode_response_head(&mut self.out, status, &fields, None, Framing::Length(body.len() as u64), false, true);
@@ -545,6 +539,19 @@ impl<T: Io> Conn<T> {
         })
         .await;
     }
+}
+
+/// The header fields of an error the proxy answers itself: JSON, and the marker that tells a
+/// caller the answer is the proxy's, not the provider's (`shared::http::ApiError::headers`).
+pub fn error_fields(e: &shared::http::ApiError) -> HeaderMap {
+    let mut fields = HeaderMap::new();
+    fields.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    for (name, value) in e.headers() {
+        if let Ok(v) = header::HeaderValue::try_from(value) {
+            fields.insert(header::HeaderName::from_static(name), v);
+        }
+    }
+    fields
 }
 
 /// How a parsed request is served.

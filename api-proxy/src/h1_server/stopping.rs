@@ -86,13 +86,17 @@ impl Stopping {
 
 /// A connection's place among the tasks [`Stopping::stop`] wakes; it leaves with the connection.
 pub(super) struct Watch {
-    pub(super) stopping: Rc<Stopping>,
-    pub(super) key: Option<usize>,
+    stopping: Rc<Stopping>,
+    key: Option<usize>,
     /// Whether [`Stopping::shed_oldest`] may choose this connection.
-    pub(super) sheddable: bool,
+    sheddable: bool,
 }
 
 impl Watch {
+    pub(super) fn new(stopping: Rc<Stopping>) -> Self {
+        Self { stopping, key: None, sheddable: true }
+    }
+
     /// Whether the worker is stopping (or this connection was shed); if not, `waker`'s task is
     /// woken when it does (registered once; replaced only if the connection's task changes).
     pub(super) fn stopped(&mut self, waker: &Waker) -> bool {

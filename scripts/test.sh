@@ -17,6 +17,19 @@ set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "$status" -eq 0 ]; then
+  # The proxy's end-to-end suite once more with hyper serving callers and calling providers
+  # (AUTHBRIDGE_PROXY_HTTP_STACK=hyper): the proxy's own HTTP/1.1 code must behave as the
+  # reference does.
+  echo "== the proxy's suite through hyper alone"
+  AUTHBRIDGE_PROXY_HTTP_STACK=hyper cargo test -p devstack --test e2e --locked -- proxy:: credentials:: machine:: 2>&1 | tee -a "$log"
+  status=${PIPESTATUS[0]}
+fi
+if [ "$status" -eq 0 ]; then
+  # The fuzz targets (scripts/fuzz.sh) still build against the code they fuzz.
+  cargo check --manifest-path fuzz/Cargo.toml --bins --locked --quiet --target-dir target/fuzz-check
+  status=$?
+fi
+if [ "$status" -eq 0 ]; then
   # Property-based API testing against the OpenAPI documents: no server error, no undocumented status.
   apilog=$(mktemp)
   bash scripts/api-test.sh 25 >"$apilog" 2>&1

@@ -232,7 +232,7 @@ impl TokenCache {
             return None;
         }
         let epoch = self.epoch.load(Ordering::Acquire);
-        let now = shared::clock::recent();
+        let now = crate::clock::recent();
         let found = LOCAL.with_borrow_mut(|local| {
             if local.owner != self.id || local.epoch != epoch {
                 local.owner = self.id;

@@ -150,7 +150,7 @@ pub fn proxy_span(request: &tracing::Span, method: &Method) -> tracing::Span {
 pub fn strip_proxy_prefix(path: &str) -> Option<&str> {
     const PREFIX: &str = "/proxy/";
     let head = path.as_bytes().get(..PREFIX.len())?;
-    shared::text::same(head, PREFIX.as_bytes()).then(|| &path[PREFIX.len()..])
+    crate::text::same(head, PREFIX.as_bytes()).then(|| &path[PREFIX.len()..])
 }
 
 /// A path's first segment and the rest after its `/` (segments are short: a plain scan).
@@ -162,7 +162,7 @@ fn split_segment(path: &str) -> Option<(&str, &str)> {
 /// `ANY /proxy/{provider}/{connection_id}/{path…}`, run in [`proxy_span`].
 pub async fn proxy(
     worker: &Worker,
-    memo: &std::cell::RefCell<shared::auth::ConnectionMemo>,
+    memo: &std::cell::RefCell<crate::key_memo::ConnectionMemo>,
     parts: &http::request::Parts,
     mut body: CallerBody,
 ) -> Result<Response<ResponseBody>, ApiError> {
@@ -175,7 +175,7 @@ pub async fn proxy(
     };
     let fields = raw_fields.as_ref().map_or(Fields::Map(&parts.headers), Fields::Raw);
     let presented = fields.get("authorization").and_then(shared::http::bearer_credential);
-    let caller = worker.auth.authorize_on(memo, presented, Scope::Proxy, Some(&worker.limits)).await?;
+    let caller = crate::key_memo::authorize(&worker.auth, memo, presented, Scope::Proxy, Some(&worker.limits)).await?;
     let state = &*worker.state;
     // `/proxy/{provider}/{connection_id}/{path…}`, split on the raw (still percent-encoded)
     // path; `/proxy/{provider}/{connection_id}` alone is the API's base URL itself (Kartra's
@@ -218,7 +218,7 @@ pub async fn proxy(
 
     // Small bodies are held so the call can be retried once after a refresh; large ones stream.
     let mut body = outbound(body, &state.settings).await?;
-    let deadline_at = shared::clock::recent() + state.settings.upstream_timeout;
+    let deadline_at = crate::clock::recent() + state.settings.upstream_timeout;
     let mut deadline = worker.deadlines.deadline(deadline_at);
 
     let (version, token) = token_for(state, provider, connection_id).await?;

@@ -4,7 +4,10 @@
 /// Bottom to top; a module may use only modules earlier in this list (the crate root, which
 /// wires them together, is above all of them).
 const LAYERS: &[&str] = &[
+    "clock",
+    "text",
     "settings",
+    "key_memo",
     "inject",
     "cache",
     "provider_limits",

@@ -4,11 +4,13 @@
 //! query or the form body), refreshing and retrying once when the provider answers 401.
 
 pub mod cache;
+pub mod clock;
 pub mod deadline;
 pub mod forward;
 pub mod h1_client;
 pub mod h1_server;
 pub mod inject;
+pub mod key_memo;
 pub mod outgoing;
 pub mod pool;
 pub mod provider_limits;
@@ -16,6 +18,7 @@ pub mod relay;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod text;
 pub mod wire;
 pub mod worker;
 
@@ -50,8 +53,17 @@ impl Application {
             }
             None => None,
         };
-        let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
+        let auth = Arc::new(shared::auth::Authenticator::new(
+            settings.api_keys.clone(),
+            core.store.clone(),
+            settings.common.api_key_cache,
+            settings.common.auth_failures_per_address,
+        ));
         auth.serve_stale_for(settings.stale);
+        let limits = Arc::new(shared::limits::RateLimits::new(
+            settings.common.rate_limit_per_key,
+            settings.common.rate_limit_per_connection,
+        ));
         let registry = shared::http::http_metrics();
         registry.describe(
             "authbridge_proxied_calls_total",
@@ -91,12 +103,7 @@ impl Application {
             }
         });
         let listener = server::listen(&state.settings.bind)?;
-        let shared = worker::Shared {
-            state: state.clone(),
-            metrics: registry.into_inner(),
-            auth: auth.into_inner(),
-            limits: limits.into_inner(),
-        };
+        let shared = worker::Shared { state: state.clone(), metrics: Arc::new(registry), auth, limits };
         let server = server::Server::start(
             shared,
             listener,

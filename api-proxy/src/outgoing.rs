@@ -198,7 +198,7 @@ fn base_origin(base: &Url) -> Result<std::rc::Rc<Origin>, &'static str> {
     }
     let origin = &base[..url::Position::AfterPort];
     if let Some(found) = ORIGINS
-        .with_borrow(|o| o.iter().find(|(b, _)| shared::text::same_str(b, origin)).map(|(_, found)| found.clone()))
+        .with_borrow(|o| o.iter().find(|(b, _)| crate::text::same_str(b, origin)).map(|(_, found)| found.clone()))
     {
         return Ok(found);
     }

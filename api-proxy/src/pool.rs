@@ -69,6 +69,8 @@ pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
     inner: Rc<RefCell<Inner>>,
     idle_timeout: Duration,
+    /// Every HTTP/1.1 call through hyper, on a connection of its own (the reference stack).
+    hyper_only: bool,
 }
 
 enum Sender {
@@ -84,7 +86,15 @@ pub type UpBody = Either<Incoming, RawBody>;
 
 impl Pool {
     pub fn new(connector: HttpsConnector<HttpConnector>, max_idle_per_host: usize, idle_timeout: Duration) -> Self {
-        Self { connector, inner: Rc::new(RefCell::new(Inner { hosts: Vec::new(), max_idle_per_host })), idle_timeout }
+        let inner = Rc::new(RefCell::new(Inner { hosts: Vec::new(), max_idle_per_host }));
+        Self { connector, inner, idle_timeout, hyper_only: false }
+    }
+
+    /// Makes every HTTP/1.1 call through hyper, on a new connection, as a call with a streamed
+    /// body always is: the reference our own client is compared against.
+    pub fn hyper_only(mut self) -> Self {
+        self.hyper_only = true;
+        self
     }
 
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
@@ -95,7 +105,7 @@ impl Pool {
             return Err(SendError::MethodConnect);
         }
         let host = self.host_index(out.target)?;
-        let streamed = matches!(out.body, UpstreamBody::Streamed(_));
+        let streamed = self.hyper_only || matches!(out.body, UpstreamBody::Streamed(_));
         let tenant = out.tenant;
         let sender = match (!fresh_only).then(|| self.take(host, streamed, tenant)).flatten() {
             Some(s) => (s, true),
@@ -132,7 +142,7 @@ impl Pool {
         tenant: u64,
         mut first: Option<(Sender, bool)>,
     ) -> Result<http::Response<UpBody>, SendError> {
-        let streamed = matches!(req.body(), UpstreamBody::Streamed(_));
+        let streamed = self.hyper_only || matches!(req.body(), UpstreamBody::Streamed(_));
         let mut fresh_only = false;
         loop {
             let (sender, reused) = match first
@@ -195,7 +205,7 @@ impl Pool {
         // authority's comparison ignores case.
         let same = |h: &Host| {
             h.https == https
-                && (shared::text::same_str(h.authority.as_str(), authority.as_str()) || &h.authority == authority)
+                && (crate::text::same_str(h.authority.as_str(), authority.as_str()) || &h.authority == authority)
         };
         if let Some(i) = inner.hosts.iter().position(same) {
             return Ok(i);
@@ -226,7 +236,7 @@ impl Pool {
         // Most recently used first: it is the one least likely to have been closed. Long-idle
         // ones met on the way, and the credential's own that were closed, are dropped (which
         // closes them); only the credential's own are probed.
-        let now = shared::clock::recent();
+        let now = crate::clock::recent();
         let mut i = h.idle.len();
         while i > 0 {
             i -= 1;
@@ -283,7 +293,7 @@ impl Home for RefCell<Inner> {
             // Drop the longest idle one; dropping it closes it.
             h.idle.remove(0);
         }
-        h.idle.push((conn, shared::clock::recent(), tenant));
+        h.idle.push((conn, crate::clock::recent(), tenant));
     }
 }
 
@@ -312,7 +322,8 @@ fn origin_form(uri: &http::Uri) -> http::Uri {
 /// worker (HTTP/1.1, or HTTP/2 where the provider offers it over TLS), rustls with the platform's
 /// roots, a bounded connect time, no redirects followed (they go back to the caller, who decides).
 pub fn upstream_client(settings: &crate::settings::Settings) -> Result<Pool, String> {
-    upstream_client_with(settings.upstream_timeout)
+    let pool = upstream_client_with(settings.upstream_timeout)?;
+    Ok(if settings.http_stack == crate::settings::HttpStack::Hyper { pool.hyper_only() } else { pool })
 }
 
 /// The client with `timeout` bounding each connection attempt (at most 10 s).

@@ -142,7 +142,7 @@ pub fn json(status: StatusCode, body: String) -> Response<ResponseBody> {
 /// The answer for an error the proxy makes itself (`shared::http::ApiError`: JSON, a stable
 /// code, and the `x-authbridge-error` marker).
 pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
-    let status = StatusCode::from_u16(e.code.status().as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = Response::new(Either::Left(Full::new(e.body().into())));
     *r.status_mut() = status;
     *r.headers_mut() = crate::h1_server::error_fields(e);

@@ -18,10 +18,10 @@
 
 use crate::forward;
 use crate::h1_server::{self, CallerBody, Stopping};
+use crate::key_memo::{self, ConnectionMemo};
 use crate::relay::{error_response, full, json, ResponseBody};
 use crate::worker::{Shared, Worker};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use shared::auth::ConnectionMemo;
 use shared::http::{ApiError, ErrorCode};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -270,7 +270,11 @@ async fn serve_worker(
     });
     let load = Rc::new(load);
     let settings = &worker.state.settings;
-    let options = Rc::new(h1_server::Options { head_timeout: settings.head_timeout, held_body: settings.retry_body });
+    let options = Rc::new(h1_server::Options {
+        head_timeout: settings.head_timeout,
+        held_body: settings.retry_body,
+        hyper_only: settings.http_stack == crate::settings::HttpStack::Hyper,
+    });
     // Each worker keeps its share of the connection cap (the acceptor spreads connections evenly).
     let cap = settings.max_connections.div_ceil(load.all.len()).max(1);
     let shed_batch = (cap / 64).max(1);
@@ -387,7 +391,8 @@ async fn admit_body(
 ) -> Option<Response<ResponseBody>> {
     let start = Instant::now();
     let resp = match route {
-        PROXY_ROUTE => match worker.auth.authorize_on(memo, presented, shared::auth::Scope::Proxy, None).await {
+        PROXY_ROUTE => match key_memo::authorize(&worker.auth, memo, presented, shared::auth::Scope::Proxy, None).await
+        {
             Ok(_) => return None,
             Err(e) => error_response(&e),
         },
@@ -418,7 +423,7 @@ async fn handle(
 ) -> Response<ResponseBody> {
     let worker = &*worker;
     let start = Instant::now();
-    shared::clock::request_started(start);
+    crate::clock::request_started(start);
     let path = req.uri().path();
     let route = route_of(path);
     let quiet = shared::http::is_quiet(path);

@@ -26,6 +26,31 @@ pub const HEAD_TIMEOUT: &str = "AUTHBRIDGE_PROXY_HEAD_TIMEOUT_SECONDS";
 /// for its caller is closed. Default: three quarters of the process's open-files limit.
 pub const MAX_CONNECTIONS: &str = "AUTHBRIDGE_PROXY_MAX_CONNECTIONS";
 
+/// Which HTTP/1.1 code serves callers and calls providers: `own` (the proxy's own server and
+/// client, with hyper for HTTP/2, streamed bodies and `Expect`) or `hyper` (hyper alone, a new
+/// upstream connection per call). `hyper` is the reference the test command runs the proxy's
+/// end-to-end suite against a second time, so the two cannot drift apart; it is slower, and its
+/// framing rules are hyper's (more lenient: see SECURITY.md). Default: `own`.
+pub const HTTP_STACK: &str = "AUTHBRIDGE_PROXY_HTTP_STACK";
+
+/// The values of [`HTTP_STACK`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpStack {
+    Own,
+    Hyper,
+}
+
+impl HttpStack {
+    /// The stack a value of [`HTTP_STACK`] names, or the value back.
+    pub fn parse(value: &str) -> Result<Self, &str> {
+        match value {
+            "own" => Ok(Self::Own),
+            "hyper" => Ok(Self::Hyper),
+            other => Err(other),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub common: CommonSettings,
@@ -39,6 +64,7 @@ pub struct Settings {
     pub head_timeout: Duration,
     pub max_connections: usize,
     pub stale: Duration,
+    pub http_stack: HttpStack,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
 }
@@ -63,6 +89,10 @@ impl Settings {
         if max_connections == 0 {
             r.fail(format!("{MAX_CONNECTIONS} must be at least 1"));
         }
+        let http_stack = HttpStack::parse(&r.string(HTTP_STACK, "own")).unwrap_or_else(|other| {
+            r.fail(format!("{HTTP_STACK}={other:?} is not valid: `own` or `hyper`"));
+            HttpStack::Own
+        });
         let tls = TlsFiles::read(&mut r);
         r.finish()?;
         Ok(Self {
@@ -77,6 +107,7 @@ impl Settings {
             head_timeout,
             max_connections,
             stale,
+            http_stack,
             tls,
         })
     }

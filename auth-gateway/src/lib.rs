@@ -51,7 +51,7 @@ impl Application {
     pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
-        let registry = shared::http::http_metrics();
+        let registry = actix_web::web::Data::new(shared::http::http_metrics());
         let state = Arc::new(AppState { core, settings });
         let data = web::Data::from(state.clone());
         let grace = state.settings.common.shutdown_grace;

@@ -99,6 +99,9 @@ pub struct StackOptions {
     pub proxy_max_connections: usize,
     /// How long the proxy serves from memory while PostgreSQL cannot be reached.
     pub proxy_stale: Duration,
+    /// The proxy's HTTP/1.1 code: by default what `AUTHBRIDGE_PROXY_HTTP_STACK` names in the
+    /// tests' environment (the test command runs the proxy's suite once with each), else `own`.
+    pub proxy_http_stack: api_proxy::settings::HttpStack,
     /// How often credential connections are checked again (the catalog's default: daily).
     pub credential_recheck: Option<Duration>,
     /// The connect pages' branding and framing.
@@ -133,6 +136,12 @@ impl Default for StackOptions {
             proxy_head_timeout: Duration::from_secs(10),
             proxy_max_connections: api_proxy::settings::default_max_connections(),
             proxy_stale: Duration::from_secs(300),
+            proxy_http_stack: std::env::var(api_proxy::settings::HTTP_STACK)
+                .ok()
+                .map(|v| {
+                    api_proxy::settings::HttpStack::parse(&v).unwrap_or_else(|v| panic!("stack {v:?}: own or hyper"))
+                })
+                .unwrap_or(api_proxy::settings::HttpStack::Own),
             credential_recheck: None,
             ui: Default::default(),
         }
@@ -152,6 +161,7 @@ fn proxy_settings(common: &CommonSettings, api_keys: &ApiKeys, opts: &StackOptio
         head_timeout: opts.proxy_head_timeout,
         stale: opts.proxy_stale,
         max_connections: opts.proxy_max_connections,
+        http_stack: opts.proxy_http_stack,
         tls: opts.tls.clone(),
     }
 }

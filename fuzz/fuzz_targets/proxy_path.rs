@@ -8,7 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let (path, query) = text.split_once('?').unwrap_or((text, ""));
     let base = url::Url::parse("https://api.example.com/v1/").unwrap();
-    if let Ok(t) = api_proxy::forward::upstream_url(&base, path, query) {
+    if let Ok(t) = api_proxy::outgoing::upstream_url(&base, path, query) {
         let u = t.uri().expect("an accepted target is a valid URI");
         let written = t.path_and_query();
         assert_eq!(u.path_and_query().unwrap().as_str().as_bytes(), written, "{t}");

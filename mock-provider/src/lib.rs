@@ -656,3 +656,6 @@ pub async fn run(settings: Settings) -> std::io::Result<MockServer> {
     let task = tokio::spawn(server);
     Ok(MockServer { addr, state, handle, task })
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,12 +11,14 @@
 //! 5), so a revocation takes effect everywhere within that time, without a restart.
 
 use crate::config::ApiKeys;
-use crate::http::{bearer, ApiError, ErrorCode};
+use crate::http::{ApiError, ErrorCode};
+
+#[cfg(feature = "actix")]
+mod extractor;
 use crate::store::Store;
-use actix_web::{web, FromRequest, HttpRequest};
-use futures_util::future::{ready, Either, LocalBoxFuture, Ready};
+#[cfg(feature = "actix")]
+pub use extractor::*;
 use sha2::{Digest, Sha256};
-use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -98,7 +100,7 @@ impl Caller {
     /// Refuses a provider the key is not limited to.
     pub fn require_provider(&self, provider: &str) -> Result<(), ApiError> {
         match &self.providers {
-            Some(list) if !list.iter().any(|p| crate::text::same_str(p, provider)) => Err(ApiError::new(
+            Some(list) if !list.iter().any(|p| p == provider) => Err(ApiError::new(
                 ErrorCode::Forbidden,
                 format!("this API key may not be used for provider `{provider}`"),
             )),
@@ -234,6 +236,17 @@ impl Authenticator {
         self.stale_ms.store(age.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// This authenticator's identity, never reused in the process: what a decision remembered
+    /// outside it is tied to.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How long a decision may be used before the key is looked up again.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// How many keys were looked up in the database so far.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(std::sync::atomic::Ordering::Relaxed)
@@ -260,59 +273,21 @@ impl Authenticator {
         }
     }
 
-    /// The caller presenting `presented`, if it holds `scope` and is within its rate limit:
-    /// 401 without a valid key, 429 past the key's limit, 403 without the scope. For server
-    /// stacks other than actix's extractor ([`Authorized`]), which makes the same checks.
-    ///
-    /// The decision is remembered for the connection the request came on (`memo`): a caller
-    /// that keeps its connection open and presents the same key again, as services do, has it
-    /// neither hashed nor looked up again. It expires with the lookup it came from, as the
-    /// per-thread copies do, so a revocation takes effect within the same TTL.
-    pub async fn authorize_on(
-        &self,
-        memo: &std::cell::RefCell<ConnectionMemo>,
-        presented: Option<&str>,
-        scope: Scope,
-        limits: Option<&crate::limits::RateLimits>,
-    ) -> Result<Caller, ApiError> {
-        let Some(presented) = presented.filter(|p| valid_length(p)) else {
-            return Err(unauthorized());
-        };
-        let now = crate::clock::recent();
-        if let Some(decision) = memo.borrow().recall(self, presented.as_bytes(), now) {
-            return permit(decision.ok_or_else(unauthorized), scope, limits);
-        }
-        let (decision, at) = match self.decide_now(presented) {
-            Ok(decided) => decided,
-            // Boxed: the database lookup is the cold path.
-            Err(digest) => {
-                let client = memo.borrow().client;
-                Box::pin(self.look_up_decision(digest, client)).await?
-            }
-        };
-        memo.borrow_mut().remembered = Some(Remembered {
-            authenticator: self.id,
-            presented: presented.as_bytes().into(),
-            decision: decision.clone(),
-            at,
-        });
-        permit(decision.ok_or_else(unauthorized), scope, limits)
-    }
-
     /// Decides without I/O when it can (a bootstrap key, a malformed one, or a cached lookup);
     /// otherwise returns the digest to look up.
     fn authenticate_now(&self, presented: Option<&str>) -> Result<Result<Caller, ApiError>, [u8; 32]> {
         let Some(presented) = presented.filter(|p| valid_length(p)) else {
             return Ok(Err(unauthorized()));
         };
-        self.decide_now(presented).map(|(decision, _)| decision.ok_or_else(unauthorized))
+        self.decide_cached(presented, Instant::now()).map(|(decision, _)| decision.ok_or_else(unauthorized))
     }
 
     /// The decision for a key (the caller it names, or `None`: no live key) and the time of the
-    /// lookup it comes from, if a cache holds it; otherwise the digest to look up.
-    fn decide_now(&self, presented: &str) -> Result<(Option<Caller>, Instant), [u8; 32]> {
+    /// lookup it comes from, if a cache holds it (fresh at `now`); otherwise the digest to look
+    /// up with [`Authenticator::look_up_decision`]. A server that reads the clock once per
+    /// request passes that reading as `now`.
+    pub fn decide_cached(&self, presented: &str, now: Instant) -> Result<(Option<Caller>, Instant), [u8; 32]> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let now = crate::clock::recent();
         let local = LOCAL.with(|l| {
             let l = l.borrow();
             let (hit, at) = l.get(&(self.id, digest))?;
@@ -357,12 +332,15 @@ impl Authenticator {
         self.look_up_decision(digest, client).await?.0.ok_or_else(unauthorized)
     }
 
-    async fn look_up_decision(
+    /// Looks a key up by its digest (from [`Authenticator::decide_cached`]) and caches the
+    /// decision: the caller it names, or `None`, and when it was made. `client` is the address
+    /// it came from, for the limit on failed authentications.
+    pub async fn look_up_decision(
         &self,
         digest: [u8; 32],
         client: Option<std::net::IpAddr>,
     ) -> Result<(Option<Caller>, Instant), ApiError> {
-        let now = crate::clock::recent();
+        let now = Instant::now();
         // A key that named a caller before (its entry expired) is looked up even from a blocked
         // address: callers sharing an address with a flood keep working.
         let known = self.cache.read().unwrap().contains_key(&digest);
@@ -397,7 +375,7 @@ impl Authenticator {
             scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).fold(0, |a, s| a | s.bit()),
             providers: (!r.providers.is_empty()).then(|| r.providers.into()),
         });
-        let at = crate::clock::recent();
+        let at = Instant::now();
         if found.is_some() {
             let mut cache = self.cache.write().unwrap();
             // Hits are bounded by the keys that exist; the guard is for a store of many keys.
@@ -430,62 +408,14 @@ impl Authenticator {
     }
 }
 
-/// Keys are never empty, and never longer than this.
-fn valid_length(presented: &str) -> bool {
+/// Whether a presented key has a length a key can have: never empty, never longer than 512.
+pub fn valid_length(presented: &str) -> bool {
     !presented.is_empty() && presented.len() <= 512
 }
 
-/// The key one connection presented last, and the decision for it (see
-/// [`Authenticator::authorize_on`]).
-#[derive(Default)]
-pub struct ConnectionMemo {
-    remembered: Option<Remembered>,
-    /// The address the connection comes from (for the limit on failed authentications).
-    client: Option<std::net::IpAddr>,
-}
-
-impl ConnectionMemo {
-    pub fn for_client(client: Option<std::net::IpAddr>) -> Self {
-        Self { remembered: None, client }
-    }
-}
-
-struct Remembered {
-    authenticator: u64,
-    presented: Box<[u8]>,
-    decision: Option<Caller>,
-    at: Instant,
-}
-
-impl ConnectionMemo {
-    fn recall(&self, auth: &Authenticator, presented: &[u8], now: Instant) -> Option<Option<Caller>> {
-        let r = self.remembered.as_ref()?;
-        let same = r.authenticator == auth.id
-            && crate::crypto::same_digest(&r.presented, presented)
-            && now.duration_since(r.at) < auth.ttl;
-        same.then(|| r.decision.clone())
-    }
-}
-
-fn unauthorized() -> ApiError {
+/// The refusal of a request without a usable key.
+pub fn unauthorized() -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, "a valid API key is required: Authorization: Bearer <key>")
-}
-
-/// The authenticator and the rate limits a service registers as app data.
-pub fn app_data(
-    common: &crate::config::CommonSettings,
-    keys: &ApiKeys,
-    store: &Store,
-) -> (web::Data<Authenticator>, web::Data<crate::limits::RateLimits>) {
-    (
-        web::Data::new(Authenticator::new(
-            keys.clone(),
-            store.clone(),
-            common.api_key_cache,
-            common.auth_failures_per_address,
-        )),
-        web::Data::new(crate::limits::RateLimits::new(common.rate_limit_per_key, common.rate_limit_per_connection)),
-    )
 }
 
 /// Marker types naming the scope a handler needs.
@@ -518,52 +448,8 @@ pub mod scope {
     }
 }
 
-/// An authenticated caller holding scope `S`. 401 without a valid key, 403 without the scope.
-pub struct Authorized<S: scope::Required> {
-    pub caller: Caller,
-    _scope: PhantomData<S>,
-}
-
-impl<S: scope::Required> std::ops::Deref for Authorized<S> {
-    type Target = Caller;
-    fn deref(&self) -> &Caller {
-        &self.caller
-    }
-}
-
-impl<S: scope::Required + 'static> FromRequest for Authorized<S> {
-    type Error = ApiError;
-    type Future = Either<Ready<Result<Self, ApiError>>, LocalBoxFuture<'static, Result<Self, ApiError>>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        // Borrowed, not cloned: the app data is shared by every worker, and cloning it on each
-        // request would bounce its reference count between cores.
-        let Some(auth) = req.app_data::<web::Data<Authenticator>>() else {
-            return Either::Left(ready(Err(ApiError::internal("no authenticator configured"))));
-        };
-        let limits = req.app_data::<web::Data<crate::limits::RateLimits>>();
-        // Most calls are decided in memory: no future to allocate for them.
-        match auth.authenticate_now(bearer(req)) {
-            Ok(done) => Either::Left(ready(Self::finish(done, limits.map(|l| &***l)))),
-            Err(digest) => {
-                let (auth, limits) = (auth.clone(), limits.cloned());
-                let client = req.peer_addr().map(|a| a.ip());
-                Either::Right(Box::pin(async move {
-                    Self::finish(auth.look_up(digest, client).await, limits.as_ref().map(|l| &***l))
-                }))
-            }
-        }
-    }
-}
-
-impl<S: scope::Required + 'static> Authorized<S> {
-    fn finish(caller: Result<Caller, ApiError>, limits: Option<&crate::limits::RateLimits>) -> Result<Self, ApiError> {
-        Ok(Self { caller: permit(caller, S::SCOPE, limits)?, _scope: PhantomData })
-    }
-}
-
 /// An authenticated caller, checked against its key's rate limit and for `scope`.
-fn permit(
+pub fn permit(
     caller: Result<Caller, ApiError>,
     scope: Scope,
     limits: Option<&crate::limits::RateLimits>,
@@ -599,15 +485,6 @@ mod tests {
         assert!(Caller::bootstrap().has(Scope::Admin));
     }
 
-    fn authenticator(keys: &[&str], ttl: Duration) -> Authenticator {
-        // 32 zero bytes.
-        let keyring =
-            crate::crypto::Keyring::from_base64("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", None, &[]).unwrap();
-        // Never connects: bootstrap keys are decided without the database.
-        let store = Store::new("postgres://postgres@127.0.0.1:9/none", 1, keyring).unwrap();
-        Authenticator::new(ApiKeys::new(keys), store, ttl, 0)
-    }
-
     #[test]
     fn only_keys_that_could_have_been_issued_are_worth_a_lookup() {
         for _ in 0..100 {
@@ -624,31 +501,5 @@ mod tests {
         for bad in ["", "abk1_", "abk_short", "random-key-0123456789", &format!("abk1_{}", "A".repeat(49))] {
             assert!(!may_be_issued(bad), "{bad}");
         }
-    }
-
-    #[tokio::test]
-    async fn a_connections_memo_serves_only_the_key_it_holds_only_for_its_authenticator_and_only_within_the_ttl() {
-        let (a, b) = ("bootstrap-key-number-one", "bootstrap-key-number-two");
-        let auth = authenticator(&[a, b], Duration::from_millis(200));
-        let memo = std::cell::RefCell::new(ConnectionMemo::default());
-        let now = crate::clock::recent();
-        assert!(auth.authorize_on(&memo, Some(a), Scope::Proxy, None).await.is_ok());
-        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_some_and(|d| d.is_some()));
-        assert!(memo.borrow().recall(&auth, b.as_bytes(), now).is_none(), "another key is decided anew");
-        assert!(memo.borrow().recall(&auth, &a.as_bytes()[..10], now).is_none(), "a prefix is another key");
-        let other = authenticator(&[a], Duration::from_secs(60));
-        assert!(memo.borrow().recall(&other, a.as_bytes(), now).is_none(), "another authenticator decides for itself");
-        let later = now + Duration::from_millis(250);
-        assert!(memo.borrow().recall(&auth, a.as_bytes(), later).is_none(), "past the TTL the key is checked again");
-        // Malformed or absent keys are refused, and leave the memo as it was.
-        for bad in [None, Some(""), Some(&*"x".repeat(513))] {
-            let e = auth.authorize_on(&memo, bad, Scope::Proxy, None).await.unwrap_err();
-            assert_eq!(e.code, ErrorCode::Unauthorized);
-        }
-        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_some());
-        // The memo holds the last key presented.
-        assert!(auth.authorize_on(&memo, Some(b), Scope::Proxy, None).await.is_ok());
-        assert!(memo.borrow().recall(&auth, a.as_bytes(), now).is_none());
-        assert!(memo.borrow().recall(&auth, b.as_bytes(), now).is_some());
     }
 }

@@ -320,7 +320,7 @@ impl Catalog {
         // (lengths first, then bytes inline); a tree search compares through `memcmp` at each
         // step, which costs more than the scan until the catalog is large.
         if self.providers.len() <= 16 {
-            return self.providers.iter().find(|(k, _)| crate::text::same_str(k, id)).map(|(_, p)| p);
+            return self.providers.iter().find(|(k, _)| k.as_str() == id).map(|(_, p)| p);
         }
         self.providers.get(id)
     }

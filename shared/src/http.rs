@@ -5,10 +5,13 @@
 //! with the header `x-authbridge-error: <code>`, which tells it apart from an error the proxy
 //! merely relays from a provider. A 500 never shows its cause to the caller; the log does.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use std::time::Duration;
+
+#[cfg(feature = "actix")]
+mod actix;
+#[cfg(feature = "actix")]
+pub use actix::*;
 
 /// Header on every error authbridge itself produces.
 pub const ERROR_HEADER: &str = "x-authbridge-error";
@@ -45,26 +48,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn status(self) -> StatusCode {
+    /// The HTTP status of an error with this code (a number, so that every server stack, each
+    /// with its own status type, answers from this one table).
+    pub fn status(self) -> u16 {
         use ErrorCode::*;
         match self {
-            InvalidRequest | InvalidState => StatusCode::BAD_REQUEST,
-            Unauthorized => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            NotFound | UnknownProvider | ConnectionNotFound | SessionNotFound => StatusCode::NOT_FOUND,
-            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProviderNotConfigured | ProviderHasNoApi | InvalidCredentials | UnsupportedAuthMode => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            SessionExpired | SessionAlreadyUsed => StatusCode::GONE,
-            NeedsReauth => StatusCode::CONFLICT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RefreshFailed | UpstreamUnreachable | IntegrationRefused => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            InvalidRequest | InvalidState => 400,
+            Unauthorized => 401,
+            Forbidden => 403,
+            RateLimited => 429,
+            NotFound | UnknownProvider | ConnectionNotFound | SessionNotFound => 404,
+            MethodNotAllowed => 405,
+            ProviderNotConfigured | ProviderHasNoApi | InvalidCredentials | UnsupportedAuthMode => 422,
+            UnsupportedMediaType => 415,
+            SessionExpired | SessionAlreadyUsed => 410,
+            NeedsReauth => 409,
+            PayloadTooLarge => 413,
+            RefreshFailed | UpstreamUnreachable | IntegrationRefused => 502,
+            UpstreamTimeout => 504,
+            Unavailable => 503,
+            InternalError => 500,
         }
     }
 
@@ -123,20 +126,6 @@ impl ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
-    }
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.code.status()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut r = HttpResponse::build(self.code.status());
-        for (name, value) in self.headers() {
-            r.insert_header((name, value));
-        }
-        r.content_type("application/json").body(self.body())
     }
 }
 
@@ -207,38 +196,6 @@ pub fn connection_not_found(provider: &str, id: &str) -> ApiError {
     ApiError::new(ErrorCode::ConnectionNotFound, format!("no connection `{id}` for provider `{provider}`"))
 }
 
-/// Body, path and query extractor errors become `invalid_request` JSON errors.
-pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default().limit(limit).error_handler(|e, _| {
-        let code = match &e {
-            actix_web::error::JsonPayloadError::Overflow { .. }
-            | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => ErrorCode::PayloadTooLarge,
-            _ => ErrorCode::InvalidRequest,
-        };
-        ApiError::new(code, format!("invalid JSON body: {e}")).into()
-    })
-}
-
-pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default()
-        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid query string: {e}")).into())
-}
-
-pub fn path_config() -> web::PathConfig {
-    web::PathConfig::default()
-        .error_handler(|e, _| ApiError::new(ErrorCode::InvalidRequest, format!("invalid path: {e}")).into())
-}
-
-/// The default service: unknown routes answer a JSON 404.
-pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())).error_response()
-}
-
-/// The bearer credential of a request, if it has one.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    bearer_credential(req.headers().get(header::AUTHORIZATION)?.as_bytes())
-}
-
 /// The credential in an `Authorization: Bearer <credential>` value (the scheme is
 /// case-insensitive, RFC 9110 §11.1), for any server stack.
 pub fn bearer_credential(value: &[u8]) -> Option<&str> {
@@ -250,39 +207,14 @@ pub fn bearer_credential(value: &[u8]) -> Option<&str> {
 }
 
 /// A registry with the HTTP metrics every service records.
-pub fn http_metrics() -> web::Data<crate::metrics::Registry> {
+pub fn http_metrics() -> crate::metrics::Registry {
     let r = crate::metrics::Registry::new();
     r.describe("authbridge_http_requests_total", "HTTP requests served, by method, route and status.");
     r.describe_histogram(
         "authbridge_http_request_duration_seconds",
         "Time to the response head, by method, route and status.",
     );
-    web::Data::new(r)
-}
-
-/// Middleware (`from_fn`) around every request: the request's root span (continuing the
-/// caller's trace when it sends a W3C `traceparent`), its count and latency by route pattern and
-/// status, and the access log line (`GET /connect/{token} 302 3.1ms`, target
-/// `authbridge::access`), written inside the span so JSON logs give it the trace id. Lines name
-/// the route pattern, never the path or query as sent: those carry session tokens, codes and
-/// states. Health, readiness and metrics requests are counted but not logged.
-pub async fn track_requests(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    use tracing::Instrument;
-    let quiet = is_quiet(req.path());
-    let span = request_span(req.method().as_str(), quiet, req.headers().get("traceparent").map(|v| v.as_bytes()));
-    let start = std::time::Instant::now();
-    let res = next.call(req).instrument(span.clone()).await?;
-    let elapsed = start.elapsed();
-    let pattern = res.request().match_pattern();
-    let route = pattern.as_deref().unwrap_or(UNMATCHED);
-    // Looked up after the call, by reference: cloning shared app data per request would bounce
-    // its reference count between the workers' cores.
-    let registry = res.request().app_data::<web::Data<crate::metrics::Registry>>().map(|r| &***r);
-    record_request(registry, &span, res.request().method().as_str(), route, res.status().as_u16(), elapsed, quiet);
-    Ok(res)
+    r
 }
 
 /// The route label of requests no route matched.
@@ -371,29 +303,6 @@ pub fn metrics_allowed(token: Option<&crate::config::Secret<String>>, authorizat
         .is_some_and(|presented| crate::crypto::same_digest(presented.as_bytes(), token.expose().as_bytes()))
 }
 
-/// The answer to a `/metrics` request without the metrics token.
-pub fn metrics_refused() -> HttpResponse {
-    ApiError::new(ErrorCode::Unauthorized, "/metrics needs Authorization: Bearer <AUTHBRIDGE_METRICS_TOKEN>")
-        .error_response()
-}
-
-/// A `/metrics` answer in the Prometheus text format.
-pub fn metrics_response(body: String) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body)
-}
-
-/// Liveness: the process answers.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-/// Readiness from named checks: 200 when all pass, 503 with each check's state otherwise.
-pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> HttpResponse {
-    let (ready, body) = readiness_report(checks);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    HttpResponse::build(status).json(body)
-}
-
 /// Whether every check passed, and the readiness body: `{"status": "ready" | "not_ready",
 /// "checks": {<name>: "ok" | <error>}}`.
 pub fn readiness_report(checks: Vec<(&'static str, Result<(), String>)>) -> (bool, serde_json::Value) {
@@ -415,32 +324,6 @@ where
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".into()),
-    }
-}
-
-/// A running actix-web server.
-pub struct ServerTask {
-    pub addr: std::net::SocketAddr,
-    handle: actix_web::dev::ServerHandle,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl ServerTask {
-    /// Starts a built server on the current runtime.
-    pub fn spawn(server: actix_web::dev::Server, addr: std::net::SocketAddr) -> Self {
-        let handle = server.handle();
-        Self { addr, handle, task: tokio::spawn(server) }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops accepting; with `graceful`, in-flight requests finish (bounded by the server's
-    /// shutdown timeout).
-    pub async fn stop(self, graceful: bool) {
-        self.handle.stop(graceful).await;
-        let _ = self.task.await;
     }
 }
 

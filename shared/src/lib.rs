@@ -5,7 +5,6 @@
 
 pub mod auth;
 pub mod catalog;
-pub mod clock;
 pub mod config;
 pub mod core;
 pub mod credentials;
@@ -20,7 +19,6 @@ pub mod store;
 pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
-pub mod text;
 pub mod tokens;
 
 /// Installs rustls' process-wide crypto provider (ring). Idempotent.

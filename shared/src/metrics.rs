@@ -160,9 +160,9 @@ impl Registry {
                 e.registry == self.id
                     && e.key.2 == key.2
                     && e.histogram.is_some() == histogram.is_some()
-                    && (std::ptr::eq(e.name, name) || crate::text::same_str(e.name, name))
-                    && crate::text::same_str(&e.key.0, key.0)
-                    && crate::text::same_str(&e.key.1, key.1)
+                    && (std::ptr::eq(e.name, name) || e.name == name)
+                    && *e.key.0 == *key.0
+                    && *e.key.1 == *key.1
             })?;
             found.counter.add(1);
             if let (Some(h), Some((_, secs))) = (&found.histogram, histogram) {

@@ -241,12 +241,12 @@ impl Conn {
                         continue; // 100 Continue, 103 Early Hints: the final answer follows
                     }
                     let (framing, framed) =
-                        wire::answer_framing(status, &notes, head_request).map_err(CallError::Malformed)?;
+                        wire::answer_framing(status, version, &notes, head_request).map_err(CallError::Malformed)?;
                     let framing = match framing {
                         wire::Framing::None => Reading::Length(0),
                         wire::Framing::Length(n) => Reading::Length(n),
                         wire::Framing::Chunked => {
-                            Reading::Chunked(Chunk::Size { value: 0, digits: 0, ext: false, cr: false })
+                            Reading::Chunked(Chunk::Size { value: 0, digits: 0, lws: false, ext: false, cr: false })
                         }
                         wire::Framing::Close => Reading::Close,
                     };
@@ -283,15 +283,17 @@ enum Reading {
 
 #[derive(Debug)]
 enum Chunk {
-    /// Reading a chunk-size line (hex digits, then optional extensions, then CRLF); `cr`: the
-    /// line's CR has been read.
-    Size { value: u64, digits: u8, ext: bool, cr: bool },
+    /// Reading a chunk-size line (hex digits, optional whitespace, optional extensions after a
+    /// `;`, then CRLF); `lws`: whitespace after the digits has been read; `ext`: extensions have
+    /// begun; `cr`: the line's CR has been read.
+    Size { value: u64, digits: u8, lws: bool, ext: bool, cr: bool },
     /// This many bytes of chunk data are left.
     Data(u64),
     /// The CRLF after a chunk's data; `cr`: its CR has been read.
     DataEnd { cr: bool },
-    /// Trailer lines after the last chunk, until an empty line; `line` bytes into the current one.
-    Trailers { line: usize },
+    /// Trailer lines after the last chunk, until an empty line: `line` bytes into the current
+    /// one, whether its name has ended (`colon`), whether its CR has been read.
+    Trailers { line: usize, colon: bool, cr: bool },
 }
 
 /// The body of an answer read by [`Conn::call`], read from the connection as it is polled.
@@ -358,7 +360,7 @@ impl RawBody {
                 }
                 Reading::Close => return Ok(Some(buf.split().freeze())),
                 Reading::Chunked(chunk) => match chunk {
-                    Chunk::Size { value, digits, ext, cr } => {
+                    Chunk::Size { value, digits, lws, ext, cr } => {
                         let b = buf[0];
                         buf.advance(1);
                         match b {
@@ -369,12 +371,19 @@ impl RawBody {
                                 if *digits == 0 {
                                     return Err(CallError::Malformed("a chunk without a size"));
                                 }
-                                *chunk = if *value == 0 { Chunk::Trailers { line: 0 } } else { Chunk::Data(*value) };
+                                *chunk = if *value == 0 {
+                                    Chunk::Trailers { line: 0, colon: false, cr: false }
+                                } else {
+                                    Chunk::Data(*value)
+                                };
                             }
                             _ if *cr => return Err(CallError::Malformed("a CR not followed by LF")),
                             b'\r' => *cr = true,
                             _ if *ext => {} // chunk extensions are ignored
-                            b';' | b' ' | b'\t' if *digits > 0 => *ext = true,
+                            // RFC 9112 §7.1.1: only whitespace, then `;`, may follow the size.
+                            b';' if *digits > 0 => *ext = true,
+                            b' ' | b'\t' if *digits > 0 => *lws = true,
+                            _ if *lws => return Err(CallError::Malformed("bad chunk size line")),
                             _ => {
                                 let d = (b as char).to_digit(16).ok_or(CallError::Malformed("bad chunk size"))?;
                                 if *digits >= 15 {
@@ -398,23 +407,38 @@ impl RawBody {
                         buf.advance(1);
                         match b {
                             b'\r' if !*cr => *cr = true,
-                            b'\n' if *cr => *chunk = Chunk::Size { value: 0, digits: 0, ext: false, cr: false },
+                            b'\n' if *cr => {
+                                *chunk = Chunk::Size { value: 0, digits: 0, lws: false, ext: false, cr: false }
+                            }
                             // Exactly CRLF after the data: anything else (a bare LF included)
                             // means the size was wrong.
                             _ => return Err(CallError::Malformed("chunk data not followed by CRLF")),
                         }
                     }
-                    Chunk::Trailers { line } => {
+                    // Trailer fields are not relayed, but they are read by the field syntax (RFC
+                    // 9112 §7.1.2) with CRLF line ends, as the head is: where the body ends must
+                    // not depend on how leniently a parser reads them.
+                    Chunk::Trailers { line, colon, cr } => {
                         let b = buf[0];
                         buf.advance(1);
                         match b {
-                            b'\n' if *line == 0 => self.framing = Reading::Ended,
-                            b'\n' => *line = 0,
-                            b'\r' => {}
+                            b'\n' if !*cr => return Err(CallError::Malformed("a trailer line not ended by CRLF")),
+                            b'\n' if *line == 0 => {
+                                self.framing = Reading::Ended;
+                                return Ok(None);
+                            }
+                            b'\n' if !*colon => return Err(CallError::Malformed("a trailer line that is not a field")),
+                            b'\n' => *chunk = Chunk::Trailers { line: 0, colon: false, cr: false },
+                            _ if *cr => return Err(CallError::Malformed("a CR not followed by LF")),
+                            b'\r' => *cr = true,
+                            b':' if !*colon && *line > 0 => *colon = true,
+                            _ if !*colon && !wire::is_token_byte(b) => {
+                                return Err(CallError::Malformed("a bad trailer field name"))
+                            }
+                            _ if *colon && ((b < 0x20 && b != b'\t') || b == 0x7f) => {
+                                return Err(CallError::Malformed("a bad trailer field value"))
+                            }
                             _ => *line += 1,
-                        }
-                        if matches!(self.framing, Reading::Ended) {
-                            return Ok(None);
                         }
                     }
                 },

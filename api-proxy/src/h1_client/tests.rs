@@ -191,7 +191,7 @@ fn the_body_length_is_ours_to_state_and_empty_posts_say_zero() {
 fn chunked_answers_are_decoded_with_extensions_and_trailers_even_a_byte_at_a_time() {
     run(async {
         let answer: &[u8] =
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6 \t;y=2\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
         let (addr, _) = provider(vec![Step::Answer(answer), Step::Trickle(answer)]).await;
         let (conn, slot) = connect(addr).await;
         let (_, body) = call(conn, &slot, request(Method::GET, "")).await;
@@ -285,6 +285,22 @@ fn malformed_answers_fail_the_call() {
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\rX0\r\n\r\n", true),
         // A chunk size line ends with CRLF too.
         (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n", true),
+        // After the size, only whitespace and then `;` extensions (found by the differential
+        // fuzz target: anything after a space was taken for an extension).
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0  x1\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3 4\r\nabc\r\n0\r\n\r\n", true),
+        // Trailer lines are fields, ended by CRLF (found by the differential fuzz target: these
+        // were skipped unread).
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n01\xce\x01abc\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: 1\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nno-colon\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n: v\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: a\x01b\r\n\r\n", true),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-t: 1\r\r\n\r\n", true),
+        // RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 is faulty framing (found by the
+        // differential fuzz target: this was read until the connection closed).
+        (b"HTTP/1.0 200 OK\r\ntransfer-encoding: gzip\r\n\r\nabc", false),
+        (b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
         // Cut short.
         (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true),
         (b"HTTP/1.1 200 OK\r\ncontent-le", false),

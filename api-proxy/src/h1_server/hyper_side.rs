@@ -5,8 +5,12 @@ use super::*;
 
 /// Which of hyper's servers serves (the rest of) a connection.
 pub(super) enum Hyper {
-    /// HTTP/1.1, with this head timeout.
-    Http1(Duration),
+    /// HTTP/1.1, with this head timeout: for the rest of one request, or, `kept_alive`, for
+    /// every request of the connection (the reference stack, `hyper_only`).
+    Http1 {
+        head_timeout: Duration,
+        kept_alive: bool,
+    },
     Http2,
 }
 
@@ -21,12 +25,12 @@ where
 {
     let (io, service) = (TokioIo::new(io), hyper_service(handler));
     match protocol {
-        Hyper::Http1(head_timeout) => {
-            // One request, then the connection closes: that request passed our framing rules
-            // before it was handed over, and no later request may reach hyper's more lenient
-            // ones (which accept, for one, a request with two `Host` fields).
+        Hyper::Http1 { head_timeout, kept_alive } => {
+            // Handed over by our server: one request, then the connection closes. That request
+            // passed our framing rules before it was handed over, and no later request may reach
+            // hyper's more lenient ones (which accept, for one, a request with two `Host` fields).
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(false);
+            builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(kept_alive);
             until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await
         }
         Hyper::Http2 => {
@@ -35,6 +39,40 @@ where
             until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await
         }
     }
+}
+
+/// Serves a whole connection with hyper (the reference stack): HTTP/2 when the caller opens
+/// with its preface, else HTTP/1.1 kept alive.
+pub(super) async fn serve_hyper_only<T, F, Fut, B>(
+    mut io: T,
+    head_timeout: Duration,
+    handler: F,
+    stopping: &Rc<Stopping>,
+) where
+    T: Io,
+    F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
+    Fut: Future<Output = Response<B>> + 'static,
+    B: Body<Data = Bytes> + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use tokio::io::AsyncReadExt;
+    // Read until the first bytes are, or cannot be, HTTP/2's preface; they are read again first.
+    let mut first = BytesMut::new();
+    let sniffed = tokio::time::timeout(head_timeout, async {
+        while first.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&first) {
+            if io.read_buf(&mut first).await? == 0 {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(sniffed, Ok(Ok(()))) || first.is_empty() {
+        return;
+    }
+    let protocol =
+        if first.starts_with(H2_PREFACE) { Hyper::Http2 } else { Hyper::Http1 { head_timeout, kept_alive: true } };
+    serve_hyper(Rewind::new(io, first.freeze()), protocol, handler, stopping).await
 }
 
 /// Drives one of hyper's server connections; when the worker stops, asks it to finish what it

@@ -53,6 +53,8 @@ pub struct Options {
     /// Bodies of a known length up to this size are read before the call; larger ones stream
     /// (through hyper).
     pub held_body: usize,
+    /// Serve every connection with hyper's HTTP/1.1 server, kept alive (the reference stack).
+    pub hyper_only: bool,
 }
 
 /// An answer body that may carry the provider's header fields as they arrived (see
@@ -110,6 +112,9 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     if h2 {
         return Box::pin(serve_hyper(Rewind::new(io, Bytes::new()), Hyper::Http2, handler, &stopping)).await;
     }
+    if options.hyper_only {
+        return Box::pin(hyper_side::serve_hyper_only(io, options.head_timeout, handler, &stopping)).await;
+    }
     let mut conn = Conn {
         io,
         buf: BytesMut::new(),
@@ -162,7 +167,7 @@ async fn serve_requests<T, F, Fut, B, G, GFut>(
             // Boxed: hyper's servers are for the uncommon requests, and inline their state
             // would be part of every connection's.
             Next::ToHyper(prefix) => {
-                let http1 = Hyper::Http1(options.head_timeout);
+                let http1 = Hyper::Http1 { head_timeout: options.head_timeout, kept_alive: false };
                 return Box::pin(serve_hyper(conn.rewind(prefix), http1, handler, &stopping)).await;
             }
             Next::ToH2 => {

@@ -11,7 +11,7 @@ fn a_first_head_left_unfinished_is_told_and_so_is_its_arrival() {
     use tokio::io::AsyncWriteExt;
     run(async {
         let told = Rc::new(std::cell::RefCell::new(Vec::new()));
-        let options = Rc::new(Options { head_timeout: Duration::from_secs(5), held_body: 1024 });
+        let options = Rc::new(Options { head_timeout: Duration::from_secs(5), held_body: 1024, hyper_only: false });
         let (mut caller, io) = tokio::io::duplex(64 * 1024);
         let t = told.clone();
         let stopping = Rc::new(Stopping::default());
@@ -174,7 +174,7 @@ impl Frames {
 async fn server(timeout: Duration) -> (std::net::SocketAddr, Rc<Stopping>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let options = Rc::new(Options { head_timeout: timeout, held_body: 1024 });
+    let options = Rc::new(Options { head_timeout: timeout, held_body: 1024, hyper_only: false });
     let stopping = Rc::new(Stopping::default());
     let stop = stopping.clone();
     tokio::task::spawn_local(async move {

@@ -57,6 +57,11 @@ pub fn hop_by_hop(name: &[u8]) -> bool {
     listed || (name.len() >= 13 && name[..13].eq_ignore_ascii_case(b"x-authbridge-"))
 }
 
+/// Whether `b` may be part of a token, such as a field name (`tchar`, RFC 9110 §5.6.2).
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// How a message's body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -73,7 +78,17 @@ pub enum Framing {
 
 /// How the answer's body is delimited (RFC 9112 §6.3), and whether that framing lets the
 /// connection carry another call.
-pub fn answer_framing(status: StatusCode, notes: &Notes, head_request: bool) -> Result<(Framing, bool), &'static str> {
+pub fn answer_framing(
+    status: StatusCode,
+    version: http::Version,
+    notes: &Notes,
+    head_request: bool,
+) -> Result<(Framing, bool), &'static str> {
+    // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (its sender
+    // may not have framed it as the field says), whatever else it says.
+    if notes.transfer_encoding && version != http::Version::HTTP_11 {
+        return Err("Transfer-Encoding in an HTTP/1.0 answer");
+    }
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), true));
     }

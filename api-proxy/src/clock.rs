@@ -1,10 +1,9 @@
 //! A clock read once per request.
 //!
-//! Reading the clock costs about 25 ns on the machines we measure; a proxied call used to read
-//! it ten times (its latency metric, its deadline, the API-key cache, the upstream pool). A
-//! server that records when each request started lets the rest of that request's work use
-//! [`recent`] instead: expiry checks of caches and idle connections need no finer time than
-//! "when this request began".
+//! The server records when each request started; the rest of that request's work (the
+//! API-key memo, the upstream pool's idle check, the token cache) uses [`recent`] instead of
+//! reading the clock again. Those are expiry checks that need no finer time than "when this
+//! request began".
 
 use std::cell::Cell;
 use std::time::Instant;

@@ -1,10 +1,9 @@
-//! Byte-string comparison for the proxy's per-call lookups (metric series, provider names,
-//! route prefixes, pool hosts).
+//! Byte-string comparison for the lookups every proxied call makes (route prefix, pool host,
+//! the provider's base origin).
 //!
-//! The strings compared there are short (3–64 bytes) and usually of equal length, and the
-//! standard `==` calls the C library's `memcmp` for each, through a dynamic symbol: a profile of
-//! the proxy at peak put about 1% of its CPU there, for some ten calls per request. [`same`]
-//! compares inline with a few word loads instead.
+//! Those strings are short and usually of equal length; [`same`] compares them inline with a
+//! few word loads rather than a call into the C library's `memcmp` for each (see
+//! `docs/proxy-internals.md` for what that was measured to save).
 
 /// Whether `a` and `b` hold the same bytes. Not for secrets (it stops at the first difference;
 /// see `auth`'s constant-time comparison for those).

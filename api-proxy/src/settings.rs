@@ -124,3 +124,23 @@ pub fn default_max_connections() -> usize {
         .and_then(|n| n.parse::<usize>().ok());
     soft.map_or(4096, |n| (n / 4 * 3).max(64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let key = ("AUTHBRIDGE_ENCRYPTION_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let keys = ("AUTHBRIDGE_API_KEYS", "a-bootstrap-key-of-some-length");
+        Settings::from_env(&Env::from_pairs(pairs.iter().copied().chain([key, keys])))
+    }
+
+    #[test]
+    fn the_http_stack_is_ours_unless_hyper_is_named_and_nothing_else_is_taken() {
+        assert_eq!(with(&[]).unwrap().http_stack, HttpStack::Own);
+        assert_eq!(with(&[(HTTP_STACK, "hyper")]).unwrap().http_stack, HttpStack::Hyper);
+        let e = with(&[(HTTP_STACK, "nginx"), (HEAD_TIMEOUT, "0")]).unwrap_err().to_string();
+        assert!(e.contains(HTTP_STACK) && e.contains("nginx"), "{e}");
+        assert!(e.contains(HEAD_TIMEOUT), "every problem is reported at once: {e}");
+    }
+}

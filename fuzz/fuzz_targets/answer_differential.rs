@@ -55,7 +55,12 @@ fn ours(answer: &[u8]) -> Result<Read, String> {
 fn hypers(answer: &[u8]) -> Result<Read, String> {
     block_on(async {
         let io = hyper_util::rt::TokioIo::new(Replay::answering(answer));
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        // As many fields as our client takes (hyper's default is 100).
+        let (mut tx, conn) = hyper::client::conn::http1::Builder::new()
+            .max_headers(api_proxy::wire::MAX_ANSWER_FIELDS)
+            .handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         let call = async move {
             let resp =
                 tx.send_request(request(http_body_util::Empty::<Bytes>::new())).await.map_err(|e| e.to_string())?;
@@ -74,13 +79,20 @@ fn hypers(answer: &[u8]) -> Result<Read, String> {
 ///   takes in trailers; we want CRLF throughout the coding, as bare LFs are how chunked bodies
 ///   are smuggled past parsers that disagree;
 /// - `101 Switching Protocols`, which no proxied call asks for (RFC 9110 §15.2.2): hyper hands
-///   it over as an answer.
+///   it over as an answer;
+/// - `Transfer-Encoding` in an HTTP/1.0 answer, faulty framing whatever the status (RFC 9112
+///   §6.1); hyper refuses it too except where the status has no body.
 fn stricter_rule_refuses(answer: &[u8], ours: &str) -> bool {
-    if ours.contains("101 Switching Protocols was not asked for") {
-        return answer.get(9..12) == Some(b"101");
+    // Said only of a status line that reads 101, and of an HTTP/1.0 head with the field.
+    if ours.contains("101 Switching Protocols was not asked for") || ours.contains("in an HTTP/1.0 answer") {
+        return true;
     }
-    let find = |pat: &[u8]| answer.windows(pat.len()).position(|w| w == pat).map(|at| at + pat.len());
-    let body = &answer[find(b"\r\n\r\n").or_else(|| find(b"\n\n")).unwrap_or(0)..];
+    // Where the head ends, as both parsers (httparse underneath) read it.
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let Ok(httparse::Status::Complete(head)) = httparse::Response::new(&mut fields).parse(answer) else {
+        return false;
+    };
+    let body = &answer[head..];
     let bare_lf = body.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || body[i - 1] != b'\r'));
     ours.contains("not ended by CRLF") && bare_lf
 }

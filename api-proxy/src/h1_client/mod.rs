@@ -386,11 +386,13 @@ impl RawBody {
                             _ if *lws => return Err(CallError::Malformed("bad chunk size line")),
                             _ => {
                                 let d = (b as char).to_digit(16).ok_or(CallError::Malformed("bad chunk size"))?;
-                                if *digits >= 15 {
+                                // Leading zeros are digits like any other; the value stays
+                                // below 2^60 (no real body comes near it).
+                                if *value >= 1 << 56 {
                                     return Err(CallError::Malformed("chunk size too large"));
                                 }
                                 *value = *value * 16 + u64::from(d);
-                                *digits += 1;
+                                *digits = digits.saturating_add(1);
                             }
                         }
                     }

@@ -191,7 +191,7 @@ fn the_body_length_is_ours_to_state_and_empty_posts_say_zero() {
 fn chunked_answers_are_decoded_with_extensions_and_trailers_even_a_byte_at_a_time() {
     run(async {
         let answer: &[u8] =
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n6 \t;y=2\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0000000000000000006 \t;y=2\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
         let (addr, _) = provider(vec![Step::Answer(answer), Step::Trickle(answer)]).await;
         let (conn, slot) = connect(addr).await;
         let (_, body) = call(conn, &slot, request(Method::GET, "")).await;

@@ -437,8 +437,8 @@ async fn handle(
     // of its own, it is moved (copied) fewer times on its way into place.
     let resp = if route == PROXY_ROUTE {
         let call = forward::proxy_span(&span, &method);
-        // The request's head stays here; the call borrows it (a request is 320 bytes, and each
-        // future it is passed into would copy it once more).
+        // The request's head stays here and the call borrows it: passed by value, it would be
+        // copied into each future it went through.
         let (parts, body) = req.into_parts();
         forward::proxy(worker, &memo, &parts, body).instrument(call).await.unwrap_or_else(|e| error_response(&e))
     } else {

@@ -250,10 +250,11 @@ cat > "$work/rss.json" <<JSON
  "api-proxy (large table, cache on)": $(cat "$work/table-big-cache30.rss"),
  "api-proxy (large table, cache off)": $(cat "$work/table-big-cache0.rss")}
 JSON
-# The report is generated; the hand-written reading at its end is kept as it is.
-handwritten=$(sed -n '/^## Reading the gap/,$p' docs/benchmarks.md 2>/dev/null || true)
+# The report is generated (its hand-written reading comes from bench/NOTES.md); the section
+# bench/credentials.sh writes at its end is kept as it is.
+others=$(sed -n '/^## Credential providers/,$p' docs/benchmarks.md 2>/dev/null || true)
 python3 bench/report.py "$work" "$CONC" "$DURATION" "$rate" "$FLOWS" "$BIG" > docs/benchmarks.md
-if [ -n "$handwritten" ]; then printf '\n%s\n' "$handwritten" >> docs/benchmarks.md; fi
+if [ -n "$others" ]; then printf '\n%s\n' "$others" >> docs/benchmarks.md; fi
 # The raw results stay for a look or a re-render (python3 bench/report.py target/bench-last …).
 rm -rf target/bench-last && mkdir -p target/bench-last && cp "$work"/*.json "$work"/*.txt "$work"/*.rss target/bench-last/ 2>/dev/null || true
 cat docs/benchmarks.md

@@ -11,12 +11,13 @@ import sys
 from datetime import datetime, timezone
 
 work, conc, duration, rate, flows, big = sys.argv[1:7]
-order = ["direct", "nginx", "express", "api-proxy"]
+order = ["direct", "nginx", "express", "api-proxy", "api-proxy-info"]
 label = {
     "direct": "upstream, called directly",
     "nginx": "nginx adding a fixed `Authorization`",
     "express": "Express + axios adding the bearer token",
     "api-proxy": "api-proxy (real connection, cache warm)",
+    "api-proxy-info": "api-proxy at `RUST_LOG=info` (the default: an access log line per call)",
 }
 
 
@@ -188,6 +189,11 @@ w(f"- api-proxy / upstream direct: throughput {a[0] / d[0]:.2f}×")
 w(f"- api-proxy / nginx: throughput {a[0] / x[0]:.2f}×, p99 {a[2] / x[2]:.2f}× at fixed concurrency, "
   f"p99 {ah[2] / xh[2]:.2f}× at half of api-proxy's peak")
 w(f"- api-proxy / Express + axios: throughput {a[0] / peak['express'][0]:.2f}×")
+ai = peak["api-proxy-info"]
+ci, cw = cpu_per_request("api-proxy-info"), cpu_per_request("api-proxy")
+w(f"- api-proxy at `RUST_LOG=info` / at `warn`: throughput {ai[0] / a[0]:.2f}×, p99 {ai[2] / a[2]:.2f}×"
+  + (f", CPU per request {ci / cw:.2f}×" if ci and cw else "")
+  + " (by round: " + ", ".join(f"{p[0] / q[0]:.2f}×" for p, q in zip(ai[7], a[7])) + ")")
 pairs = list(zip(a[7], x[7]))
 w("- api-proxy / nginx round by round (the two ran back to back in each round): throughput "
   + ", ".join(f"{p[0] / q[0]:.2f}×" for p, q in pairs) + "; p99 "

@@ -22,7 +22,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 CONC=${BENCH_CONCURRENCY:-64}
 FLOWS=${BENCH_CONNECTIONS:-10000}
 BIG=${BENCH_BIG:-1000000}
-UP=18090 NGX=18091 EXP=18092 PRX=18093 GW=18280 RF=18282 MOCK=18290 PRX_SMALL=18294 PRX_BIG=18295
+UP=18090 NGX=18091 EXP=18092 PRX=18093 PRX_INFO=18096 GW=18280 RF=18282 MOCK=18290 PRX_SMALL=18294 PRX_BIG=18295
 
 bash scripts/services.sh
 command -v nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx-light; }
@@ -109,17 +109,27 @@ proxy_pid=$!
 pids+=($proxy_pid)
 wait_http "http://127.0.0.1:$PRX/readyz"
 curl -fs "http://127.0.0.1:$PRX/proxy/mock/bench-user/contacts/42" -H "Authorization: Bearer $PROXY_KEY" >/dev/null
+# The same proxy at the README's default log level (an access log line per call), its log
+# written to a file as a container's would be collected.
+AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" AUTHBRIDGE_ENCRYPTION_KEY=$KEY \
+AUTHBRIDGE_API_KEYS=$API_KEY AUTHBRIDGE_PROVIDERS_FILE="$work/providers.toml" \
+AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$PRX_INFO" RUST_LOG=info \
+  target/release/api-proxy > "$work/api-proxy-info.log" 2>&1 &
+proxy_info_pid=$!
+pids+=($proxy_info_pid)
+wait_http "http://127.0.0.1:$PRX_INFO/readyz"
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP/contacts/42"
   [nginx]="http://127.0.0.1:$NGX/contacts/42"
   [express]="http://127.0.0.1:$EXP/contacts/42"
   [api-proxy]="http://127.0.0.1:$PRX/proxy/mock/bench-user/contacts/42"
+  [api-proxy-info]="http://127.0.0.1:$PRX_INFO/proxy/mock/bench-user/contacts/42"
 )
-order=(direct nginx express api-proxy)
+order=(direct nginx express api-proxy api-proxy-info)
 load() { # name, extra oha args…
   local name=$1 key=$API_KEY; shift
-  [ "$name" != api-proxy ] || key=$PROXY_KEY
+  case $name in api-proxy*) key=$PROXY_KEY ;; esac
   oha --no-tui --output-format json -H "Authorization: Bearer $key" "$@" "${URL[$name]}"
 }
 # CPU time (user + system, in clock ticks) of the processes that serve a target: on a shared
@@ -131,6 +141,7 @@ serving() {
     nginx) m=$(pgrep -f nginx-proxy.conf); echo "$m" $(pgrep -P "$m") ;;
     express) echo "$express_pid" ;;
     api-proxy) echo "$proxy_pid" ;;
+    api-proxy-info) echo "$proxy_info_pid" ;;
   esac
 }
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done; echo $t; }
@@ -175,7 +186,9 @@ proxy_rss=$(hwm $proxy_pid)
 express_rss=$(hwm $express_pid)
 nginx_rss=0
 for p in $(pgrep -f "nginx-proxy.conf"); do nginx_rss=$((nginx_rss + $(hwm "$p"))); done
-kill "$proxy_pid" "$express_pid" 2>/dev/null || true
+log_lines=$(wc -l < "$work/api-proxy-info.log")
+echo "$log_lines" > "$work/info-log-lines.txt"
+kill "$proxy_pid" "$proxy_info_pid" "$express_pid" 2>/dev/null || true
 
 # 5. The system, each service its own process, on a fresh database.
 sysdb="${db}_sys"

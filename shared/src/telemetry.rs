@@ -19,10 +19,15 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Flushes and stops the exporter when dropped (at the end of `main`).
+/// Flushes the log and stops the exporter when dropped (at the end of `main`).
 pub struct TelemetryGuard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    _log: tracing_appender::non_blocking::WorkerGuard,
 }
+
+/// How many formatted log lines may wait for the writer thread; past it, lines are dropped
+/// (and counted) rather than holding up the requests that log them.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
@@ -40,10 +45,18 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var(crate::config::LOG_FORMAT).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let dispatch = Arc::new(OnceLock::new());
+    // Lines are formatted where they are logged and written by a thread of their own, a batch
+    // at a time: a request that logs (the access log line at `info`) never waits on stdout, and
+    // a busy service makes one write per batch of lines rather than one per line.
+    let (writer, log_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("authbridge-log")
+        .finish(std::io::BufWriter::new(std::io::stdout()));
     let fmt_layer = if json {
-        json_layer(dispatch.clone(), std::io::stdout).boxed()
+        json_layer(dispatch.clone(), writer).boxed()
     } else {
-        tracing_subscriber::fmt::layer().compact().boxed()
+        tracing_subscriber::fmt::layer().compact().with_writer(writer).boxed()
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut provider = None;
@@ -71,7 +84,7 @@ pub fn init(service: &'static str) -> TelemetryGuard {
         // The JSON formatter looks trace ids up through the dispatcher it runs under.
         tracing::dispatcher::get_default(|d| dispatch.set(d.downgrade()).ok());
     }
-    TelemetryGuard { provider }
+    TelemetryGuard { provider, _log: log_guard }
 }
 
 /// The JSON log layer: one object per line, with the current span's fields, and — when spans

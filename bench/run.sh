@@ -101,23 +101,23 @@ api_base_url = "http://127.0.0.1:$UP/"
 client_id = "authbridge-client"
 client_secret = "s3cret:with&odd=chars"
 TOML
-AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" AUTHBRIDGE_ENCRYPTION_KEY=$KEY \
-AUTHBRIDGE_API_KEYS=$API_KEY AUTHBRIDGE_PROVIDERS_FILE="$work/providers.toml" \
-AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$PRX" RUST_LOG=warn \
-  target/release/api-proxy > "$work/api-proxy.log" 2>&1 &
-proxy_pid=$!
-pids+=($proxy_pid)
-wait_http "http://127.0.0.1:$PRX/readyz"
+# An api-proxy process on port $1 at log level $2, its log in $work/$3 (as a container's
+# output would be collected); sets started_pid.
+start_proxy() {
+  AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" AUTHBRIDGE_ENCRYPTION_KEY=$KEY \
+  AUTHBRIDGE_API_KEYS=$API_KEY AUTHBRIDGE_PROVIDERS_FILE="$work/providers.toml" \
+  AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$1" RUST_LOG=$2 \
+    target/release/api-proxy > "$work/$3" 2>&1 &
+  started_pid=$!
+  pids+=($started_pid)
+  wait_http "http://127.0.0.1:$1/readyz"
+}
+start_proxy "$PRX" warn api-proxy.log
+proxy_pid=$started_pid
 curl -fs "http://127.0.0.1:$PRX/proxy/mock/bench-user/contacts/42" -H "Authorization: Bearer $PROXY_KEY" >/dev/null
-# The same proxy at the README's default log level (an access log line per call), its log
-# written to a file as a container's would be collected.
-AUTHBRIDGE_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" AUTHBRIDGE_ENCRYPTION_KEY=$KEY \
-AUTHBRIDGE_API_KEYS=$API_KEY AUTHBRIDGE_PROVIDERS_FILE="$work/providers.toml" \
-AUTHBRIDGE_QUEUE_PREFIX="authbridge-$run_id" AUTHBRIDGE_PROXY_BIND="127.0.0.1:$PRX_INFO" RUST_LOG=info \
-  target/release/api-proxy > "$work/api-proxy-info.log" 2>&1 &
-proxy_info_pid=$!
-pids+=($proxy_info_pid)
-wait_http "http://127.0.0.1:$PRX_INFO/readyz"
+# The same proxy at the README's default log level (an access log line per call).
+start_proxy "$PRX_INFO" info api-proxy-info.log
+proxy_info_pid=$started_pid
 
 declare -A URL=(
   [direct]="http://127.0.0.1:$UP/contacts/42"
@@ -186,8 +186,6 @@ proxy_rss=$(hwm $proxy_pid)
 express_rss=$(hwm $express_pid)
 nginx_rss=0
 for p in $(pgrep -f "nginx-proxy.conf"); do nginx_rss=$((nginx_rss + $(hwm "$p"))); done
-log_lines=$(wc -l < "$work/api-proxy-info.log")
-echo "$log_lines" > "$work/info-log-lines.txt"
 kill "$proxy_pid" "$proxy_info_pid" "$express_pid" 2>/dev/null || true
 
 # 5. The system, each service its own process, on a fresh database.

@@ -97,6 +97,12 @@ impl Pool {
         self
     }
 
+    /// Whether a call with `body` goes through hyper's HTTP/1.1 client on a connection of its
+    /// own (a streamed body, or the reference stack), rather than ours.
+    fn through_hyper(&self, body: &UpstreamBody) -> bool {
+        self.hyper_only || matches!(body, UpstreamBody::Streamed(_))
+    }
+
     /// Sends `req` (an absolute URI) to its host, on a kept-alive connection when one is free.
     /// An HTTP/1.1 connection goes back to the pool when the answer's body has been read to its
     /// end. With `fresh_only`, a new connection is opened whatever the pool holds.
@@ -105,7 +111,7 @@ impl Pool {
             return Err(SendError::MethodConnect);
         }
         let host = self.host_index(out.target)?;
-        let streamed = self.hyper_only || matches!(out.body, UpstreamBody::Streamed(_));
+        let streamed = self.through_hyper(&out.body);
         let tenant = out.tenant;
         let sender = match (!fresh_only).then(|| self.take(host, streamed, tenant)).flatten() {
             Some(s) => (s, true),
@@ -142,7 +148,7 @@ impl Pool {
         tenant: u64,
         mut first: Option<(Sender, bool)>,
     ) -> Result<http::Response<UpBody>, SendError> {
-        let streamed = self.hyper_only || matches!(req.body(), UpstreamBody::Streamed(_));
+        let streamed = self.through_hyper(req.body());
         let mut fresh_only = false;
         loop {
             let (sender, reused) = match first

@@ -26,7 +26,7 @@ pub struct TelemetryGuard {
 }
 
 /// How many formatted log lines may wait for the writer thread; past it, lines are dropped
-/// (and counted) rather than holding up the requests that log them.
+/// rather than holding up the requests that log them.
 const LOG_QUEUE_LINES: usize = 64 * 1024;
 
 impl Drop for TelemetryGuard {

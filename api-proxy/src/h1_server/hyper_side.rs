@@ -26,9 +26,10 @@ where
     let (io, service) = (TokioIo::new(io), hyper_service(handler));
     match protocol {
         Hyper::Http1 { head_timeout, kept_alive } => {
-            // Handed over by our server: one request, then the connection closes. That request
-            // passed our framing rules before it was handed over, and no later request may reach
-            // hyper's more lenient ones (which accept, for one, a request with two `Host` fields).
+            // Handed over by our server (not kept alive): one request, then the connection
+            // closes. That request passed our framing rules before it was handed over, and no
+            // later request may reach hyper's more lenient ones (which accept, for one, a request
+            // with two `Host` fields). Kept alive only for the reference stack.
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(head_timeout).keep_alive(kept_alive);
             until_stopped(builder.serve_connection(io, service), stopping, |c| c.graceful_shutdown()).await

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+# The Standard Webhooks reference library: the end-to-end tests verify every webhook they
+# receive with it (scripts/verify-webhooks.py), not only with our own code.
+python3 -c 'import standardwebhooks' 2>/dev/null || pip install --quiet "standardwebhooks==1.3.0"
 # The deployment files (docker-compose.yml, deploy/) checked against each other and the code.
 python3 scripts/check-deploy.py
 cargo fmt --all -- --check

@@ -16,6 +16,9 @@ use shared::core::Core;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The id of the webhook endpoint configured in the environment (`AUTHBRIDGE_WEBHOOK_URL`).
+pub const CONFIGURED_WEBHOOK_ID: &str = "wh_configured";
+
 /// Everything a handler needs.
 pub struct AppState {
     pub core: Core,
@@ -50,6 +53,10 @@ impl Application {
     /// they know the public URL, and so the redirect URI, before the gateway starts).
     pub async fn build_with_listener(settings: Settings, listener: std::net::TcpListener) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "auth-gateway").await?;
+        if let Some(w) = &settings.webhook {
+            core.store.upsert_webhook(CONFIGURED_WEBHOOK_ID, w.url.as_str(), &w.events, &w.secret).await?;
+            tracing::info!(url = %w.url, "webhook endpoint from the environment is configured");
+        }
         let (auth, limits) = shared::auth::app_data(&settings.common, &settings.api_keys, &core.store);
         let registry = actix_web::web::Data::new(shared::http::http_metrics());
         let state = Arc::new(AppState { core, settings });

@@ -27,6 +27,48 @@ pub const FRAME_ANCESTORS: &str = "AUTHBRIDGE_CONNECT_FRAME_ANCESTORS";
 /// going to the provider at once (link scanners then cannot use up a connect link). Default: false.
 pub const INTERSTITIAL: &str = "AUTHBRIDGE_CONNECT_INTERSTITIAL";
 
+/// A webhook endpoint configured with the deployment (compose), kept in step with these
+/// settings at every start, beside any made through the API. Default: none.
+pub const WEBHOOK_URL: &str = "AUTHBRIDGE_WEBHOOK_URL";
+/// Its signing secret, `whsec_` and base64 (required with `AUTHBRIDGE_WEBHOOK_URL`).
+pub const WEBHOOK_SECRET: &str = "AUTHBRIDGE_WEBHOOK_SECRET";
+/// Comma-separated event types it receives. Default: all.
+pub const WEBHOOK_EVENTS: &str = "AUTHBRIDGE_WEBHOOK_EVENTS";
+
+/// The webhook endpoint from the environment.
+#[derive(Debug, Clone)]
+pub struct ConfiguredWebhook {
+    pub url: Url,
+    pub secret: shared::webhooks::SigningSecret,
+    pub events: Vec<String>,
+}
+
+impl ConfiguredWebhook {
+    fn read(r: &mut Reader<'_>, allow_private: bool) -> Option<Self> {
+        let raw = r.optional(WEBHOOK_URL).filter(|u| !u.is_empty())?;
+        let url =
+            shared::webhooks::check_url(&raw, allow_private).map_err(|e| r.fail(format!("{WEBHOOK_URL}: {e}"))).ok();
+        let secret = match r.optional(WEBHOOK_SECRET) {
+            None => {
+                r.fail(format!(
+                    "{WEBHOOK_SECRET} is not set: {WEBHOOK_URL} needs a signing secret (whsec_ and base64)"
+                ));
+                None
+            }
+            Some(s) => {
+                shared::webhooks::SigningSecret::parse(&s).map_err(|e| r.fail(format!("{WEBHOOK_SECRET}: {e}"))).ok()
+            }
+        };
+        let events = r.list(WEBHOOK_EVENTS);
+        for e in &events {
+            if shared::webhooks::EventType::parse(e).is_none() {
+                r.fail(format!("{WEBHOOK_EVENTS}: unknown event type {e:?}"));
+            }
+        }
+        Some(Self { url: url?, secret: secret?, events })
+    }
+}
+
 /// How the connect pages look and may be shown.
 #[derive(Debug, Clone, Default)]
 pub struct UiSettings {
@@ -92,6 +134,7 @@ pub struct Settings {
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
     pub tls: Option<TlsFiles>,
     pub ui: UiSettings,
+    pub webhook: Option<ConfiguredWebhook>,
 }
 
 impl Settings {
@@ -119,6 +162,8 @@ impl Settings {
         let workers = r.parse(shared::config::HTTP_WORKERS, shared::config::default_http_workers());
         let tls = TlsFiles::read(&mut r);
         let ui = UiSettings::read(&mut r);
+        let allow_private = common.as_ref().is_some_and(|c| c.webhook_allow_private);
+        let webhook = ConfiguredWebhook::read(&mut r, allow_private);
         r.finish()?;
         Ok(Self {
             common: common.expect("checked"),
@@ -130,6 +175,7 @@ impl Settings {
             workers: workers.max(1),
             tls,
             ui,
+            webhook,
         })
     }
 

@@ -3,6 +3,8 @@
 //! run command) and by the end-to-end tests, which start one stack per test with its own
 //! database and its own queue prefix so tests run in parallel.
 
+pub mod receiver;
+
 use shared::catalog::{BodyFormat, ClientAuth, Provider};
 use shared::config::{ApiKeys, CommonSettings, Secret};
 use shared::crypto::Keyring;
@@ -106,6 +108,10 @@ pub struct StackOptions {
     pub credential_recheck: Option<Duration>,
     /// The connect pages' branding and framing.
     pub ui: auth_gateway::settings::UiSettings,
+    /// Sends to one webhook endpoint at once.
+    pub webhook_per_endpoint: usize,
+    /// How long refreshes may fail before `connection.refresh_failing`.
+    pub refresh_failing_after: Duration,
 }
 
 impl Default for StackOptions {
@@ -144,6 +150,8 @@ impl Default for StackOptions {
                 .unwrap_or(api_proxy::settings::HttpStack::Own),
             credential_recheck: None,
             ui: Default::default(),
+            webhook_per_endpoint: 4,
+            refresh_failing_after: Duration::from_secs(900),
         }
     }
 }
@@ -223,6 +231,7 @@ impl Stack {
         common.rate_limit_per_connection = opts.rate_limit_per_connection;
         common.auth_failures_per_address = opts.auth_failures_per_address;
         common.metrics_token = opts.metrics_token.clone().map(Secret::new);
+        common.refresh_failing_after = opts.refresh_failing_after;
         let mut mock_entry = mock_provider_entry("mock", &mock.url(), MOCK_CLIENT_ID, MOCK_CLIENT_SECRET);
         if let Some(base) = &opts.mock_api_base {
             mock_entry.api_base_url = Some(Url::parse(base)?);
@@ -267,6 +276,7 @@ impl Stack {
                 workers: opts.http_workers,
                 tls: opts.tls.clone(),
                 ui: opts.ui.clone(),
+                webhook: None,
             },
             gw_listener,
         )
@@ -303,6 +313,8 @@ impl Stack {
             prefetch: 16,
             sweep_interval: self.opts.sweep_interval,
             sweep_grace: self.opts.sweep_grace,
+            webhook_prefetch: 64,
+            webhook_per_endpoint: self.opts.webhook_per_endpoint,
         }
     }
 

@@ -55,6 +55,16 @@ pub const AUTH_FAILURES_PER_ADDRESS: &str = "AUTHBRIDGE_AUTH_FAILURES_PER_ADDRES
 /// `Authorization: Bearer <this token>` (Prometheus: `authorization: {credentials: …}`).
 /// Default: unset (open, for a private network).
 pub const METRICS_TOKEN: &str = "AUTHBRIDGE_METRICS_TOKEN";
+/// Seconds refreshes may fail for reasons that may pass before webhooks announce
+/// `connection.refresh_failing`. Default: 900.
+pub const REFRESH_FAILING_AFTER: &str = "AUTHBRIDGE_REFRESH_FAILING_AFTER_SECONDS";
+/// `true` lets webhook endpoints be loopback, private or link-local addresses, and http://
+/// (development, or receivers on the same private network). Default: false.
+pub const WEBHOOK_ALLOW_PRIVATE: &str = "AUTHBRIDGE_WEBHOOK_ALLOW_PRIVATE";
+/// Days the audit trail is kept. Default: 365.
+pub const AUDIT_RETENTION_DAYS: &str = "AUTHBRIDGE_AUDIT_RETENTION_DAYS";
+/// Days delivered (or given up) webhook events are kept. Default: 30.
+pub const WEBHOOK_RETENTION_DAYS: &str = "AUTHBRIDGE_WEBHOOK_RETENTION_DAYS";
 /// Proxied requests per second for one connection (0: no limit). Default: 0.
 pub const RATE_LIMIT_PER_CONNECTION: &str = "AUTHBRIDGE_RATE_LIMIT_PER_CONNECTION";
 /// PEM certificate chain to serve HTTPS with (the gateway and the proxy). Default: plain HTTP.
@@ -247,6 +257,13 @@ pub struct CommonSettings {
     pub rate_limit_per_connection: u32,
     pub auth_failures_per_address: u32,
     pub metrics_token: Option<Secret<String>>,
+    /// How long refreshes may fail for reasons that may pass before `connection.refresh_failing`.
+    pub refresh_failing_after: Duration,
+    /// Whether webhooks may go to loopback, private and link-local addresses (and over http://).
+    pub webhook_allow_private: bool,
+    /// How long audit entries and finished webhook events are kept.
+    pub audit_retention: Duration,
+    pub webhook_retention: Duration,
 }
 
 impl CommonSettings {
@@ -296,6 +313,10 @@ impl CommonSettings {
         let rate_limit_per_connection = r.parse(RATE_LIMIT_PER_CONNECTION, 0u32);
         let auth_failures_per_address = r.parse(AUTH_FAILURES_PER_ADDRESS, 20u32);
         let metrics_token = r.optional(METRICS_TOKEN).filter(|t| !t.is_empty());
+        let refresh_failing_after = r.seconds(REFRESH_FAILING_AFTER, 900);
+        let webhook_allow_private = r.parse(WEBHOOK_ALLOW_PRIVATE, false);
+        let audit_retention = Duration::from_secs(86_400 * r.parse(AUDIT_RETENTION_DAYS, 365u64));
+        let webhook_retention = Duration::from_secs(86_400 * r.parse(WEBHOOK_RETENTION_DAYS, 30u64));
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             r.fail(format!("{METRICS_TOKEN} must be at least 16 characters"));
         }
@@ -324,6 +345,10 @@ impl CommonSettings {
             rate_limit_per_connection,
             auth_failures_per_address,
             metrics_token: metrics_token.map(Secret::new),
+            refresh_failing_after,
+            webhook_allow_private,
+            audit_retention,
+            webhook_retention,
         })
     }
 
@@ -348,6 +373,10 @@ impl CommonSettings {
             rate_limit_per_connection: 0,
             auth_failures_per_address: 0,
             metrics_token: None,
+            refresh_failing_after: Duration::from_secs(900),
+            webhook_allow_private: true,
+            audit_retention: Duration::from_secs(86_400 * 365),
+            webhook_retention: Duration::from_secs(86_400 * 30),
         }
     }
 }

@@ -34,6 +34,8 @@ pub enum ErrorCode {
     SessionAlreadyUsed,
     InvalidState,
     NeedsReauth,
+    /// The request conflicts with the resource's state (removing an endpoint's last secret).
+    Conflict,
     InvalidCredentials,
     IntegrationRefused,
     UnsupportedAuthMode,
@@ -62,7 +64,7 @@ impl ErrorCode {
             ProviderNotConfigured | ProviderHasNoApi | InvalidCredentials | UnsupportedAuthMode => 422,
             UnsupportedMediaType => 415,
             SessionExpired | SessionAlreadyUsed => 410,
-            NeedsReauth => 409,
+            NeedsReauth | Conflict => 409,
             PayloadTooLarge => 413,
             RefreshFailed | UpstreamUnreachable | IntegrationRefused => 502,
             UpstreamTimeout => 504,
@@ -99,6 +101,7 @@ impl ErrorCode {
             UpstreamTimeout => "upstream_timeout",
             Unavailable => "unavailable",
             InternalError => "internal_error",
+            Conflict => "conflict",
         }
     }
 }

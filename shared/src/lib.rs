@@ -20,6 +20,7 @@ pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod test_support;
 pub mod tokens;
+pub mod webhooks;
 
 /// Installs rustls' process-wide crypto provider (ring). Idempotent.
 pub fn install_crypto_provider() {

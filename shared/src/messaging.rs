@@ -13,9 +13,13 @@
 //!        ──"due"──► {p}.refresh.due (quorum, delivery limit) ──► token-refresher
 //!        rejected past the limit ──► {p}.dead (fanout) ──► {p}.refresh.dead
 //! ```
+//!
+//! Webhook deliveries travel the same way on a lane of their own (`{p}.webhooks`,
+//! `{p}.webhooks.delay.<N>s`, `{p}.webhooks.send`), so a backlog of deliveries to a dead
+//! endpoint never sits in front of a refresh.
 
 use crate::config::Secret;
-use crate::store::OutboxMessage;
+use crate::store::{OutboxMessage, TOPIC_WEBHOOK};
 use chrono::{DateTime, Utc};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -73,6 +77,30 @@ impl ExpiryEvent {
     }
 }
 
+/// "Send attempt `attempt + 1` of this webhook delivery at `due_at`."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookMessage {
+    pub delivery_id: i64,
+    /// Attempts made before this one.
+    pub attempt: i32,
+    pub due_at: DateTime<Utc>,
+}
+
+impl WebhookMessage {
+    pub fn to_outbox(&self) -> OutboxMessage {
+        OutboxMessage {
+            topic: TOPIC_WEBHOOK.to_owned(),
+            payload: serde_json::to_value(self).expect("message serializes"),
+        }
+    }
+}
+
+/// A message the relay knows how to route.
+enum Routed {
+    Expiry(ExpiryEvent),
+    Webhook(WebhookMessage),
+}
+
 /// Names of every exchange and queue, under one prefix.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -98,10 +126,32 @@ impl Topology {
     pub fn dead_queue(&self) -> String {
         format!("{}.refresh.dead", self.prefix)
     }
+    pub fn webhook_exchange(&self) -> String {
+        format!("{}.webhooks", self.prefix)
+    }
+    pub fn webhook_queue(&self) -> String {
+        format!("{}.webhooks.send", self.prefix)
+    }
+    pub fn webhook_delay_exchange(&self) -> String {
+        format!("{}.webhooks.delay", self.prefix)
+    }
+    pub fn webhook_delay_queue(&self, secs: u64) -> String {
+        format!("{}.webhooks.delay.{secs}s", self.prefix)
+    }
     pub fn all_queues(&self) -> Vec<String> {
-        let mut q = vec![self.work_queue(), self.dead_queue()];
+        let mut q = vec![self.work_queue(), self.dead_queue(), self.webhook_queue()];
         q.extend(DELAY_TIERS_SECS.iter().map(|s| self.delay_queue(*s)));
+        q.extend(DELAY_TIERS_SECS.iter().map(|s| self.webhook_delay_queue(*s)));
         q
+    }
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![
+            self.work_exchange(),
+            self.delay_exchange(),
+            self.dead_exchange(),
+            self.webhook_exchange(),
+            self.webhook_delay_exchange(),
+        ]
     }
 }
 
@@ -118,40 +168,53 @@ fn ls(v: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(v))
 }
 
-/// Declares the whole topology; idempotent.
+/// Declares the whole topology, both lanes; idempotent.
 pub async fn declare(ch: &Channel, t: &Topology) -> Result<(), lapin::Error> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(s(&t.work_exchange()), ExchangeKind::Direct, durable, FieldTable::default()).await?;
-    ch.exchange_declare(s(&t.delay_exchange()), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     ch.exchange_declare(s(&t.dead_exchange()), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
     let mut quorum = FieldTable::default();
     quorum.insert(s("x-queue-type"), ls("quorum"));
-    let mut work_args = quorum.clone();
-    work_args.insert(s("x-delivery-limit"), AMQPValue::LongInt(DELIVERY_LIMIT));
-    work_args.insert(s("x-dead-letter-exchange"), ls(&t.dead_exchange()));
-    ch.queue_declare(s(&t.work_queue()), qopts, work_args).await?;
-    ch.queue_bind(
-        s(&t.work_queue()),
-        s(&t.work_exchange()),
-        s("due"),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
     ch.queue_declare(s(&t.dead_queue()), qopts, quorum).await?;
     ch.queue_bind(s(&t.dead_queue()), s(&t.dead_exchange()), s(""), QueueBindOptions::default(), FieldTable::default())
         .await?;
+    declare_lane(ch, t, &t.work_exchange(), &t.work_queue(), "due", &t.delay_exchange(), |n| t.delay_queue(n)).await?;
+    declare_lane(ch, t, &t.webhook_exchange(), &t.webhook_queue(), "send", &t.webhook_delay_exchange(), |n| {
+        t.webhook_delay_queue(n)
+    })
+    .await
+}
+
+/// One lane: a work exchange and its quorum queue, and the delay tiers that dead-letter into it.
+async fn declare_lane(
+    ch: &Channel,
+    t: &Topology,
+    exchange: &str,
+    queue: &str,
+    key: &str,
+    delay_exchange: &str,
+    tier: impl Fn(u64) -> String,
+) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(s(exchange), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    ch.exchange_declare(s(delay_exchange), ExchangeKind::Direct, durable, FieldTable::default()).await?;
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut work_args = FieldTable::default();
+    work_args.insert(s("x-queue-type"), ls("quorum"));
+    work_args.insert(s("x-delivery-limit"), AMQPValue::LongInt(DELIVERY_LIMIT));
+    work_args.insert(s("x-dead-letter-exchange"), ls(&t.dead_exchange()));
+    ch.queue_declare(s(queue), qopts, work_args).await?;
+    ch.queue_bind(s(queue), s(exchange), s(key), QueueBindOptions::default(), FieldTable::default()).await?;
     for secs in DELAY_TIERS_SECS {
         let mut args = FieldTable::default();
         args.insert(s("x-message-ttl"), AMQPValue::LongInt((secs * 1000) as i32));
-        args.insert(s("x-dead-letter-exchange"), ls(&t.work_exchange()));
-        args.insert(s("x-dead-letter-routing-key"), ls("due"));
-        let q = t.delay_queue(secs);
+        args.insert(s("x-dead-letter-exchange"), ls(exchange));
+        args.insert(s("x-dead-letter-routing-key"), ls(key));
+        let q = tier(secs);
         ch.queue_declare(s(&q), qopts, args).await?;
         ch.queue_bind(
             s(&q),
-            s(&t.delay_exchange()),
+            s(delay_exchange),
             s(&format!("{secs}s")),
             QueueBindOptions::default(),
             FieldTable::default(),
@@ -228,22 +291,34 @@ impl Broker {
         self.channel().await.map(|_| ())
     }
 
-    /// Where an event goes now: a delay tier, or straight to the work queue.
-    fn route(&self, ev: &ExpiryEvent) -> (String, String) {
-        let remaining = (ev.due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-        match tier_for(remaining) {
-            Some(secs) => (self.topology.delay_exchange(), format!("{secs}s")),
-            None => (self.topology.work_exchange(), "due".to_owned()),
+    /// Where a message goes now: a delay tier of its lane, or straight to the lane's work queue.
+    fn route(&self, m: &Routed) -> (String, String) {
+        let (due_at, webhook) = match m {
+            Routed::Expiry(ev) => (ev.due_at, false),
+            Routed::Webhook(w) => (w.due_at, true),
+        };
+        let t = &self.topology;
+        let remaining = (due_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        match (tier_for(remaining), webhook) {
+            (Some(secs), false) => (t.delay_exchange(), format!("{secs}s")),
+            (None, false) => (t.work_exchange(), "due".to_owned()),
+            (Some(secs), true) => (t.webhook_delay_exchange(), format!("{secs}s")),
+            (None, true) => (t.webhook_exchange(), "send".to_owned()),
         }
     }
 
-    async fn publish_raw(&self, ch: &Channel, ev: &ExpiryEvent) -> Result<lapin::PublisherConfirm, BrokerError> {
-        let (exchange, key) = self.route(ev);
-        let body = serde_json::to_vec(ev)?;
+    async fn publish_raw(&self, ch: &Channel, m: &Routed) -> Result<lapin::PublisherConfirm, BrokerError> {
+        let (exchange, key) = self.route(m);
         let mut headers = FieldTable::default();
-        if let Some(tp) = &ev.traceparent {
-            headers.insert(s("traceparent"), ls(tp));
-        }
+        let body = match m {
+            Routed::Expiry(ev) => {
+                if let Some(tp) = &ev.traceparent {
+                    headers.insert(s("traceparent"), ls(tp));
+                }
+                serde_json::to_vec(ev)?
+            }
+            Routed::Webhook(w) => serde_json::to_vec(w)?,
+        };
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(s("application/json"))
@@ -264,9 +339,18 @@ impl Broker {
 
     /// Publishes one event and waits for RabbitMQ to confirm it is stored.
     pub async fn publish_expiry(&self, ev: &ExpiryEvent) -> Result<(), BrokerError> {
+        self.publish_one(Routed::Expiry(ev.clone())).await
+    }
+
+    /// Publishes one webhook delivery message and waits for RabbitMQ to confirm it is stored.
+    pub async fn publish_webhook(&self, m: &WebhookMessage) -> Result<(), BrokerError> {
+        self.publish_one(Routed::Webhook(m.clone())).await
+    }
+
+    async fn publish_one(&self, m: Routed) -> Result<(), BrokerError> {
         let result = async {
             let ch = self.channel().await?;
-            let c = self.publish_raw(&ch, ev).await?;
+            let c = self.publish_raw(&ch, &m).await?;
             Self::confirm(c).await
         }
         .await;
@@ -289,20 +373,24 @@ impl Broker {
         let mut pending = Vec::with_capacity(rows.len());
         let mut done = Vec::with_capacity(rows.len());
         for row in rows {
-            if row.message.topic != TOPIC_EXPIRY {
-                tracing::error!(topic = %row.message.topic, "unknown outbox topic; dropping");
-                done.push(row.id);
-                continue;
-            }
-            let ev: ExpiryEvent = match serde_json::from_value(row.message.payload) {
-                Ok(ev) => ev,
+            let parsed = match row.message.topic.as_str() {
+                TOPIC_EXPIRY => serde_json::from_value(row.message.payload).map(Routed::Expiry),
+                TOPIC_WEBHOOK => serde_json::from_value(row.message.payload).map(Routed::Webhook),
+                other => {
+                    tracing::error!(topic = %other, "unknown outbox topic; dropping");
+                    done.push(row.id);
+                    continue;
+                }
+            };
+            let m = match parsed {
+                Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "malformed outbox event; dropping");
                     done.push(row.id);
                     continue;
                 }
             };
-            match self.publish_raw(&ch, &ev).await {
+            match self.publish_raw(&ch, &m).await {
                 Ok(c) => pending.push((row.id, c)),
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing from outbox failed");
@@ -368,7 +456,7 @@ impl Broker {
         for q in self.topology.all_queues() {
             ch.queue_delete(s(&q), QueueDeleteOptions::default()).await?;
         }
-        for x in [self.topology.work_exchange(), self.topology.delay_exchange(), self.topology.dead_exchange()] {
+        for x in self.topology.all_exchanges() {
             ch.exchange_delete(s(&x), ExchangeDeleteOptions::default()).await?;
         }
         self.invalidate().await;

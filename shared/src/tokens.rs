@@ -12,7 +12,7 @@ use crate::config::CommonSettings;
 use crate::credentials::CredentialClient;
 use crate::messaging::ExpiryEvent;
 use crate::oauth::{OAuthClient, OAuthError, TokenResponse};
-use crate::store::{Connection, ConnectionStatus, Credentials, NewTokens, Store, StoreError};
+use crate::store::{Actor, Connection, ConnectionStatus, Credentials, NewTokens, Profile, Store, StoreError};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use std::sync::Arc;
@@ -27,6 +27,9 @@ pub struct Policy {
     pub min_token_validity: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How long refreshes may fail for reasons that may pass before the product is told
+    /// (`connection.refresh_failing`).
+    pub failing_after: Duration,
 }
 
 impl Policy {
@@ -37,6 +40,7 @@ impl Policy {
             min_token_validity: s.min_token_validity,
             retry_base: s.retry_base,
             retry_max: s.retry_max,
+            failing_after: s.refresh_failing_after,
         }
     }
 
@@ -210,19 +214,30 @@ impl TokenService {
         provider: &str,
         connection_id: &str,
         resp: TokenResponse,
+        profile: &Profile,
+        actor: &Actor,
     ) -> Result<Connection, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
         let tokens = new_tokens(&self.policy, p.refresh_margin, resp, None, &p.scopes);
-        self.save(provider, connection_id, &tokens).await
+        self.save(provider, connection_id, &tokens, profile, actor).await
     }
 
     /// Stores a connection's new tokens or values and its next refresh or check (the event in
-    /// the same transaction), and wakes the relay.
-    async fn save(&self, provider: &str, connection_id: &str, tokens: &NewTokens) -> Result<Connection, TokenError> {
+    /// the same transaction, with the webhook events and the audit entry), and wakes the relay.
+    async fn save(
+        &self,
+        provider: &str,
+        connection_id: &str,
+        tokens: &NewTokens,
+        profile: &Profile,
+        actor: &Actor,
+    ) -> Result<Connection, TokenError> {
         let due = tokens.refresh_due_at;
         let conn = self
             .store
-            .save_authorized(provider, connection_id, tokens, |v| schedule_for(provider, connection_id, v, due))
+            .save_authorized(provider, connection_id, tokens, profile, actor, |v| {
+                schedule_for(provider, connection_id, v, due)
+            })
             .await?;
         self.outbox_signal.notify_one();
         Ok(conn)
@@ -237,13 +252,15 @@ impl TokenService {
         provider: &str,
         connection_id: &str,
         given: &std::collections::BTreeMap<String, String>,
+        profile: &Profile,
+        actor: &Actor,
     ) -> Result<Result<Connection, OAuthError>, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
         let stored = match self.verify_credentials(p, given).await {
             Ok(stored) => stored,
             Err(e) => return Ok(Err(e)),
         };
-        self.store_credentials(p, connection_id, stored).await.map(Ok)
+        self.store_credentials(p, connection_id, stored, profile, actor).await.map(Ok)
     }
 
     /// Has the provider check an end user's values; what it accepts comes back as the values
@@ -266,6 +283,8 @@ impl TokenService {
         p: &crate::catalog::Provider,
         connection_id: &str,
         stored: std::collections::BTreeMap<String, String>,
+        profile: &Profile,
+        actor: &Actor,
     ) -> Result<Connection, TokenError> {
         let provider = p.id.as_str();
         let due = self.next_check(p);
@@ -275,7 +294,7 @@ impl TokenService {
             expires_at: None,
             refresh_due_at: Some(due),
         };
-        self.save(provider, connection_id, &tokens).await
+        self.save(provider, connection_id, &tokens, profile, actor).await
     }
 
     /// Connects a client-credentials (machine-to-machine) connection: the first token is
@@ -285,6 +304,8 @@ impl TokenService {
         &self,
         provider: &str,
         connection_id: &str,
+        profile: &Profile,
+        actor: &Actor,
     ) -> Result<Result<Connection, OAuthError>, TokenError> {
         let p = self.catalog.get(provider).ok_or_else(|| TokenError::UnknownProvider(provider.to_owned()))?;
         let resp = match self.oauth.client_credentials(p).await {
@@ -292,7 +313,7 @@ impl TokenService {
             Err(e) => return Ok(Err(e)),
         };
         let tokens = self.machine_tokens(p, resp);
-        self.save(provider, connection_id, &tokens).await.map(Ok)
+        self.save(provider, connection_id, &tokens, profile, actor).await.map(Ok)
     }
 
     /// A client-credentials token, scheduled for renewal before it expires whether or not
@@ -381,6 +402,7 @@ impl TokenService {
                     // Nothing to refresh with. An expired token without a refresh token is dead.
                     if conn.expires_at.is_some_and(|e| e <= now) || matches!(trigger, Trigger::Unauthorized { .. }) {
                         guard.commit_needs_reauth("no_refresh_token: the provider issued no refresh token").await?;
+                        self.outbox_signal.notify_one();
                         return Ok(Outcome::NeedsReauth { reason: "no_refresh_token".into() });
                     }
                     guard.rollback().await?;
@@ -419,6 +441,7 @@ impl TokenService {
             {
                 let reason = e.to_string();
                 guard.commit_needs_reauth(&reason).await?;
+                self.outbox_signal.notify_one();
                 tracing::Span::current().record("outcome", "needs_reauth");
                 tracing::warn!(error = %reason, "provider refused the refresh token; connection needs re-authorization");
                 Ok(Outcome::NeedsReauth { reason })
@@ -449,10 +472,9 @@ impl TokenService {
                     _ => None,
                 };
                 let retry_at = retry.as_ref().map(|(at, _)| *at);
-                guard.commit_failure(&reason, retry).await?;
-                if retry_at.is_some() {
-                    self.outbox_signal.notify_one();
-                }
+                guard.commit_failure(&reason, retry, self.policy.failing_after).await?;
+                // A retry event, or a `refresh_failing` announcement, may be waiting.
+                self.outbox_signal.notify_one();
                 tracing::Span::current().record("outcome", "failed");
                 tracing::warn!(error = %reason, ?retry_at, "refresh failed; keeping the current token");
                 Ok(Outcome::Failed { error: e, retry_at })
@@ -503,6 +525,7 @@ mod tests {
             min_token_validity: Duration::from_secs(10),
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(600),
+            failing_after: Duration::from_secs(900),
         }
     }
 

@@ -1,19 +1,20 @@
 //! token-refresher: keeps every connection alive.
 //!
-//! A consumer loop takes expiry events from the work queue (bounded prefetch, manual acks),
-//! [`refresh::handle`] does one delivery, and a sweep reschedules any connection that is
-//! overdue with no event in flight (a lost message, a purged queue, a restored backup).
-//! The process also serves `/healthz` and `/readyz`.
+//! Two consumers (`consumer.rs`), each on its own AMQP connection: one takes expiry events from
+//! the work queue ([`refresh::handle`] does one), the other webhook deliveries from theirs
+//! ([`webhooks::handle`] sends one). A sweep reschedules any connection, or delivery, that is
+//! overdue with no message in flight (a lost message, a purged queue, a restored backup), and
+//! prunes the audit trail and old webhook events. The process also serves `/healthz`,
+//! `/readyz` and `/metrics`.
 
+mod consumer;
 pub mod refresh;
 pub mod settings;
+pub mod webhooks;
 
 pub use settings::Settings;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
 use shared::core::Core;
 use shared::messaging::ExpiryEvent;
 use std::net::SocketAddr;
@@ -28,6 +29,9 @@ pub struct Ctx {
     pub core: Core,
     pub settings: Settings,
     pub consuming: AtomicBool,
+    /// Whether the webhook sender is attached to its queue.
+    pub sending: AtomicBool,
+    pub sender: webhooks::Sender,
     pub metrics: shared::metrics::Registry,
 }
 
@@ -40,6 +44,12 @@ fn registry() -> shared::metrics::Registry {
         "authbridge_refresh_lateness_seconds",
         "How long after its due time an expiry event was handled.",
     );
+    r.describe("authbridge_webhook_deliveries_total", "Webhook attempts, by what came of the delivery.");
+    r.describe("authbridge_webhook_messages_total", "Webhook messages not sent now, by why.");
+    r.describe_histogram(
+        "authbridge_webhook_delivery_lag_seconds",
+        "From an event to its successful delivery (retries included).",
+    );
     r
 }
 
@@ -48,6 +58,7 @@ pub struct Application {
     ctx: Arc<Ctx>,
     shutdown: watch::Sender<bool>,
     consumer: JoinHandle<()>,
+    sender: JoinHandle<()>,
     sweep: JoinHandle<()>,
     http: shared::http::ServerTask,
 }
@@ -55,9 +66,35 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let core = Core::start(&settings.common, "token-refresher").await?;
-        let ctx = Arc::new(Ctx { core, settings, consuming: AtomicBool::new(false), metrics: registry() });
+        let sender = webhooks::Sender::new(settings.common.webhook_allow_private, settings.webhook_per_endpoint);
+        let ctx = Arc::new(Ctx {
+            core,
+            settings,
+            consuming: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
+            sender,
+            metrics: registry(),
+        });
         let (shutdown, rx) = watch::channel(false);
-        let consumer = tokio::spawn(consume_loop(ctx.clone(), rx.clone()));
+        let topology = &ctx.core.broker.topology;
+        let refreshes = consumer::Lane {
+            queue: topology.work_queue(),
+            prefetch: ctx.settings.prefetch,
+            name: "token-refresher-consumer",
+            attached: |ctx| &ctx.consuming,
+        };
+        let deliveries = consumer::Lane {
+            queue: topology.webhook_queue(),
+            prefetch: ctx.settings.webhook_prefetch,
+            name: "token-refresher-webhooks",
+            attached: |ctx| &ctx.sending,
+        };
+        let consumer = tokio::spawn(consumer::run(ctx.clone(), refreshes, rx.clone(), |ctx, d| async move {
+            refresh::handle(&ctx, d).await;
+        }));
+        let sender = tokio::spawn(consumer::run(ctx.clone(), deliveries, rx.clone(), |ctx, d| async move {
+            webhooks::handle(&ctx, d).await;
+        }));
         let sweep = tokio::spawn(sweep_loop(ctx.clone(), rx));
         let data = web::Data::from(ctx.clone());
         let server = HttpServer::new(move || {
@@ -74,7 +111,7 @@ impl Application {
         let addr = server.addrs()[0];
         let http = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, "token-refresher running");
-        Ok(Self { addr, ctx, shutdown, consumer, sweep, http })
+        Ok(Self { addr, ctx, shutdown, consumer, sender, sweep, http })
     }
 
     pub fn url(&self) -> String {
@@ -86,6 +123,7 @@ impl Application {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.consumer.await;
+        let _ = self.sender.await;
         let _ = self.sweep.await;
         self.http.stop(true).await;
         if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
@@ -98,8 +136,10 @@ impl Application {
     /// outbox relay stops without a last pass.
     pub async fn kill(self) {
         self.consumer.abort();
+        self.sender.abort();
         self.sweep.abort();
         let _ = self.consumer.await;
+        let _ = self.sender.await;
         let _ = self.sweep.await;
         self.http.stop(false).await;
         if let Ok(mut ctx) = Arc::try_unwrap(self.ctx) {
@@ -110,10 +150,12 @@ impl Application {
 
 async fn readyz(ctx: web::Data<Ctx>) -> HttpResponse {
     let consuming = if ctx.consuming.load(Ordering::Relaxed) { Ok(()) } else { Err("not consuming".to_string()) };
+    let sending = if ctx.sending.load(Ordering::Relaxed) { Ok(()) } else { Err("not consuming".to_string()) };
     shared::http::readiness(vec![
         ("postgres", shared::http::probe(ctx.core.store.ping()).await),
         ("rabbitmq", shared::http::probe(ctx.core.broker.ping()).await),
         ("consumer", consuming),
+        ("webhook_sender", sending),
     ])
 }
 
@@ -157,77 +199,20 @@ async fn metrics(req: actix_web::HttpRequest, ctx: web::Data<Ctx>) -> HttpRespon
         }
     }
     ctx.core.outbox_gauge(&mut out).await;
-    shared::http::metrics_response(out)
-}
-
-/// Connects, consumes until the connection breaks or shutdown, reconnects with backoff.
-async fn consume_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
-    while !*shutdown.borrow() {
-        match consume_once(&ctx, &mut shutdown).await {
-            Ok(()) => backoff = Duration::from_millis(200),
-            Err(e) => {
-                ctx.consuming.store(false, Ordering::Relaxed);
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "consumer lost RabbitMQ; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => {}
-                }
-                // Capped low: once RabbitMQ is back, due events must be consumed promptly.
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+    if let Ok(counts) = ctx.core.store.delivery_counts().await {
+        out.push_str("# HELP authbridge_webhook_deliveries Webhook deliveries kept, by status.\n");
+        out.push_str("# TYPE authbridge_webhook_deliveries gauge\n");
+        for (status, n) in counts {
+            out.push_str(&format!("authbridge_webhook_deliveries{{status=\"{status}\"}} {n}\n"));
         }
     }
-    ctx.consuming.store(false, Ordering::Relaxed);
-}
-
-async fn consume_once(ctx: &Arc<Ctx>, shutdown: &mut watch::Receiver<bool>) -> anyhow::Result<()> {
-    let topology = &ctx.core.broker.topology;
-    let conn = shared::messaging::connect(ctx.core.broker.url(), "token-refresher-consumer").await?;
-    let ch = conn.create_channel().await?;
-    shared::messaging::declare(&ch, topology).await?;
-    ch.basic_qos(ctx.settings.prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("token-refresher-{}", std::process::id());
-    let mut consumer = ch
-        .basic_consume(
-            topology.work_queue().as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    ctx.consuming.store(true, Ordering::Relaxed);
-    tracing::info!(queue = %topology.work_queue(), prefetch = ctx.settings.prefetch, "consuming expiry events");
-    let mut inflight = tokio::task::JoinSet::new();
-    let result = loop {
-        tokio::select! {
-            _ = shutdown.changed() => break Ok(()),
-            Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                if let Err(e) = done { tracing::error!(error = %e, "delivery handler panicked"); }
-            }
-            next = consumer.next() => match next {
-                None => break Err(anyhow::anyhow!("consumer stream ended")),
-                Some(Err(e)) => break Err(e.into()),
-                Some(Ok(delivery)) => {
-                    let ctx = ctx.clone();
-                    inflight.spawn(async move { refresh::handle(&ctx, delivery).await; });
-                }
-            }
-        }
-    };
-    ctx.consuming.store(false, Ordering::Relaxed);
-    // Stop new deliveries, let in-flight ones finish within the grace period.
-    let _ = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
-    let grace = ctx.settings.common.shutdown_grace;
-    let _ = tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await;
-    inflight.abort_all();
-    let _ = conn.close(200, "bye".into()).await;
-    result
+    shared::http::metrics_response(out)
 }
 
 /// Every `sweep_interval`, schedules active connections whose refresh is overdue by more than
 /// `sweep_grace`. Reads only due rows (partial index), so its cost follows the due connections.
 async fn sweep_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(ctx.settings.sweep_interval) => {}
@@ -238,7 +223,59 @@ async fn sweep_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             Ok(n) => tracing::warn!(rescheduled = n, "sweep rescheduled overdue connections"),
             Err(e) => tracing::warn!(error = %e, "sweep failed"),
         }
+        match sweep_deliveries(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(rescheduled = n, "sweep rescheduled overdue webhook deliveries"),
+            Err(e) => tracing::warn!(error = %e, "webhook sweep failed"),
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            if let Err(e) = prune(&ctx).await {
+                tracing::warn!(error = %e, "pruning the audit trail and old webhook events failed");
+            }
+        }
     }
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Pending deliveries overdue with no sender holding them lost their message: they get a new one.
+pub async fn sweep_deliveries(ctx: &Ctx) -> anyhow::Result<u64> {
+    // A copy sent while the original message is only late (tier hops) is harmless: whichever
+    // comes second finds the attempt made, or the delivery held, and is dropped or put back.
+    let before = chrono::Utc::now() - chrono::Duration::from_std(ctx.settings.sweep_grace).unwrap_or_default();
+    let n = ctx.core.store.reschedule_overdue_deliveries(before, 500).await?;
+    if n > 0 {
+        ctx.core.tokens.outbox_signal.notify_one();
+    }
+    Ok(n)
+}
+
+/// Drops audit entries and finished webhook events past their retention, a batch at a time.
+pub async fn prune(ctx: &Ctx) -> anyhow::Result<()> {
+    let common = &ctx.settings.common;
+    let now = chrono::Utc::now();
+    let audit_before = now - chrono::Duration::from_std(common.audit_retention).unwrap_or_default();
+    let events_before = now - chrono::Duration::from_std(common.webhook_retention).unwrap_or_default();
+    let (mut audit, mut events) = (0, 0);
+    loop {
+        let n = ctx.core.store.prune_audit(audit_before, 5000).await?;
+        audit += n;
+        if n < 5000 {
+            break;
+        }
+    }
+    loop {
+        let n = ctx.core.store.prune_webhook_events(events_before, 5000).await?;
+        events += n;
+        if n < 5000 {
+            break;
+        }
+    }
+    if audit + events > 0 {
+        tracing::info!(audit, events, "pruned past their retention");
+    }
+    Ok(())
 }
 
 /// One sweep pass; returns how many connections it rescheduled (at most one page of 500:

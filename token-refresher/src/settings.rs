@@ -11,6 +11,10 @@ pub const PREFETCH: &str = "AUTHBRIDGE_REFRESHER_PREFETCH";
 pub const SWEEP_INTERVAL: &str = "AUTHBRIDGE_SWEEP_INTERVAL_SECONDS";
 /// How long past due a connection must be before the sweep reschedules it (seconds). Default: 60.
 pub const SWEEP_GRACE: &str = "AUTHBRIDGE_SWEEP_GRACE_SECONDS";
+/// Webhook deliveries sent at once (AMQP prefetch of the webhook lane). Default: 64.
+pub const WEBHOOK_PREFETCH: &str = "AUTHBRIDGE_WEBHOOK_PREFETCH";
+/// Sends to one endpoint at once; more wait a few seconds. Default: 4.
+pub const WEBHOOK_PER_ENDPOINT: &str = "AUTHBRIDGE_WEBHOOK_CONCURRENCY_PER_ENDPOINT";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -19,6 +23,8 @@ pub struct Settings {
     pub prefetch: u16,
     pub sweep_interval: Duration,
     pub sweep_grace: Duration,
+    pub webhook_prefetch: u16,
+    pub webhook_per_endpoint: usize,
 }
 
 impl Settings {
@@ -29,8 +35,18 @@ impl Settings {
         let prefetch = r.parse(PREFETCH, 16u16).max(1);
         let sweep_interval = r.seconds(SWEEP_INTERVAL, 60).max(Duration::from_millis(100));
         let sweep_grace = r.seconds(SWEEP_GRACE, 60);
+        let webhook_prefetch = r.parse(WEBHOOK_PREFETCH, 64u16).max(1);
+        let webhook_per_endpoint = r.parse(WEBHOOK_PER_ENDPOINT, 4usize).max(1);
         r.finish()?;
-        Ok(Self { common: common.expect("checked"), bind, prefetch, sweep_interval, sweep_grace })
+        Ok(Self {
+            common: common.expect("checked"),
+            bind,
+            prefetch,
+            sweep_interval,
+            sweep_grace,
+            webhook_prefetch,
+            webhook_per_endpoint,
+        })
     }
 }
 
@@ -47,6 +63,7 @@ mod tests {
         assert_eq!(s.prefetch, 16);
         assert_eq!(s.sweep_interval, Duration::from_secs(60));
         assert_eq!(s.sweep_grace, Duration::from_secs(60));
+        assert_eq!((s.webhook_prefetch, s.webhook_per_endpoint), (64, 4));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `/v1/api-keys`: create, list and revoke API keys at run time (scope `admin`).
 
 use crate::AppState;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use shared::auth::{scope, Authorized, Scope};
 use shared::catalog::valid_provider_id;
@@ -20,6 +20,7 @@ pub struct CreateKey {
 pub async fn create(
     caller: Authorized<scope::Admin>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<CreateKey>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -52,6 +53,8 @@ pub async fn create(
         .store
         .create_api_key(&id, name, &shared::crypto::hash_secret(&key), &body.scopes, &body.providers)
         .await?;
+    let detail = serde_json::json!({ "id": id, "name": name, "scopes": body.scopes, "providers": body.providers });
+    state.core.store.audit(&super::actor(&caller, &req), "api_key.created", None, Some(&detail)).await?;
     let mut v = serde_json::to_value(&record).map_err(ApiError::internal)?;
     v["key"] = key.into();
     Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(v))
@@ -69,11 +72,14 @@ pub async fn list(caller: Authorized<scope::Admin>, state: web::Data<AppState>) 
 pub async fn revoke(
     caller: Authorized<scope::Admin>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     // A key beyond the caller's reach answers as if it did not exist.
     let reachable = state.core.store.get_api_key(&id).await?.is_some_and(|k| caller.may_manage(&k.providers));
     if reachable && state.core.store.revoke_api_key(&id).await? {
+        let detail = serde_json::json!({ "id": id.as_str() });
+        state.core.store.audit(&super::actor(&caller, &req), "api_key.revoked", None, Some(&detail)).await?;
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(ApiError::new(ErrorCode::NotFound, format!("no live API key `{id}`")))

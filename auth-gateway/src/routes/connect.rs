@@ -25,6 +25,10 @@ pub struct CreateSession {
     return_url: Option<String>,
     #[serde(default)]
     mode: Mode,
+    /// The product's end user the connection will belong to.
+    end_user: Option<shared::store::EndUser>,
+    /// The product's labels on the connection.
+    tags: Option<shared::store::Tags>,
 }
 
 /// How the product shows the flow.
@@ -69,6 +73,8 @@ pub async fn create_session(
         ));
     }
     check_connection_id(&body.connection_id)?;
+    shared::store::check_profile(body.end_user.as_ref(), body.tags.as_ref())
+        .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
     let return_url = match &body.return_url {
         Some(raw) => {
             let u = Url::parse(raw)
@@ -111,6 +117,8 @@ pub async fn create_session(
             ending: shared::store::Ending { return_url, popup: body.mode == Mode::Popup },
             expires_at,
             may_replace,
+            profile: shared::store::Profile { end_user: body.end_user, tags: body.tags },
+            created_by: Some(caller.key_id.to_string()),
         })
         .await?;
     let connect_url = format!("{}/connect/{token}", state.settings.public_url.as_str().trim_end_matches('/'));
@@ -400,7 +408,12 @@ pub async fn callback(
             return done(failed(&state, &req, &session.ending, &e.code()));
         }
     };
-    state.core.tokens.store_authorized(&session.provider, &session.connection_id, resp).await?;
+    let actor = super::flow_actor(&session, &req);
+    state
+        .core
+        .tokens
+        .store_authorized(&session.provider, &session.connection_id, resp, &session.profile, &actor)
+        .await?;
     span.record("outcome", "connected");
     done(finish(&state, &req, &session.ending, Outcome::connected(&session)))
 }

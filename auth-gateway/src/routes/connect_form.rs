@@ -180,7 +180,8 @@ pub async fn submit(
             None => Ok(unknown_link(&state)),
         };
     }
-    state.core.tokens.store_credentials(provider, &session.connection_id, stored).await?;
+    let actor = super::flow_actor(&session, &req);
+    state.core.tokens.store_credentials(provider, &session.connection_id, stored, &session.profile, &actor).await?;
     span.record("outcome", "connected");
     ended(finish(&state, &req, &session.ending, Outcome::connected(&session)))
 }

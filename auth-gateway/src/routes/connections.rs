@@ -2,13 +2,13 @@
 
 use crate::AppState;
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use shared::auth::{scope, Authorized};
 use shared::catalog::{valid_connection_id, valid_provider_id};
 use shared::http::{connection_not_found, usable, ApiError, ErrorCode};
-use shared::store::{Connection, ConnectionStatus};
+use shared::store::{Connection, ConnectionFilter, ConnectionStatus, EndUser, Profile, Tags};
 use shared::tokens::Trigger;
 
 /// A connection as the API shows it: status and schedule, never tokens.
@@ -25,6 +25,8 @@ pub struct ConnectionView {
     error_count: i32,
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
+    end_user: Option<EndUser>,
+    tags: Tags,
 }
 
 impl From<&Connection> for ConnectionView {
@@ -41,6 +43,8 @@ impl From<&Connection> for ConnectionView {
             error_count: c.error_count,
             created_at: c.created_at,
             updated_at: c.updated_at,
+            end_user: c.end_user.clone(),
+            tags: c.tags.clone(),
         }
     }
 }
@@ -72,13 +76,62 @@ pub async fn list_providers(caller: Authorized<scope::ConnectionsRead>, state: w
     HttpResponse::Ok().json(serde_json::json!({ "providers": providers }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The query of `GET /v1/connections`. Read by hand, not by serde: `tag=` may repeat.
+#[derive(Default)]
 pub struct ListQuery {
     provider: Option<String>,
     status: Option<String>,
     limit: Option<i64>,
     cursor: Option<String>,
+    filter: ConnectionFilter,
+}
+
+impl ListQuery {
+    fn parse(query: &str) -> Result<Self, ApiError> {
+        let bad = |m: String| ApiError::new(ErrorCode::InvalidRequest, m);
+        let mut q = ListQuery::default();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let once = |slot: &mut Option<String>| {
+                if slot.replace(v.to_string()).is_some() {
+                    return Err(bad(format!("`{k}` given twice")));
+                }
+                Ok(())
+            };
+            match &*k {
+                "provider" => once(&mut q.provider)?,
+                "status" => once(&mut q.status)?,
+                "cursor" => once(&mut q.cursor)?,
+                "end_user_id" => once(&mut q.filter.end_user_id)?,
+                "organization_id" => once(&mut q.filter.organization_id)?,
+                "limit" => {
+                    q.limit = Some(v.parse().map_err(|_| bad("limit must be a number".into()))?);
+                }
+                "tag" => {
+                    let (tk, tv) =
+                        shared::store::parse_tag_filter(&v).ok_or_else(|| bad("tag must be `key:value`".into()))?;
+                    q.filter.tags.insert(tk, tv);
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown query parameter `{other}`; known: provider, status, limit, cursor, end_user_id, \
+                         organization_id, tag"
+                    )))
+                }
+            }
+        }
+        let tags = (!q.filter.tags.is_empty()).then_some(&q.filter.tags);
+        let probe = q.filter.end_user_id.as_ref().map(|id| EndUser {
+            id: id.clone(),
+            email: None,
+            display_name: None,
+            organization_id: q.filter.organization_id.clone(),
+        });
+        shared::store::check_profile(probe.as_ref(), tags).map_err(bad)?;
+        if q.filter.organization_id.as_deref().is_some_and(|o| o.is_empty() || o.chars().any(char::is_control)) {
+            return Err(bad("organization_id must be printable and not empty".into()));
+        }
+        Ok(q)
+    }
 }
 
 fn encode_cursor(c: &Connection) -> String {
@@ -92,12 +145,13 @@ fn decode_cursor(s: &str) -> Option<(String, String)> {
     (valid_provider_id(&p) && valid_connection_id(&c)).then_some((p, c))
 }
 
-/// `GET /v1/connections?provider=&status=&limit=&cursor=`
+/// `GET /v1/connections?provider=&status=&end_user_id=&organization_id=&tag=k:v&limit=&cursor=`
 pub async fn list(
     caller: Authorized<scope::ConnectionsRead>,
     state: web::Data<AppState>,
-    q: web::Query<ListQuery>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    let q = ListQuery::parse(req.query_string())?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s) => Some(
@@ -133,7 +187,13 @@ pub async fn list(
     let rows = state
         .core
         .store
-        .list_connections(q.provider.as_deref(), status, after.as_ref().map(|(p, c)| (p.as_str(), c.as_str())), limit)
+        .list_connections(
+            q.provider.as_deref(),
+            status,
+            &q.filter,
+            after.as_ref().map(|(p, c)| (p.as_str(), c.as_str())),
+            limit,
+        )
         .await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(encode_cursor)).flatten();
     let views: Vec<ConnectionView> = rows.iter().map(ConnectionView::from).collect();
@@ -157,6 +217,7 @@ pub async fn get(
 pub async fn token(
     caller: Authorized<scope::TokensRead>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = reachable(&caller, path)?;
@@ -167,6 +228,8 @@ pub async fn token(
         ));
     }
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
+    // Recorded before the secret leaves: a read that cannot be audited does not happen.
+    state.core.store.audit(&super::actor(&caller, &req), "token.read", Some((&provider, &id)), None).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
@@ -186,6 +249,7 @@ pub async fn token(
 pub async fn credentials(
     caller: Authorized<scope::TokensRead>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = reachable(&caller, path)?;
@@ -197,6 +261,7 @@ pub async fn credentials(
         ));
     }
     let (c, creds) = usable(state.core.tokens.valid_token(&provider, &id).await?, &provider, &id)?;
+    state.core.store.audit(&super::actor(&caller, &req), "credentials.read", Some((&provider, &id)), None).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"))
@@ -216,6 +281,18 @@ pub struct CreateConnection {
     /// The end user's values (credential modes); none for client-credentials providers.
     #[serde(default)]
     credentials: std::collections::BTreeMap<String, String>,
+    /// The product's end user the connection belongs to.
+    end_user: Option<EndUser>,
+    /// The product's labels on the connection.
+    tags: Option<Tags>,
+}
+
+impl CreateConnection {
+    fn profile(&self) -> Result<Profile, ApiError> {
+        shared::store::check_profile(self.end_user.as_ref(), self.tags.as_ref())
+            .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
+        Ok(Profile { end_user: self.end_user.clone(), tags: self.tags.clone() })
+    }
 }
 
 /// `POST /v1/connections`: connect (or reconnect, keeping the id) a credential connection. The
@@ -224,13 +301,16 @@ pub struct CreateConnection {
 pub async fn create(
     caller: Authorized<scope::ConnectionsWrite>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<CreateConnection>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     caller.require_provider(&body.provider)?;
     let p = super::connect::catalog_provider(&state, &body.provider)?;
+    let profile = body.profile()?;
+    let actor = super::actor(&caller, &req);
     if p.auth == shared::catalog::AuthMode::OAuth2ClientCredentials {
-        return create_machine(&state, p, &body).await;
+        return create_machine(&state, p, &body, &profile, &actor).await;
     }
     let Some(spec) = &p.credentials else {
         return Err(ApiError::new(
@@ -250,7 +330,11 @@ pub async fn create(
     super::connect::check_connection_id(&body.connection_id)?;
     shared::credentials::check_given(spec, &body.credentials)
         .map_err(|m| ApiError::new(ErrorCode::InvalidRequest, m))?;
-    let outcome = state.core.tokens.connect_with_credentials(&p.id, &body.connection_id, &body.credentials).await?;
+    let outcome = state
+        .core
+        .tokens
+        .connect_with_credentials(&p.id, &body.connection_id, &body.credentials, &profile, &actor)
+        .await?;
     let conn = outcome.map_err(|e| credential_error(p, e))?;
     let view = ConnectionView::from(&conn);
     // The first version of a row is a new connection; a later one replaced the credentials.
@@ -263,6 +347,8 @@ async fn create_machine(
     state: &AppState,
     p: &shared::catalog::Provider,
     body: &CreateConnection,
+    profile: &Profile,
+    actor: &shared::store::Actor,
 ) -> Result<HttpResponse, ApiError> {
     if !p.is_configured() {
         return Err(ApiError::new(
@@ -277,20 +363,21 @@ async fn create_machine(
             format!("provider `{}` connects with the operator's client credentials: send no `credentials`", p.id),
         ));
     }
-    let conn = state.core.tokens.connect_machine(&p.id, &body.connection_id).await?.map_err(|e| match e {
-        shared::oauth::OAuthError::Rejected { error, description, .. } => ApiError::new(
-            ErrorCode::IntegrationRefused,
-            format!(
-                "{} refused this integration's client credentials ({error}{}); the operator must fix them",
-                p.display_name,
-                description.map(|d| format!(": {d}")).unwrap_or_default()
+    let conn =
+        state.core.tokens.connect_machine(&p.id, &body.connection_id, profile, actor).await?.map_err(|e| match e {
+            shared::oauth::OAuthError::Rejected { error, description, .. } => ApiError::new(
+                ErrorCode::IntegrationRefused,
+                format!(
+                    "{} refused this integration's client credentials ({error}{}); the operator must fix them",
+                    p.display_name,
+                    description.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
             ),
-        ),
-        other => ApiError::new(
-            ErrorCode::UpstreamUnreachable,
-            format!("{} could not issue a token now ({other}); nothing was stored, try again", p.display_name),
-        ),
-    })?;
+            other => ApiError::new(
+                ErrorCode::UpstreamUnreachable,
+                format!("{} could not issue a token now ({other}); nothing was stored, try again", p.display_name),
+            ),
+        })?;
     let view = ConnectionView::from(&conn);
     Ok(if conn.token_version == 1 { HttpResponse::Created().json(view) } else { HttpResponse::Ok().json(view) })
 }
@@ -337,10 +424,29 @@ fn credential_error(p: &shared::catalog::Provider, e: shared::oauth::OAuthError)
 pub async fn refresh(
     caller: Authorized<scope::ConnectionsWrite>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = reachable(&caller, path)?;
-    let (c, _) = usable(state.core.tokens.refresh(&provider, &id, Trigger::Force).await?, &provider, &id)?;
+    let outcome = state.core.tokens.refresh(&provider, &id, Trigger::Force).await?;
+    // Audited whatever came of it: the provider was called on this key's say-so.
+    let result = match &outcome {
+        shared::tokens::Outcome::Refreshed(..) => "refreshed",
+        shared::tokens::Outcome::Current(..) => "checked",
+        shared::tokens::Outcome::NotFound => "not_found",
+        shared::tokens::Outcome::NeedsReauth { .. } => "needs_reauth",
+        shared::tokens::Outcome::Failed { .. } => "failed",
+        shared::tokens::Outcome::NotDue => "not_due",
+    };
+    if !matches!(outcome, shared::tokens::Outcome::NotFound) {
+        let detail = serde_json::json!({ "result": result });
+        state
+            .core
+            .store
+            .audit(&super::actor(&caller, &req), "connection.refreshed", Some((&provider, &id)), Some(&detail))
+            .await?;
+    }
+    let (c, _) = usable(outcome, &provider, &id)?;
     Ok(HttpResponse::Ok().json(ConnectionView::from(&c)))
 }
 
@@ -350,15 +456,17 @@ pub async fn refresh(
 pub async fn delete(
     caller: Authorized<scope::ConnectionsWrite>,
     state: web::Data<AppState>,
+    req: HttpRequest,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (provider, id) = reachable(&caller, path)?;
     let c = state
         .core
         .store
-        .delete_connection(&provider, &id)
+        .delete_connection(&provider, &id, &super::actor(&caller, &req))
         .await?
         .ok_or_else(|| connection_not_found(&provider, &id))?;
+    state.core.tokens.outbox_signal.notify_one();
     let oauth = state.core.tokens.catalog.get(&provider).filter(|p| p.credentials.is_none());
     if let (Some(p), Ok(creds)) = (oauth, state.core.store.open_credentials(&c)) {
         let (token, hint) = match &creds.refresh_token {

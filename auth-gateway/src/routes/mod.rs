@@ -1,10 +1,12 @@
 //! Route table of the gateway.
 
 mod api_keys;
+mod audit;
 mod connect;
 mod connect_form;
 mod connections;
 mod ending;
+mod webhooks;
 
 use actix_web::{web, HttpResponse};
 
@@ -31,7 +33,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/connections/{provider}/{connection_id}", web::delete().to(connections::delete))
         .route("/v1/connections/{provider}/{connection_id}/token", get_or_head().to(connections::token))
         .route("/v1/connections/{provider}/{connection_id}/credentials", get_or_head().to(connections::credentials))
-        .route("/v1/connections/{provider}/{connection_id}/refresh", web::post().to(connections::refresh));
+        .route("/v1/connections/{provider}/{connection_id}/refresh", web::post().to(connections::refresh))
+        .route("/v1/webhooks", web::post().to(webhooks::create))
+        .route("/v1/webhooks", get_or_head().to(webhooks::list))
+        .route("/v1/webhooks/{id}", get_or_head().to(webhooks::get))
+        .route("/v1/webhooks/{id}", web::delete().to(webhooks::delete))
+        .route("/v1/webhooks/{id}/secrets", web::post().to(webhooks::add_secret))
+        .route("/v1/webhooks/{id}/secrets/{secret_id}", web::delete().to(webhooks::delete_secret))
+        .route("/v1/webhooks/{id}/deliveries", get_or_head().to(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/retry", web::post().to(webhooks::retry))
+        .route("/v1/audit", get_or_head().to(audit::list));
+}
+
+/// Who is acting: the caller's key and the address the request came from.
+fn actor(caller: &shared::auth::Caller, req: &actix_web::HttpRequest) -> shared::store::Actor {
+    shared::store::Actor::new(&caller.key_id, req.peer_addr().map(|a| a.ip()))
+}
+
+/// Who completes a flow: the key that created the session, from the browser's address.
+fn flow_actor(session: &shared::store::ConsumedSession, req: &actix_web::HttpRequest) -> shared::store::Actor {
+    shared::store::Actor { key_id: session.created_by.clone(), address: req.peer_addr().map(|a| a.ip().to_string()) }
 }
 
 /// GET, and HEAD with the same fields and no body (RFC 9110 §9.3.2), for routes without side

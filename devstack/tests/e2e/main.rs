@@ -12,3 +12,4 @@ mod proxy;
 mod refresh;
 mod security;
 mod support;
+mod webhooks;

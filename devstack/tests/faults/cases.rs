@@ -486,3 +486,98 @@ async fn postgres_down_for_30_seconds_fails_no_call_for_connections_the_proxy_ha
     );
     app.stop().await;
 }
+
+/// A webhook endpoint at a receiver the test starts; returns the receiver and the endpoint id.
+async fn webhook_receiver(app: &TestApp) -> (devstack::receiver::Receiver, String) {
+    let rx = devstack::receiver::Receiver::start().await.unwrap();
+    let r =
+        app.post_json("/v1/webhooks", &serde_json::json!({"url": rx.url(), "events": ["connection.created"]})).await;
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.unwrap();
+    (rx, v["id"].as_str().unwrap().to_owned())
+}
+
+/// Machine-to-machine connections (each one `connection.created` event).
+async fn machines(app: &TestApp, ids: &[String]) {
+    for id in ids {
+        let r = app
+            .post_json("/v1/connections", &serde_json::json!({"provider": "mockmachine", "connection_id": id}))
+            .await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+}
+
+/// Waits until the receiver has every one of `ids`' events; returns how many requests that took.
+async fn all_delivered(rx: &devstack::receiver::Receiver, ids: &[String], limit: Duration) -> usize {
+    eventually("every event at the receiver", limit, || async {
+        let got = rx.received();
+        let seen: std::collections::BTreeSet<String> =
+            got.iter().map(|r| r.json()["data"]["connection_id"].as_str().unwrap().to_owned()).collect();
+        ids.iter().all(|id| seen.contains(id)).then_some(got.len())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_committed_before_and_during_a_rabbitmq_outage_are_all_delivered() {
+    let app = TestApp::start_with(opts(3600, 1)).await;
+    let (rx, _) = webhook_receiver(&app).await;
+    let before = ids("wh-before", 10);
+    machines(&app, &before).await;
+    let started = Instant::now();
+    let down = RabbitDown::stop();
+    let refresher_ready = format!("{}/readyz", app.stack.refreshers[0].url());
+    wait_ready(&refresher_ready, 503, Duration::from_secs(15)).await;
+    let during = ids("wh-during", 10);
+    machines(&app, &during).await;
+    let pending = app.stack.store().outbox_len().await.unwrap();
+    assert!(pending > 0, "events should be waiting in the outbox");
+    while started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outage = started.elapsed();
+    down.start();
+    let back = Instant::now();
+    let all: Vec<String> = before.iter().chain(during.iter()).cloned().collect();
+    let requests = all_delivered(&rx, &all, Duration::from_secs(60)).await;
+    let waited = back.elapsed();
+    assert_eq!(app.stack.store().outbox_len().await.unwrap(), 0, "the outbox drained");
+    report(
+        "Webhooks while RabbitMQ is stopped and restarted",
+        &[
+            ("events", format!("{} ({} committed during the outage)", all.len(), during.len())),
+            ("outage", format!("{:.1} s", outage.as_secs_f64())),
+            ("messages waiting in the outbox during the outage", pending.to_string()),
+            ("time from start_app until every event was delivered", format!("{:.1} s", waited.as_secs_f64())),
+            ("requests the receiver got (duplicates allowed: at least once)", requests.to_string()),
+        ],
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_being_sent_when_the_refresher_is_killed_are_sent_by_the_next_one() {
+    let mut app = TestApp::start_with(opts(3600, 1)).await;
+    let (rx, _) = webhook_receiver(&app).await;
+    // Slow answers: the kill lands while sends are in flight.
+    rx.set_delay(Duration::from_secs(3));
+    let conns = ids("wh-kill", 8);
+    machines(&app, &conns).await;
+    eventually("sends in flight", Duration::from_secs(10), || async { (rx.most_at_once() >= 1).then_some(()) }).await;
+    let killed = app.stack.refreshers.pop().unwrap();
+    let t = Instant::now();
+    killed.kill().await;
+    rx.set_delay(Duration::ZERO);
+    app.stack.add_refresher(0).await.unwrap();
+    let requests = all_delivered(&rx, &conns, Duration::from_secs(60)).await;
+    report(
+        "Webhooks in flight when a refresher is killed; a second replica sends them",
+        &[
+            ("events", conns.len().to_string()),
+            ("most sends open at the receiver at once", rx.most_at_once().to_string()),
+            ("time from the kill until every event was delivered", format!("{:.1} s", t.elapsed().as_secs_f64())),
+            ("requests the receiver got", requests.to_string()),
+        ],
+    );
+    app.stop().await;
+}

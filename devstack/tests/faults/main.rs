@@ -1,5 +1,6 @@
 //! Fault injection against the real servers: RabbitMQ and PostgreSQL restarts, a refresher
-//! killed mid-refresh, a purged queue, a failing provider, and a soak of 1,000 connections.
+//! killed mid-refresh, a purged queue, a failing provider, a soak of 1,000 connections, and
+//! webhook deliveries through a RabbitMQ restart and a killed sender.
 //!
 //! These tests stop and restart the machine's shared RabbitMQ and PostgreSQL, so they live in
 //! their own binary (feature `fault-tests`) and run one at a time, after every other test:

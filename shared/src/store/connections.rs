@@ -1,7 +1,11 @@
 //! Connections: one end user's tokens at one provider, sealed, with their refresh schedule.
 
+use super::audit::insert_audit;
 use super::outbox::{insert_outbox, OutboxMessage};
+use super::profile::{Actor, EndUser, Profile, Tags};
+use super::webhooks::announce;
 use super::{Store, StoreError};
+use crate::webhooks::EventType;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -81,6 +85,13 @@ pub struct Connection {
     pub error_count: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The product's end user this connection belongs to, if it said.
+    pub end_user: Option<EndUser>,
+    pub tags: Tags,
+    /// Since when refreshes have failed for reasons that may pass (cleared by a success).
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Whether `connection.refresh_failing` was announced for the current run of failures.
+    pub failing_announced: bool,
     key_id: String,
     sealed: Vec<u8>,
 }
@@ -118,7 +129,8 @@ pub struct NewTokens {
 macro_rules! columns {
     () => {
         "provider, connection_id, status, scopes, key_id, credentials, expires_at, \
-         refresh_due_at, token_version, last_refresh_at, last_error, error_count, created_at, updated_at"
+         refresh_due_at, token_version, last_refresh_at, last_error, error_count, created_at, updated_at, \
+         end_user, tags, failing_since, failing_announced"
     };
 }
 
@@ -143,7 +155,24 @@ fn from_row(row: &Row) -> Result<Connection, StoreError> {
         error_count: row.get("error_count"),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
+        end_user: row
+            .get::<_, Option<serde_json::Value>>("end_user")
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("end_user: {e}")))?,
+        tags: serde_json::from_value(row.get("tags")).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
+        failing_since: row.get("failing_since"),
+        failing_announced: row.get("failing_announced"),
     })
+}
+
+/// What `GET /v1/connections` filters on besides provider and status.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionFilter {
+    pub end_user_id: Option<String>,
+    pub organization_id: Option<String>,
+    /// Every one of these tags, with these values.
+    pub tags: Tags,
 }
 
 impl Store {
@@ -178,11 +207,13 @@ impl Store {
         &self,
         provider: Option<&str>,
         status: Option<ConnectionStatus>,
+        filter: &ConnectionFilter,
         after: Option<(&str, &str)>,
         limit: i64,
     ) -> Result<Vec<Connection>, StoreError> {
         let client = self.client().await?;
         let (ap, ac) = after.unwrap_or(("", ""));
+        let tags = (!filter.tags.is_empty()).then(|| serde_json::to_value(&filter.tags).expect("tags serialize"));
         let rows = client
             .query(
                 concat!(
@@ -192,39 +223,66 @@ impl Store {
                      WHERE ($1::text IS NULL OR provider = $1)
                        AND ($2::text IS NULL OR status = $2)
                        AND (provider, connection_id) > ($3, $4)
+                       AND ($6::text IS NULL OR end_user->>'id' = $6)
+                       AND ($7::text IS NULL OR end_user->>'organization_id' = $7)
+                       AND ($8::jsonb IS NULL OR tags @> $8)
                      ORDER BY provider, connection_id LIMIT $5"
                 ),
-                &[&provider, &status.map(|s| s.as_str()), &ap, &ac, &limit],
+                &[
+                    &provider,
+                    &status.map(|s| s.as_str()),
+                    &ap,
+                    &ac,
+                    &limit,
+                    &filter.end_user_id,
+                    &filter.organization_id,
+                    &tags,
+                ],
             )
             .await?;
         rows.iter().map(from_row).collect()
     }
 
     /// Stores tokens from a completed authorization, creating or replacing the connection, and
-    /// writes the events `events(new_version)` returns in the same transaction.
+    /// writes in the same transaction the events `events(new_version)` returns, the webhook
+    /// events it makes (`connection.created`, or `connection.reconnected` and, for a connection
+    /// that was not working, `connection.recovered`) and the audit entry.
     #[tracing::instrument(skip_all, fields(provider, connection_id))]
     pub async fn save_authorized(
         &self,
         provider: &str,
         connection_id: &str,
         tokens: &NewTokens,
+        profile: &Profile,
+        actor: &Actor,
         events: impl FnOnce(i64) -> Vec<OutboxMessage>,
     ) -> Result<Connection, StoreError> {
         let sealed = self.seal_credentials(provider, connection_id, &tokens.credentials);
+        let end_user = profile.end_user.as_ref().map(|u| serde_json::to_value(u).expect("end user serializes"));
+        let tags = profile.tags.as_ref().map(|t| serde_json::to_value(t).expect("tags serialize"));
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let before = tx
+            .prepare_cached(
+                "SELECT status = 'needs_reauth' OR failing_announced FROM connections
+                  WHERE provider = $1 AND connection_id = $2 FOR UPDATE",
+            )
+            .await?;
+        let was_broken: Option<bool> = tx.query_opt(&before, &[&provider, &connection_id]).await?.map(|r| r.get(0));
         let stmt = tx
             .prepare_cached(concat!(
                 "INSERT INTO connections (provider, connection_id, status, scopes, key_id, credentials,
-                        expires_at, refresh_due_at, last_refresh_at)
-                     VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, now())
+                        expires_at, refresh_due_at, last_refresh_at, end_user, tags)
+                     VALUES ($1, $2, 'active', $3, $4, $5, $6, $7, now(), $8, COALESCE($9, '{}'::jsonb))
                      ON CONFLICT (provider, connection_id) DO UPDATE SET
                         status = 'active', scopes = EXCLUDED.scopes, key_id = EXCLUDED.key_id,
                         credentials = EXCLUDED.credentials, expires_at = EXCLUDED.expires_at,
                         refresh_due_at = EXCLUDED.refresh_due_at, last_refresh_at = now(),
                         token_version = connections.token_version + 1,
-                        last_error = NULL, error_count = 0, updated_at = now()
-                     RETURNING ",
+                        last_error = NULL, error_count = 0, updated_at = now(),
+                        failing_since = NULL, failing_announced = false,
+                        end_user = COALESCE($8, connections.end_user), tags = COALESCE($9, connections.tags)
+                     RETURNING (xmax = 0) AS inserted, ",
                 columns!()
             ))
             .await?;
@@ -239,6 +297,8 @@ impl Store {
                     &sealed.blob,
                     &tokens.expires_at,
                     &tokens.refresh_due_at,
+                    &end_user,
+                    &tags,
                 ],
             )
             .await?;
@@ -246,25 +306,45 @@ impl Store {
         for m in events(conn.token_version) {
             insert_outbox(&tx, &m).await?;
         }
+        let key = Some((provider, connection_id));
+        if row.get::<_, bool>("inserted") {
+            announce(&tx, EventType::Created, &conn, None).await?;
+            insert_audit(&tx, actor, "connection.created", key, None).await?;
+        } else {
+            announce(&tx, EventType::Reconnected, &conn, None).await?;
+            if was_broken == Some(true) {
+                announce(&tx, EventType::Recovered, &conn, None).await?;
+            }
+            insert_audit(&tx, actor, "connection.reconnected", key, None).await?;
+        }
         tx.commit().await?;
         Ok(conn)
     }
 
-    /// Deletes a connection and returns what it held (so its tokens can be revoked).
+    /// Deletes a connection and returns what it held (so its tokens can be revoked), announcing
+    /// `connection.deleted` and auditing it in the same transaction.
     #[tracing::instrument(skip_all, fields(provider, connection_id))]
     pub async fn delete_connection(
         &self,
         provider: &str,
         connection_id: &str,
+        actor: &Actor,
     ) -> Result<Option<Connection>, StoreError> {
-        let client = self.client().await?;
-        let row = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
             .query_opt(
                 concat!("DELETE FROM connections WHERE provider = $1 AND connection_id = $2 RETURNING ", columns!()),
                 &[&provider, &connection_id],
             )
             .await?;
-        row.as_ref().map(from_row).transpose()
+        let Some(conn) = row.as_ref().map(from_row).transpose()? else {
+            return Ok(None);
+        };
+        announce(&tx, EventType::Deleted, &conn, None).await?;
+        insert_audit(&tx, actor, "connection.deleted", Some((provider, connection_id)), None).await?;
+        tx.commit().await?;
+        Ok(Some(conn))
     }
 
     /// Active connections whose refresh fell due before `before`: what the sweep reschedules.
@@ -372,7 +452,8 @@ impl RefreshGuard {
             .prepare_cached(concat!(
                 "UPDATE connections SET key_id = $3, credentials = $4, scopes = $5, expires_at = $6,
                     refresh_due_at = $7, token_version = token_version + 1, last_refresh_at = clock_timestamp(),
-                    last_error = NULL, error_count = 0, status = 'active', updated_at = now()
+                    last_error = NULL, error_count = 0, status = 'active', updated_at = now(),
+                    failing_since = NULL, failing_announced = false
                  WHERE provider = $1 AND connection_id = $2 RETURNING ",
                 columns!()
             ))
@@ -396,6 +477,7 @@ impl RefreshGuard {
         for m in events(updated.token_version) {
             insert_outbox(self.client(), &m).await?;
         }
+        self.announce_recovery(&updated).await?;
         self.finish("COMMIT").await?;
         Ok(updated)
     }
@@ -412,7 +494,8 @@ impl RefreshGuard {
             .client()
             .prepare_cached(concat!(
                 "UPDATE connections SET refresh_due_at = $3, last_refresh_at = clock_timestamp(),
-                    last_error = NULL, error_count = 0, updated_at = now()
+                    last_error = NULL, error_count = 0, updated_at = now(),
+                    failing_since = NULL, failing_announced = false
                  WHERE provider = $1 AND connection_id = $2 RETURNING ",
                 columns!()
             ))
@@ -422,43 +505,68 @@ impl RefreshGuard {
         for m in events(updated.token_version) {
             insert_outbox(self.client(), &m).await?;
         }
+        self.announce_recovery(&updated).await?;
         self.finish("COMMIT").await?;
         Ok(updated)
     }
 
-    /// The provider said no for good: the connection needs the end user to authorize again.
+    /// After a success: a connection whose failures were announced is announced recovered.
+    async fn announce_recovery(&self, updated: &Connection) -> Result<(), StoreError> {
+        if self.connection().failing_announced {
+            announce(self.client(), EventType::Recovered, updated, None).await?;
+        }
+        Ok(())
+    }
+
+    /// The provider said no for good: the connection needs the end user to authorize again,
+    /// and the product is told (`connection.needs_reauth`, with the provider's words).
     pub async fn commit_needs_reauth(self, reason: &str) -> Result<(), StoreError> {
         let c = self.connection();
         let stmt = self
             .client()
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "UPDATE connections SET status = 'needs_reauth', refresh_due_at = NULL, last_error = $3,
-                    error_count = error_count + 1, updated_at = now()
-                 WHERE provider = $1 AND connection_id = $2",
-            )
+                    error_count = error_count + 1, updated_at = now(), failing_since = NULL, failing_announced = false
+                 WHERE provider = $1 AND connection_id = $2 RETURNING ",
+                columns!()
+            ))
             .await?;
-        self.client().execute(&stmt, &[&c.provider, &c.connection_id, &reason]).await?;
+        let row = self.client().query_one(&stmt, &[&c.provider, &c.connection_id, &reason]).await?;
+        announce(self.client(), EventType::NeedsReauth, &from_row(&row)?, Some(reason)).await?;
         self.finish("COMMIT").await
     }
 
     /// A refresh failed for a reason that may pass: record it, and when `retry` is given,
-    /// move the schedule to the retry time and write the retry event with it.
+    /// move the schedule to the retry time and write the retry event with it. Once failures
+    /// have lasted `failing_after`, the product is told (`connection.refresh_failing`, once).
     pub async fn commit_failure(
         self,
         reason: &str,
         retry: Option<(DateTime<Utc>, OutboxMessage)>,
+        failing_after: std::time::Duration,
     ) -> Result<(), StoreError> {
         let c = self.connection();
         let due = retry.as_ref().map(|(at, _)| *at);
         let stmt = self
             .client()
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "UPDATE connections SET last_error = $3, error_count = error_count + 1,
-                    refresh_due_at = COALESCE($4, refresh_due_at), updated_at = now()
-                 WHERE provider = $1 AND connection_id = $2",
-            )
+                    refresh_due_at = COALESCE($4, refresh_due_at), updated_at = now(),
+                    failing_since = COALESCE(failing_since, now()),
+                    failing_announced = failing_announced
+                        OR COALESCE(failing_since, now()) <= now() - make_interval(secs => $5)
+                 WHERE provider = $1 AND connection_id = $2 RETURNING ",
+                columns!()
+            ))
             .await?;
-        self.client().execute(&stmt, &[&c.provider, &c.connection_id, &reason, &due]).await?;
+        let row = self
+            .client()
+            .query_one(&stmt, &[&c.provider, &c.connection_id, &reason, &due, &failing_after.as_secs_f64()])
+            .await?;
+        let updated = from_row(&row)?;
+        if updated.failing_announced && !c.failing_announced {
+            announce(self.client(), EventType::RefreshFailing, &updated, Some(reason)).await?;
+        }
         if let Some((_, m)) = &retry {
             insert_outbox(self.client(), m).await?;
         }
@@ -477,8 +585,8 @@ impl Drop for RefreshGuard {
 }
 
 impl Store {
-    /// Re-seals up to `limit` connections (and live connect-session verifiers) that are not
-    /// sealed under the primary key, a batch per transaction; returns how many it re-sealed.
+    /// Re-seals up to `limit` connections, and up to `limit` webhook signing secrets, that are
+    /// not sealed under the primary key, a batch per transaction; returns how many it re-sealed.
     /// Rows being refreshed are skipped for this batch (`SKIP LOCKED`) and caught by the next,
     /// so the services keep running while it works.
     pub async fn reencrypt_batch(&self, limit: i64) -> Result<usize, StoreError> {
@@ -501,8 +609,25 @@ impl Store {
             )
             .await?;
         }
+        let secrets = tx
+            .query(
+                "SELECT endpoint_id, id, key_id, secret FROM webhook_secrets WHERE key_id <> $1
+                  LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&primary, &limit],
+            )
+            .await?;
+        for r in &secrets {
+            let (endpoint, id): (String, String) = (r.get(0), r.get(1));
+            let secret = self.open_secret(&endpoint, &id, r.get(2), r.get(3))?;
+            let sealed = self.seal_secret(&endpoint, &id, &secret);
+            tx.execute(
+                "UPDATE webhook_secrets SET key_id = $3, secret = $4 WHERE endpoint_id = $1 AND id = $2",
+                &[&endpoint, &id, &sealed.key_id, &sealed.blob],
+            )
+            .await?;
+        }
         tx.commit().await?;
-        Ok(rows.len())
+        Ok(rows.len() + secrets.len())
     }
 
     /// Re-seals everything under the primary key; returns how many connections it re-sealed.

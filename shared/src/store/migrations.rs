@@ -115,6 +115,101 @@ ALTER TABLE connect_sessions ALTER COLUMN return_url DROP NOT NULL;
 ALTER TABLE connect_sessions ADD COLUMN popup BOOLEAN NOT NULL DEFAULT false;
 "#,
     ),
+    (
+        7,
+        r#"
+-- Who a connection belongs to in the product (its end user and organisation) and the
+-- product's own labels, kept with the connection and filterable.
+ALTER TABLE connections ADD COLUMN end_user JSONB;
+ALTER TABLE connections ADD COLUMN tags JSONB NOT NULL DEFAULT '{}';
+-- Since when refreshes have been failing for reasons that may pass, and whether the product
+-- was told (`connection.refresh_failing`), so that it is told once, and told of the recovery.
+ALTER TABLE connections ADD COLUMN failing_since TIMESTAMPTZ;
+ALTER TABLE connections ADD COLUMN failing_announced BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX connections_end_user ON connections ((end_user->>'id')) WHERE end_user IS NOT NULL;
+CREATE INDEX connections_organization ON connections ((end_user->>'organization_id')) WHERE end_user IS NOT NULL;
+CREATE INDEX connections_tags ON connections USING gin (tags jsonb_path_ops);
+ALTER TABLE connect_sessions ADD COLUMN end_user JSONB;
+ALTER TABLE connect_sessions ADD COLUMN tags JSONB;
+-- The API key that created the session: the audit trail names it when the flow completes.
+ALTER TABLE connect_sessions ADD COLUMN created_by TEXT;
+
+CREATE TABLE webhook_endpoints (
+    id          TEXT        PRIMARY KEY,
+    url         TEXT        NOT NULL,
+    -- Empty: every event type.
+    events      TEXT[]      NOT NULL DEFAULT '{}',
+    description TEXT,
+    created_by  TEXT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- Several secrets at once: every live one signs, so a secret rotates with no downtime.
+CREATE TABLE webhook_secrets (
+    endpoint_id TEXT        NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
+    id          TEXT        NOT NULL,
+    key_id      TEXT        NOT NULL,
+    secret      BYTEA       NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    expires_at  TIMESTAMPTZ,
+    PRIMARY KEY (endpoint_id, id)
+);
+CREATE TABLE webhook_events (
+    id          TEXT        PRIMARY KEY,
+    type        TEXT        NOT NULL,
+    payload     JSONB       NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_events_created ON webhook_events (created_at);
+CREATE TABLE webhook_deliveries (
+    id              BIGSERIAL   PRIMARY KEY,
+    event_id        TEXT        NOT NULL REFERENCES webhook_events ON DELETE CASCADE,
+    endpoint_id     TEXT        NOT NULL REFERENCES webhook_endpoints ON DELETE CASCADE,
+    status          TEXT        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'succeeded', 'failed')),
+    attempts        INTEGER     NOT NULL DEFAULT 0,
+    next_attempt_at TIMESTAMPTZ,
+    -- A sender holds a delivery while it sends; another copy of the message finds it held.
+    leased_until    TIMESTAMPTZ,
+    last_status     INTEGER,
+    last_error      TEXT,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    finished_at     TIMESTAMPTZ,
+    UNIQUE (event_id, endpoint_id)
+);
+CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id DESC);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE TABLE webhook_attempts (
+    delivery_id BIGINT      NOT NULL REFERENCES webhook_deliveries ON DELETE CASCADE,
+    n           INTEGER     NOT NULL,
+    at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+    status      INTEGER,
+    error       TEXT,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (delivery_id, n)
+);
+
+-- The audit trail: appended to, pruned by age, never changed.
+CREATE TABLE audit_log (
+    id            BIGSERIAL   PRIMARY KEY,
+    at            TIMESTAMPTZ NOT NULL DEFAULT now(),
+    api_key_id    TEXT,
+    api_key_name  TEXT,
+    action        TEXT        NOT NULL,
+    provider      TEXT,
+    connection_id TEXT,
+    address       TEXT,
+    detail        JSONB
+);
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_connection ON audit_log (provider, connection_id, id);
+CREATE FUNCTION authbridge_audit_append_only() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit trail is append-only';
+END
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION authbridge_audit_append_only();
+"#,
+    ),
 ];
 
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {

@@ -4,19 +4,29 @@
 //! under an advisory lock, so replicas starting together apply them once.
 
 mod api_keys;
+mod audit;
 mod connections;
 mod migrations;
 pub mod notify;
 mod outbox;
+mod profile;
 mod replicas;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use api_keys::ApiKeyRecord;
+pub use audit::{AuditEntry, AuditFilter};
+pub use connections::ConnectionFilter;
 pub use connections::{Connection, ConnectionStatus, Credentials, NewTokens, RefreshGuard};
-pub use outbox::{OutboxMessage, OutboxRow};
+pub use outbox::{OutboxMessage, OutboxRow, TOPIC_WEBHOOK};
+pub use profile::{check_profile, parse_tag_filter, Actor, EndUser, Profile, Tags};
 pub use sessions::{ConsumedSession, Ending, NewSession, SessionLookup, StartedSession};
+pub use webhooks::{
+    event_payload, Attempt, AttemptOutcome, Claim, Claimed, Delivery, NewWebhook, SecretInfo, SecretRemoval,
+    WebhookEndpoint,
+};
 
 use crate::crypto::{CryptoError, Keyring};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

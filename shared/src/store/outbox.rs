@@ -5,6 +5,9 @@
 use super::{Store, StoreError};
 use deadpool_postgres::GenericClient;
 
+/// Outbox topic of webhook delivery messages (`{"delivery_id", "attempt", "due_at"}`).
+pub const TOPIC_WEBHOOK: &str = "webhook.delivery";
+
 /// An event to publish once the surrounding transaction commits.
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {

@@ -4,6 +4,7 @@
 //! Only hashes of the session token and of the state are stored, and the verifier is sealed.
 //! Opening and consuming are single statements, so of two racing requests exactly one wins.
 
+use super::profile::Profile;
 use super::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -26,6 +27,10 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
     /// Whether the flow may replace an existing connection's credentials (a reconnect).
     pub may_replace: bool,
+    /// The end user and tags the connection gets.
+    pub profile: Profile,
+    /// The id of the API key that created the session.
+    pub created_by: Option<String>,
 }
 
 /// A session the browser just opened.
@@ -47,6 +52,8 @@ pub struct ConsumedSession {
     pub browser_hash: Option<Vec<u8>>,
     /// Whether the flow may replace an existing connection's credentials.
     pub may_replace: bool,
+    pub profile: Profile,
+    pub created_by: Option<String>,
 }
 
 impl std::fmt::Debug for ConsumedSession {
@@ -71,6 +78,14 @@ fn ending_of(r: &tokio_postgres::Row) -> Ending {
     Ending { return_url: r.get(0), popup: r.get(2) }
 }
 
+/// The profile of a row whose `end_user` and `tags` columns are at `i` and `i + 1`.
+fn profile_of(r: &tokio_postgres::Row, i: usize) -> Result<Profile, StoreError> {
+    fn json<T: serde::de::DeserializeOwned>(v: Option<serde_json::Value>) -> Result<Option<T>, StoreError> {
+        v.map(serde_json::from_value).transpose().map_err(|e| StoreError::Corrupt(format!("session profile: {e}")))
+    }
+    Ok(Profile { end_user: json(r.get(i))?, tags: json(r.get(i + 1))? })
+}
+
 fn verifier_aad(state_hash: &[u8]) -> Vec<u8> {
     format!("session-verifier:{}", hex::encode(state_hash)).into_bytes()
 }
@@ -80,8 +95,9 @@ impl Store {
         let client = self.client().await?;
         let insert = client
             .prepare_cached(
-                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at, may_replace, popup)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO connect_sessions (token_hash, provider, connection_id, return_url, expires_at, may_replace, popup,
+                        end_user, tags, created_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .await?;
         client
@@ -95,6 +111,9 @@ impl Store {
                     &s.expires_at,
                     &s.may_replace,
                     &s.ending.popup,
+                    &s.profile.end_user.as_ref().map(|u| serde_json::to_value(u).expect("end user serializes")),
+                    &s.profile.tags.as_ref().map(|t| serde_json::to_value(t).expect("tags serialize")),
+                    &s.created_by,
                 ],
             )
             .await?;
@@ -181,7 +200,7 @@ impl Store {
         let row = client
             .query_opt(
                 "SELECT provider, connection_id, return_url, browser_hash, may_replace,
-                        consumed_at IS NOT NULL, expires_at <= now(), popup
+                        consumed_at IS NOT NULL, expires_at <= now(), popup, end_user, tags, created_by
                    FROM connect_sessions WHERE state_hash = $1",
                 &[&state_hash],
             )
@@ -201,6 +220,8 @@ impl Store {
             verifier: None,
             browser_hash: r.get(3),
             may_replace: r.get(4),
+            profile: profile_of(&r, 8)?,
+            created_by: r.get(10),
         }))
     }
 
@@ -211,7 +232,8 @@ impl Store {
             .prepare_cached(
                 "UPDATE connect_sessions SET consumed_at = now()
                  WHERE state_hash = $1 AND consumed_at IS NULL AND expires_at > now()
-                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier, browser_hash, may_replace, popup",
+                 RETURNING provider, connection_id, return_url, verifier_key_id, verifier, browser_hash, may_replace, popup,
+                           end_user, tags, created_by",
             )
             .await?;
         let row = client.query_opt(&stmt, &[&state_hash]).await?;
@@ -232,6 +254,8 @@ impl Store {
                 verifier,
                 browser_hash: r.get(5),
                 may_replace: r.get(6),
+                profile: profile_of(&r, 8)?,
+                created_by: r.get(10),
             }));
         }
         let why = client

@@ -240,6 +240,39 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_from_the_environment_needs_its_secret_and_known_events() {
+        let base = [
+            (shared::config::ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            (shared::config::API_KEYS, "0123456789abcdef0123"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            Settings::from_env(&Env::from_pairs(base.iter().chain(extra).copied()))
+        };
+        assert!(with(&[]).unwrap().webhook.is_none());
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let s = with(&[(WEBHOOK_URL, "https://hooks.example/in"), (WEBHOOK_SECRET, secret)]).unwrap();
+        let w = s.webhook.unwrap();
+        assert_eq!((w.url.as_str(), w.secret.expose().as_str()), ("https://hooks.example/in", secret));
+        assert!(w.events.is_empty(), "every event by default");
+        let e = with(&[(WEBHOOK_URL, "https://hooks.example/in")]).unwrap_err().to_string();
+        assert!(e.contains(WEBHOOK_SECRET), "{e}");
+        let e =
+            with(&[(WEBHOOK_URL, "http://10.0.0.5/in"), (WEBHOOK_SECRET, "nope"), (WEBHOOK_EVENTS, "connection.lost")])
+                .unwrap_err()
+                .to_string();
+        for named in [WEBHOOK_URL, WEBHOOK_SECRET, WEBHOOK_EVENTS] {
+            assert!(e.contains(named), "{named} missing from: {e}");
+        }
+        // Private addresses (a receiver on the compose network) when the operator allows them.
+        let ok = with(&[
+            (WEBHOOK_URL, "http://app:3000/hooks"),
+            (WEBHOOK_SECRET, secret),
+            (shared::config::WEBHOOK_ALLOW_PRIVATE, "true"),
+        ]);
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+    }
+
+    #[test]
     fn without_an_allowlist_return_urls_are_https_or_on_this_machine() {
         let s = settings(&[]);
         let ok = |u: &str| s.return_url_allowed(&Url::parse(u).unwrap());

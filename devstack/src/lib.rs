@@ -112,6 +112,8 @@ pub struct StackOptions {
     pub webhook_per_endpoint: usize,
     /// How long refreshes may fail before `connection.refresh_failing`.
     pub refresh_failing_after: Duration,
+    /// A webhook endpoint as `AUTHBRIDGE_WEBHOOK_URL` and `_SECRET` configure it.
+    pub webhook: Option<auth_gateway::settings::ConfiguredWebhook>,
 }
 
 impl Default for StackOptions {
@@ -152,6 +154,7 @@ impl Default for StackOptions {
             ui: Default::default(),
             webhook_per_endpoint: 4,
             refresh_failing_after: Duration::from_secs(900),
+            webhook: None,
         }
     }
 }
@@ -276,7 +279,7 @@ impl Stack {
                 workers: opts.http_workers,
                 tls: opts.tls.clone(),
                 ui: opts.ui.clone(),
-                webhook: None,
+                webhook: opts.webhook.clone(),
             },
             gw_listener,
         )

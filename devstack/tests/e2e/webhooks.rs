@@ -167,6 +167,33 @@ async fn every_event_type_arrives_signed_with_the_end_user_and_tags_and_verifies
         assert!(!body.contains("access_token") && !body.contains("refresh_token"), "{body}");
     }
     verify_all(&secret, &got);
+    let metrics = app.http.get(format!("{}/metrics", app.stack.refreshers[0].url())).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let sample = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(sample("authbridge_webhook_deliveries_total{outcome=\"succeeded\"}"), Some(expected.len() as f64));
+    assert_eq!(sample("authbridge_webhook_delivery_lag_seconds_count"), Some(expected.len() as f64));
+    assert_eq!(sample("authbridge_webhook_deliveries{status=\"succeeded\"}"), Some(expected.len() as f64));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoint_configured_in_the_environment_receives_events_signed_with_its_secret() {
+    let rx = Receiver::start().await.unwrap();
+    let secret = SigningSecret::generate();
+    let webhook = auth_gateway::settings::ConfiguredWebhook {
+        url: url::Url::parse(&rx.url()).unwrap(),
+        secret: secret.clone(),
+        events: vec!["connection.created".into()],
+    };
+    let app = TestApp::start_with(StackOptions { webhook: Some(webhook), ..Default::default() }).await;
+    let w: Value = app.api(Method::GET, "/v1/webhooks/wh_configured").await.json().await.unwrap();
+    assert_eq!(w["url"], rx.url().as_str());
+    assert_eq!(w["events"], json!(["connection.created"]));
+    assert_eq!(app.machine("m1").await.status(), StatusCode::CREATED);
+    let got = received(&rx, 1, "the event at the configured endpoint").await;
+    verify_all(&secret.expose(), &got);
     app.stop().await;
 }
 

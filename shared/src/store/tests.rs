@@ -359,3 +359,42 @@ async fn webhook_secrets_are_resealed_with_everything_else_when_the_key_rotates(
     std::mem::drop((store, rotated));
     drop(new_only, name).await;
 }
+
+#[tokio::test]
+async fn retention_prunes_old_audit_entries_and_finished_events_but_not_pending_ones() {
+    let (store, db) = fresh_store().await;
+    let secret = SigningSecret::generate();
+    store.create_webhook(&hook("wh", &[], &secret)).await.unwrap();
+    let (none, sys) = (Profile::default(), Actor::system());
+    store.save_authorized("kartra", "done", &tokens("1"), &none, &sys, |_| Vec::new()).await.unwrap();
+    store.save_authorized("kartra", "waiting", &tokens("2"), &none, &sys, |_| Vec::new()).await.unwrap();
+    let client = store.client().await.unwrap();
+    let delivery = |c: &'static str| {
+        let client = &client;
+        async move {
+            let sql = "SELECT d.id FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+                        WHERE e.payload->'data'->>'connection_id' = $1";
+            client.query_one(sql, &[&c]).await.unwrap().get::<_, i64>(0)
+        }
+    };
+    let done = delivery("done").await;
+    store.claim_delivery(done, 0, Duration::from_secs(5)).await.unwrap().got().unwrap();
+    store.record_attempt(done, 0, Some(200), None, Duration::from_millis(3)).await.unwrap();
+    // Everything is "old" from an hour ahead.
+    let later = Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(store.prune_audit(later, 1000).await.unwrap(), 2);
+    assert!(store.list_audit(&AuditFilter::default(), None, 10).await.unwrap().is_empty());
+    assert_eq!(store.prune_webhook_events(later, 1000).await.unwrap(), 1, "the delivered one only");
+    let left: Vec<String> = client
+        .query("SELECT payload->'data'->>'connection_id' FROM webhook_events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["waiting"]);
+    // Nothing newer than the cut-off goes.
+    assert_eq!(store.prune_webhook_events(Utc::now() - chrono::Duration::hours(1), 1000).await.unwrap(), 0);
+    std::mem::drop(client);
+    drop(store, db).await;
+}

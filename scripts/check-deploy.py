@@ -60,7 +60,7 @@ binds = {"auth-gateway": "AUTHBRIDGE_GATEWAY_BIND", "api-proxy": "AUTHBRIDGE_PRO
 listening = {}
 for name, var in binds.items():
     text = (ROOT / name / "src" / "settings.rs").read_text()
-    m = re.search(r'r\.string\(BIND, "0\.0\.0\.0:(\d+)"\)', text)
+    m = re.search(r'r\.(?:string|bind)\(BIND, "0\.0\.0\.0:(\d+)"\)', text)
     if not m or f'"{var}"' not in text:
         problem(f"{name}: cannot find its default listening port in src/settings.rs")
         continue
@@ -138,6 +138,13 @@ if not str(demo.get("authorize_url", "")).startswith(f"http://localhost:{mport}/
 if (demo.get("client_id"), demo.get("client_secret")) != (menv.get("MOCK_CLIENT_ID"), menv.get("MOCK_CLIENT_SECRET")):
     problem("providers.demo.toml: its client credentials are not the mock provider's")
 tomllib.loads((ROOT / "deploy" / "providers.example.toml").read_text())
+
+# The build context leaves out the build output and local secrets (`docker compose build` after
+# the run command would otherwise send gigabytes of target/ and the dev key).
+ignored = (ROOT / ".dockerignore").read_text().split() if (ROOT / ".dockerignore").exists() else []
+for must in ("target/", ".env", ".authbridge-dev.key", ".git/"):
+    if must not in ignored:
+        problem(f".dockerignore does not leave out {must}")
 
 if problems:
     print("check-deploy: the deployment files disagree:", *problems, sep="\n  - ")

@@ -102,7 +102,8 @@ impl Application {
                 }
             }
         });
-        let listener = server::listen(&state.settings.bind)?;
+        let listener = server::listen(&state.settings.bind)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} ({}): {e}", state.settings.bind, settings::BIND))?;
         let shared = worker::Shared { state: state.clone(), metrics: Arc::new(registry), auth, limits };
         let server = server::Server::start(
             shared,

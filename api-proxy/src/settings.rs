@@ -74,7 +74,7 @@ impl Settings {
         let mut r = Reader::new(env);
         let common = CommonSettings::read(&mut r);
         let api_keys = ApiKeys::read(&mut r);
-        let bind = r.string(BIND, "0.0.0.0:8081");
+        let bind = r.bind(BIND, "0.0.0.0:8081");
         let upstream_timeout = r.seconds(UPSTREAM_TIMEOUT, 30);
         let max_body = r.parse(MAX_BODY, 10 * 1024 * 1024usize);
         let retry_body = r.parse(RETRY_BODY, 1024 * 1024usize);

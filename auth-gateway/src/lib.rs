@@ -45,7 +45,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind(&settings.bind)?;
+        let listener = std::net::TcpListener::bind(&settings.bind)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} ({}): {e}", settings.bind, settings::BIND))?;
         Self::build_with_listener(settings, listener).await
     }
 

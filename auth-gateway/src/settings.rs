@@ -142,7 +142,7 @@ impl Settings {
         let mut r = Reader::new(env);
         let common = CommonSettings::read(&mut r);
         let api_keys = ApiKeys::read(&mut r);
-        let bind = r.string(BIND, "0.0.0.0:8080");
+        let bind = r.bind(BIND, "0.0.0.0:8080");
         let public = r.string(PUBLIC_URL, "http://localhost:8080");
         let public_url = match Url::parse(&public) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),

@@ -3,6 +3,7 @@
 //! run command) and by the end-to-end tests, which start one stack per test with its own
 //! database and its own queue prefix so tests run in parallel.
 
+pub mod dev;
 pub mod receiver;
 
 use shared::catalog::{BodyFormat, ClientAuth, Provider};

@@ -169,6 +169,21 @@ impl<'a> Reader<'a> {
         }
         Duration::from_secs_f64(n)
     }
+    /// A listen address, `host:port` (`0.0.0.0:8080`, `[::]:8080`, `localhost:8080`): refused
+    /// with the variable's name when it is not one (a port alone, say).
+    pub fn bind(&mut self, key: &str, default: &str) -> String {
+        let v = self.string(key, default);
+        let ok = v.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok() && !host.contains(char::is_whitespace)
+        });
+        if !ok {
+            self.fail(format!(
+                "{key}={v:?} is not a listen address: host:port, such as 0.0.0.0:{}",
+                default.rsplit(':').next().unwrap_or("8080")
+            ));
+        }
+        v
+    }
     pub fn list(&self, key: &str) -> Vec<String> {
         self.env
             .get(key)
@@ -301,6 +316,15 @@ impl CommonSettings {
                 None
             }
         };
+        // Half a client is a mistake, not a provider left for later: say which half is missing.
+        for p in catalog.iter().flat_map(|c| c.iter()) {
+            if p.credentials.is_none() && p.client_id.is_some() != p.client_secret.is_some() {
+                let prefix = crate::catalog::env_prefix(&p.id);
+                let (set, unset) =
+                    if p.client_id.is_some() { ("CLIENT_ID", "CLIENT_SECRET") } else { ("CLIENT_SECRET", "CLIENT_ID") };
+                r.fail(format!("{prefix}_{set} is set but {prefix}_{unset} is not: provider `{}` needs both", p.id));
+            }
+        }
         let refresh_margin = r.seconds(REFRESH_MARGIN, 300);
         let idle_refresh_interval = r.seconds(IDLE_REFRESH_INTERVAL, 86_400);
         let min_token_validity = r.seconds(MIN_TOKEN_VALIDITY, 10);
@@ -313,6 +337,12 @@ impl CommonSettings {
         let rate_limit_per_connection = r.parse(RATE_LIMIT_PER_CONNECTION, 0u32);
         let auth_failures_per_address = r.parse(AUTH_FAILURES_PER_ADDRESS, 20u32);
         let metrics_token = r.optional(METRICS_TOKEN).filter(|t| !t.is_empty());
+        // Read by telemetry before the settings, so checked here: an unknown format is a mistake.
+        if let Some(f) =
+            r.optional(LOG_FORMAT).filter(|f| !f.eq_ignore_ascii_case("json") && !f.eq_ignore_ascii_case("pretty"))
+        {
+            r.fail(format!("{LOG_FORMAT}={f:?} must be `json` or `pretty`"));
+        }
         let refresh_failing_after = r.seconds(REFRESH_FAILING_AFTER, 900);
         let webhook_allow_private = r.parse(WEBHOOK_ALLOW_PRIVATE, false);
         let audit_retention = Duration::from_secs(86_400 * r.parse(AUDIT_RETENTION_DAYS, 365u64));
@@ -381,6 +411,19 @@ impl CommonSettings {
     }
 }
 
+/// A URL as it may be shown (logs, banners, `doctor`): its password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 /// The API keys internal callers may present. Only their SHA-256 digests are kept in memory.
 #[derive(Clone, Default)]
 pub struct ApiKeys(Vec<[u8; 32]>);
@@ -441,6 +484,31 @@ mod tests {
         assert!(msg.contains(ENCRYPTION_KEY), "{msg}");
         assert!(msg.contains(DATABASE_POOL_SIZE), "{msg}");
         assert!(msg.contains(PROVIDER_TIMEOUT), "{msg}");
+    }
+
+    #[test]
+    fn mistakes_that_used_to_pass_are_named_by_their_variable() {
+        let key = (ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let env = Env::from_pairs([key, (LOG_FORMAT, "xml"), ("INTERACT_CLIENT_ID", "id-only"), ("SOME_BIND", "8080")]);
+        let mut r = Reader::new(&env);
+        let _ = CommonSettings::read(&mut r);
+        assert_eq!(r.bind("SOME_BIND", "0.0.0.0:8080"), "8080");
+        assert_eq!(r.bind("UNSET_BIND", "0.0.0.0:8080"), "0.0.0.0:8080");
+        let msg = r.finish().unwrap_err().to_string();
+        for named in [LOG_FORMAT, "INTERACT_CLIENT_SECRET", "SOME_BIND"] {
+            assert!(msg.contains(named), "{named} missing from: {msg}");
+        }
+        assert!(!msg.contains("UNSET_BIND"), "{msg}");
+        let env = Env::from_pairs([key, (LOG_FORMAT, "JSON")]);
+        let mut r = Reader::new(&env);
+        let _ = CommonSettings::read(&mut r);
+        assert!(r.finish().is_ok());
+        for good in ["127.0.0.1:1", "[::]:8080", "localhost:8080"] {
+            let env = Env::from_pairs([("B", good)]);
+            let mut r = Reader::new(&env);
+            r.bind("B", "0.0.0.0:1");
+            assert!(r.finish().is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -95,6 +95,19 @@ impl Keyring {
         Self::from_base64(&STANDARD.encode(raw), None, &[]).expect("a fresh key is valid")
     }
 
+    /// Whether this keyring holds the key of this id (it can open what it sealed).
+    pub fn knows(&self, key_id: &str) -> bool {
+        self.all.contains_key(key_id)
+    }
+
+    /// The ids of every key held, the primary's first.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.all.keys().filter(|k| **k != self.primary.id).cloned().collect();
+        ids.sort();
+        ids.insert(0, self.primary.id.clone());
+        ids
+    }
+
     pub fn primary_id(&self) -> &str {
         &self.primary.id
     }

@@ -107,7 +107,8 @@ impl Application {
         })
         .workers(1)
         .disable_signals()
-        .bind(&ctx.settings.bind)?;
+        .bind(&ctx.settings.bind)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} ({}): {e}", ctx.settings.bind, settings::BIND))?;
         let addr = server.addrs()[0];
         let http = shared::http::ServerTask::spawn(server.run(), addr);
         tracing::info!(%addr, "token-refresher running");

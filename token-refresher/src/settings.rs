@@ -31,7 +31,7 @@ impl Settings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigErrors> {
         let mut r = Reader::new(env);
         let common = CommonSettings::read(&mut r);
-        let bind = r.string(BIND, "0.0.0.0:8082");
+        let bind = r.bind(BIND, "0.0.0.0:8082");
         let prefetch = r.parse(PREFETCH, 16u16).max(1);
         let sweep_interval = r.seconds(SWEEP_INTERVAL, 60).max(Duration::from_millis(100));
         let sweep_grace = r.seconds(SWEEP_GRACE, 60);

@@ -212,6 +212,10 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
     ),
 ];
 
+pub(super) fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
 pub(super) async fn run(client: &mut deadpool_postgres::Object) -> Result<(), StoreError> {
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let result = apply(client).await;

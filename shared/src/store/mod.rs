@@ -34,11 +34,29 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
+/// A PostgreSQL error with what the server said (tokio-postgres' own text is only "db error").
+fn pg_detail(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn pool_detail(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => pg_detail(pg),
+        other => other.to_string(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable: {}", pool_detail(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", pg_detail(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("stored secret cannot be read: {0}")]
     Crypto(#[from] CryptoError),
@@ -52,6 +70,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database named in the URL does not exist (SQLSTATE 3D000): waiting will not
+    /// help, someone must create it.
+    pub fn is_missing_database(&self) -> bool {
+        let pg = match self {
+            StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) | StoreError::Db(e) => e,
+            _ => return false,
+        };
+        pg.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+    }
+
     /// Whether the database could not be reached (as opposed to refusing what was asked):
     /// no connection to be had, or the one in use was cut.
     pub fn is_unavailable(&self) -> bool {
@@ -117,20 +145,22 @@ impl Store {
         &self.keyring
     }
 
-    /// Applies pending migrations, retrying while the database is unreachable (bounded).
+    /// Applies pending migrations, retrying while the database is unreachable (bounded). A
+    /// database that does not exist is not waited for.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut delay = Duration::from_millis(200);
         let mut attempts = 0;
         loop {
-            match self.pool.get().await {
+            match self.pool.get().await.map_err(StoreError::from) {
                 Ok(mut client) => return migrations::run(&mut client).await,
+                Err(e) if e.is_missing_database() => return Err(e),
                 Err(e) if attempts < 20 => {
                     tracing::warn!(error = %e, "database not reachable yet; retrying migrations");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                     attempts += 1;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -140,6 +170,22 @@ impl Store {
         let client = self.pool.get().await?;
         client.simple_query("").await?;
         Ok(())
+    }
+
+    /// The newest migration applied, `None` on a database never migrated.
+    pub async fn schema_version(&self) -> Result<Option<i32>, StoreError> {
+        let client = self.pool.get().await?;
+        let exists: bool =
+            client.query_one("SELECT to_regclass('authbridge_migrations') IS NOT NULL", &[]).await?.get(0);
+        if !exists {
+            return Ok(None);
+        }
+        Ok(client.query_one("SELECT max(version) FROM authbridge_migrations", &[]).await?.get(0))
+    }
+
+    /// The newest migration this build knows.
+    pub fn latest_schema_version() -> i32 {
+        migrations::latest()
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

@@ -11,6 +11,8 @@ export AUTHBRIDGE_ENCRYPTION_KEY
 export AUTHBRIDGE_DEV_GATEWAY_PORT=$2 AUTHBRIDGE_DEV_PROXY_PORT=$3
 export AUTHBRIDGE_DEV_REFRESHER_PORT=$4 AUTHBRIDGE_DEV_MOCK_PORT=$5
 export AUTHBRIDGE_DEV_API_KEY="$name-key-0123456789" RUST_LOG=warn
+# Nothing kept between runs: each run has a database of its own, dropped at the end.
+export AUTHBRIDGE_DEV_MOCK_STATE=
 GW=http://127.0.0.1:$2 PX=http://127.0.0.1:$3
 dev_log=$(mktemp)
 "${CARGO_TARGET_DIR:-target}/debug/authbridge-dev" >"$dev_log" 2>&1 &

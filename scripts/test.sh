@@ -9,6 +9,8 @@ bash scripts/services.sh
 python3 -c 'import standardwebhooks' 2>/dev/null || pip install --quiet "standardwebhooks==1.3.0"
 # The deployment files (docker-compose.yml, deploy/) checked against each other and the code.
 python3 scripts/check-deploy.py
+# The OpenAPI documents the services serve are the ones in docs/openapi/, with operationIds.
+python3 scripts/openapi.py --check
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 # The API documentation builds without a warning (broken or private links included).

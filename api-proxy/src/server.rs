@@ -12,8 +12,8 @@
 //! upstream connections, for its whole life. HTTP/1.1 and HTTP/2 are served, over
 //! plain TCP (HTTP/2 by prior knowledge) or TLS (chosen by ALPN).
 //!
-//! Routes: `/proxy/…` (see [`crate::forward`]), `/healthz`, `/readyz`, `/metrics`; anything
-//! else is a JSON 404. Errors, metrics, traces and the access log are the same as every other
+//! Routes: `/proxy/…` (see [`crate::forward`]), `/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json`; anything else is a JSON 404. Errors, metrics, traces and the access log are the same as every other
 //! service's (`shared::http`).
 
 use crate::forward;
@@ -371,6 +371,7 @@ fn route_of(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        "/openapi.json" => "/openapi.json",
         p if p == "/proxy" || forward::strip_proxy_prefix(p).is_some() => PROXY_ROUTE,
         _ => shared::http::UNMATCHED,
     }
@@ -475,7 +476,10 @@ fn refusal(route: &str, method: &Method, path: &str) -> Option<Response<Response
     Some(r)
 }
 
-/// `/healthz`, `/readyz`, `/metrics`, or a 404 or 405.
+/// The proxy's OpenAPI document (`docs/openapi/proxy.yaml`, as JSON: `scripts/openapi.py`).
+const OPENAPI: &[u8] = include_bytes!("../../docs/openapi/proxy.json");
+
+/// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, or a 404 or 405.
 async fn other_route(
     worker: &Worker,
     req: Request<CallerBody>,
@@ -488,6 +492,7 @@ async fn other_route(
     match route {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readyz(worker).await,
+        "/openapi.json" => crate::relay::full(StatusCode::OK, "application/json", bytes::Bytes::from_static(OPENAPI)),
         _ => {
             let presented = match req.body().fields() {
                 Some(raw) => raw.get(b"authorization"),

@@ -123,6 +123,61 @@ fn seed_variables(p: &shared::catalog::Provider) -> Vec<String> {
     blank.get(&p.id).map(|b| b.missing_configuration()).unwrap_or_default()
 }
 
+/// Where the demo provider keeps the tokens it issued between runs, so connections made before
+/// a restart keep refreshing: `AUTHBRIDGE_DEV_MOCK_STATE`, by default
+/// `.authbridge-dev/mock-<database>.json`; set empty, nowhere.
+fn mock_state_path(env: &Env, database_url: &str) -> Option<std::path::PathBuf> {
+    match env.get("AUTHBRIDGE_DEV_MOCK_STATE") {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(p.into()),
+        None => {
+            let db = url::Url::parse(database_url).ok()?.path().trim_start_matches('/').to_owned();
+            Some(std::path::Path::new(".authbridge-dev").join(format!("mock-{db}.json")))
+        }
+    }
+}
+
+/// The demo provider's tokens from the last run, if any.
+fn restore_mock(state: &mock_provider::MockState, path: &std::path::Path) {
+    let Ok(text) = std::fs::read_to_string(path) else { return };
+    match serde_json::from_str(&text) {
+        Ok(snapshot) => state.restore(snapshot),
+        Err(e) => eprintln!("ignoring {}: {e} (the demo provider starts empty)", path.display()),
+    }
+}
+
+/// Writes the demo provider's tokens when they change (checked every two seconds) and once
+/// more at the end; written whole, then renamed into place.
+async fn keep_mock(
+    state: mock_provider::MockState,
+    path: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = String::new();
+    loop {
+        let now = serde_json::to_string(&state.snapshot()).unwrap_or_default();
+        if now != last {
+            let tmp = path.with_extension("json.tmp");
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, &now))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            match written {
+                Ok(()) => last = now,
+                Err(e) => eprintln!("cannot save the demo provider's tokens to {}: {e}", path.display()),
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 /// Creates the database the URL names when it does not exist (a laptop's first run).
 async fn ensure_database(url: &str) -> anyhow::Result<()> {
     let mut admin = url::Url::parse(url)?;
@@ -166,6 +221,11 @@ pub fn run() -> anyhow::Result<()> {
         .map_err(|e| {
             anyhow::anyhow!("the demo provider cannot listen on 127.0.0.1:{mock_port}: {e} (AUTHBRIDGE_DEV_MOCK_PORT)")
         })?;
+        let (stop_saving, saving) = tokio::sync::watch::channel(false);
+        let saver = mock_state_path(&env, gateway.common.database_url.expose()).map(|path| {
+            restore_mock(&mock.state, &path);
+            tokio::spawn(keep_mock(mock.state.clone(), path, saving))
+        });
         let demo = add_demo(&mut gateway.common.catalog, &env, &mock.url());
         proxy.common.catalog = gateway.common.catalog.clone();
         refresher.common.catalog = gateway.common.catalog.clone();
@@ -241,6 +301,10 @@ Walk the flow:
         rf.stop().await;
         px.stop().await;
         gw.stop().await;
+        let _ = stop_saving.send(true);
+        if let Some(saver) = saver {
+            let _ = saver.await;
+        }
         mock.stop().await;
         anyhow::Ok(())
     })

@@ -77,3 +77,36 @@ fn issued_tokens_expire_with_the_configured_lifetime_and_rotate_within_their_fam
     assert_eq!(g.refresh.len(), 2, "no refresh token when none is asked for");
     assert!(g.access.values().all(|t| t.expires <= Instant::now() + Duration::from_secs(60)));
 }
+
+#[test]
+fn tokens_issued_before_a_restart_still_refresh_after_it() {
+    let before = state();
+    let issued = {
+        let mut g = before.0.lock().unwrap();
+        issue(&mut g, "app", None, "read", true)
+    };
+    let body = block_on(actix_web::body::to_bytes(issued.into_body())).unwrap();
+    let tokens: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    // Saved as the dev command saves it (JSON), into a provider that starts empty.
+    let saved = serde_json::to_string(&before.snapshot()).unwrap();
+    let after = state();
+    after.restore(serde_json::from_str(&saved).unwrap());
+    let (a, b) = (after.snapshot(), before.snapshot());
+    assert_eq!((&a.refresh, a.next_family), (&b.refresh, b.next_family), "nothing lost or changed on the way");
+    assert!(a.access.iter().zip(&b.access).all(|(x, y)| x.0 == y.0 && x.1 == y.1 && (x.2 - y.2).abs() <= 1));
+    let form = format!("grant_type=refresh_token&refresh_token={refresh_token}&client_id=app&client_secret=s3cret%3Awith%26odd%3Dchars");
+    let req = TestRequest::post()
+        .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+        .to_http_request();
+    let resp = block_on(token_endpoint(web::Data::new(after.clone()), req, web::Bytes::from(form.clone())));
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(after.stats().refreshes_after_expiry, 0, "the token had not expired, and the restore knows it");
+    // A provider that did not restore refuses it.
+    let fresh = state();
+    let req = TestRequest::post()
+        .insert_header((header::CONTENT_TYPE, "application/x-www-form-urlencoded"))
+        .to_http_request();
+    let (status, error) = error_of(block_on(token_endpoint(web::Data::new(fresh), req, web::Bytes::from(form))));
+    assert_eq!((status, error.as_str()), (StatusCode::BAD_REQUEST, "invalid_grant"));
+}

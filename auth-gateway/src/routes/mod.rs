@@ -6,6 +6,7 @@ mod connect;
 mod connect_form;
 mod connections;
 mod ending;
+mod reference;
 mod webhooks;
 
 use actix_web::{web, HttpResponse};
@@ -14,6 +15,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", get_or_head().to(shared::http::healthz))
         .route("/readyz", get_or_head().to(readyz))
         .route("/metrics", get_or_head().to(metrics))
+        .route("/openapi.json", get_or_head().to(reference::gateway_document))
+        .route("/openapi/proxy.json", get_or_head().to(reference::proxy_document))
+        .route("/docs", get_or_head().to(reference::gateway_page))
+        .route("/docs/proxy", get_or_head().to(reference::proxy_page))
+        .route("/docs/assets/redoc.standalone.js", get_or_head().to(reference::redoc))
         .route("/v1/connect/sessions", web::post().to(connect::create_session))
         .route("/connect/{token}", web::get().to(connect::open_session))
         .route("/connect/{token}", web::head().to(connect_form::head_link))

@@ -162,3 +162,39 @@ async fn every_service_exposes_prometheus_metrics() {
     assert!(refresher.contains("authbridge_delayed_events"), "{refresher}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_api_reference_and_its_documents_are_served_without_a_cdn() {
+    let app = TestApp::start().await;
+    let get = |url: String| {
+        let http = app.http.clone();
+        async move { http.get(url).send().await.unwrap() }
+    };
+    let gateway: serde_json::Value = get(app.gw("/openapi.json")).await.json().await.unwrap();
+    let proxy_here: serde_json::Value = get(app.gw("/openapi/proxy.json")).await.json().await.unwrap();
+    let proxy: serde_json::Value = get(app.px("/openapi.json")).await.json().await.unwrap();
+    assert_eq!(proxy, proxy_here, "the proxy serves the document the reference shows");
+    assert_eq!(gateway["info"]["title"], "authbridge gateway");
+    let ids: Vec<&str> = gateway["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values().filter_map(|op| op["operationId"].as_str()))
+        .collect();
+    for id in ["createConnectSession", "listConnections", "createWebhook", "listAuditEntries"] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    let page = get(app.gw("/docs")).await;
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("http"), "only our own files: {csp}");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<redoc spec-url="openapi.json""#), "{html}");
+    assert!(html.contains(r#"src="docs/assets/redoc.standalone.js""#), "{html}");
+    let proxy_page = get(app.gw("/docs/proxy")).await.text().await.unwrap();
+    assert!(proxy_page.contains(r#"spec-url="../openapi/proxy.json""#));
+    let js = get(app.gw("/docs/assets/redoc.standalone.js")).await;
+    assert_eq!(js.status(), reqwest::StatusCode::OK);
+    assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(js.bytes().await.unwrap().len() > 500_000);
+    app.stop().await;
+}

@@ -36,7 +36,10 @@ if ! pg_ready; then
       pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
     done
   else
-    echo "error: PostgreSQL is down and pg_ctlcluster is not available to start it" >&2
+    echo "error: PostgreSQL is not running here and is not installed as Debian installs it." >&2
+    echo "  Debian/Ubuntu: sudo apt-get install postgresql, then allow local trust for user postgres" >&2
+    echo "  (or point AUTHBRIDGE_DATABASE_URL / AUTHBRIDGE_TEST_ADMIN_DATABASE_URL at one you have)." >&2
+    echo "  macOS: brew install postgresql@15 && brew services start postgresql@15" >&2
     exit 1
   fi
   wait_for "PostgreSQL" 60 pg_ready
@@ -49,7 +52,10 @@ if ! rabbit_ready; then
   if command -v rabbitmq-server >/dev/null 2>&1; then
     rabbitmq-server -detached || true
   else
-    echo "error: RabbitMQ is down and rabbitmq-server is not available to start it" >&2
+    echo "error: RabbitMQ is not running here and is not installed." >&2
+    echo "  Debian/Ubuntu: sudo apt-get install rabbitmq-server (it starts with guest/guest on localhost)" >&2
+    echo "  (or point AUTHBRIDGE_AMQP_URL at one you have). macOS: brew install rabbitmq && brew services start rabbitmq" >&2
+    echo "  Docker: docker run -d -p 5672:5672 rabbitmq:3.13" >&2
     exit 1
   fi
   wait_for "RabbitMQ" 120 rabbit_ready

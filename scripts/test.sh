@@ -44,6 +44,11 @@ if [ "$status" -eq 0 ]; then
   rm -f "$apilog"
 fi
 if [ "$status" -eq 0 ]; then
+  # The README's curl examples, in the order a reader meets them, against a running system.
+  bash scripts/readme-examples.sh
+  status=$?
+fi
+if [ "$status" -eq 0 ]; then
   # The hosted connect pages in Debian's Chromium: flows, keyboard, WCAG 2.1 AA (axe-core),
   # screenshots in target/browser/.
   bash scripts/browser-test.sh

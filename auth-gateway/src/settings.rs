@@ -7,7 +7,7 @@ use url::Url;
 /// Address to listen on. Default: `0.0.0.0:8080`.
 pub const BIND: &str = "AUTHBRIDGE_GATEWAY_BIND";
 /// The gateway's public base URL; the OAuth redirect URI is `{PUBLIC_URL}/oauth/callback`.
-/// Default: `http://localhost:8080`.
+/// Default: `http://localhost:<the port of AUTHBRIDGE_GATEWAY_BIND>`.
 pub const PUBLIC_URL: &str = "AUTHBRIDGE_PUBLIC_URL";
 /// Lifetime of a connect session, and of a flow once started (seconds). Default: 600.
 pub const SESSION_TTL: &str = "AUTHBRIDGE_SESSION_TTL_SECONDS";
@@ -143,7 +143,9 @@ impl Settings {
         let common = CommonSettings::read(&mut r);
         let api_keys = ApiKeys::read(&mut r);
         let bind = r.bind(BIND, "0.0.0.0:8080");
-        let public = r.string(PUBLIC_URL, "http://localhost:8080");
+        // Unset, it follows the listen address's port (behind a proxy or on another host, set it).
+        let port = bind.rsplit_once(':').map_or("8080", |(_, p)| p);
+        let public = r.string(PUBLIC_URL, &format!("http://localhost:{port}"));
         let public_url = match Url::parse(&public) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
             _ => {
@@ -270,6 +272,22 @@ mod tests {
             (shared::config::WEBHOOK_ALLOW_PRIVATE, "true"),
         ]);
         assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+    }
+
+    #[test]
+    fn the_public_url_follows_the_listen_port_unless_set() {
+        let base = [
+            (shared::config::ENCRYPTION_KEY, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            (shared::config::API_KEYS, "0123456789abcdef0123"),
+        ];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            Settings::from_env(&Env::from_pairs(base.iter().chain(extra).copied())).unwrap().public_url.to_string()
+        };
+        assert_eq!(with(&[]), "http://localhost:8080/");
+        assert_eq!(with(&[(BIND, "0.0.0.0:9000")]), "http://localhost:9000/");
+        assert_eq!(with(&[(BIND, "0.0.0.0:9000"), (PUBLIC_URL, "https://auth.example")]), "https://auth.example/");
+        let e = Settings::from_env(&Env::from_pairs(base.iter().copied().chain([(BIND, "8080")]))).unwrap_err();
+        assert!(e.to_string().contains(BIND), "{e}");
     }
 
     #[test]

@@ -259,6 +259,9 @@ pub enum CatalogError {
     Parse(String),
     #[error("provider `{provider}`: {message}")]
     Invalid { provider: String, message: String },
+    /// Every entry that is not valid, not only the first.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Several(Vec<CatalogError>),
 }
 
 /// The built-in entries (`providers.toml`), with the authentication each provider's own API
@@ -308,11 +311,20 @@ impl Catalog {
             entries.insert(id, merge(base, over));
         }
         let mut providers = BTreeMap::new();
+        let mut errors = Vec::new();
         for (id, entry) in entries {
-            let p = finish(&id, entry, env)?;
-            providers.insert(id, p);
+            match finish(&id, entry, env) {
+                Ok(p) => {
+                    providers.insert(id, p);
+                }
+                Err(e) => errors.push(e),
+            }
         }
-        Ok(Self { providers })
+        match errors.len() {
+            0 => Ok(Self { providers }),
+            1 => Err(errors.remove(0)),
+            _ => Err(CatalogError::Several(errors)),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<&Provider> {

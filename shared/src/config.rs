@@ -311,7 +311,12 @@ impl CommonSettings {
         let env = r.env.clone();
         let catalog = match Catalog::load(providers_file.as_deref(), &|k| env.get(k)) {
             Ok(c) => Some(c),
-            Err(e @ (CatalogError::Read { .. } | CatalogError::Parse(_) | CatalogError::Invalid { .. })) => {
+            Err(
+                e @ (CatalogError::Read { .. }
+                | CatalogError::Parse(_)
+                | CatalogError::Invalid { .. }
+                | CatalogError::Several(_)),
+            ) => {
                 r.fail(format!("{PROVIDERS_FILE}: {e}"));
                 None
             }

@@ -285,3 +285,12 @@ fn the_readmes_example_of_each_auth_mode_is_a_valid_entry() {
         .iter()
         .all(|id| c.get(id).unwrap().is_configured()));
 }
+
+#[test]
+fn every_invalid_entry_is_reported_not_only_the_first() {
+    let text = "[providers.alpha]\ntoken_url = \"https://a/t\"\n[providers.beta]\nauth = \"api_key\"\n";
+    let err = Catalog::from_toml(text, &no_env).unwrap_err();
+    assert!(matches!(err, CatalogError::Several(ref all) if all.len() == 2), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("`alpha`") && msg.contains("`beta`"), "{msg}");
+}

@@ -55,7 +55,7 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// Middleware (`from_fn`) around every request: the request's root span (continuing the
 /// caller's trace when it sends a W3C `traceparent`), its count and latency by route pattern and
-/// status, and the access log line (`GET /connect/{token} 302 3.1ms`, target
+/// status, and the access log line (`request method="GET" route=… status=302 duration_ms=3.1`, target
 /// `authbridge::access`), written inside the span so JSON logs give it the trace id. Lines name
 /// the route pattern, never the path or query as sent: those carry session tokens, codes and
 /// states. Health, readiness and metrics requests are counted but not logged.

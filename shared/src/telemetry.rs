@@ -56,7 +56,10 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let fmt_layer = if json {
         json_layer(dispatch.clone(), writer).boxed()
     } else {
-        tracing_subscriber::fmt::layer().compact().with_writer(writer).boxed()
+        // Colours for a terminal only: in a file or a log collector they are bytes to write and
+        // strip.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt::layer().compact().with_ansi(ansi).with_writer(writer).boxed()
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let mut provider = None;

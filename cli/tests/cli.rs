@@ -195,3 +195,46 @@ async fn doctor_finds_what_is_wrong_and_keys_rotate_and_reencrypt() {
     assert!(after.status.success(), "{}", text(&after));
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_check_reads_the_local_catalog_and_tries_each_configured_provider() {
+    let stack = stack().await;
+    let cli = Cli { stack: &stack };
+    let dir = std::env::temp_dir().join(format!("abcli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("providers.toml");
+    let mock = stack.mock.url();
+    std::fs::write(
+        &file,
+        format!(
+            "[providers.acme-crm]\nauthorize_url = \"{mock}/oauth/authorize\"\ntoken_url = \"{mock}/oauth/token\"\n\
+             api_base_url = \"{mock}/api/\"\n[providers.gone]\nauthorize_url = \"http://127.0.0.1:9/a\"\n\
+             token_url = \"http://127.0.0.1:9/t\"\n"
+        ),
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let env = [
+        ("AUTHBRIDGE_PROVIDERS_FILE", path),
+        ("ACME_CRM_CLIENT_ID", "id"),
+        ("ACME_CRM_CLIENT_SECRET", "secret"),
+        ("GONE_CLIENT_ID", "id"),
+        ("GONE_CLIENT_SECRET", "secret"),
+    ];
+    let out = cli.run_with(&["--json", "providers", "check"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |id: &str| all.as_array().unwrap().iter().find(|p| p["id"] == id).unwrap().clone();
+    assert_eq!(find("acme-crm")["configured"], true);
+    assert!(find("acme-crm")["token_endpoint"].as_str().unwrap().starts_with("reachable"), "{all}");
+    assert!(find("gone")["token_endpoint"].as_str().unwrap().starts_with("unreachable"), "{all}");
+    assert_eq!(find("interact")["configured"], false, "the built-ins are listed with what they need");
+    // A file with mistakes: every one named, exit 2.
+    std::fs::write(&file, "[providers.a]\ntoken_url = \"https://a/t\"\n[providers.b]\nauth = \"api_key\"\n").unwrap();
+    let bad = cli.run_with(&["providers", "check"], &env);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("`a`") && err.contains("`b`"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+    stack.stop().await;
+}

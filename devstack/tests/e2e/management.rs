@@ -198,3 +198,54 @@ async fn the_api_reference_and_its_documents_are_served_without_a_cdn() {
     assert!(js.bytes().await.unwrap().len() > 500_000);
     app.stop().await;
 }
+
+/// Every answer of the management API read into the typed client's types: a field renamed or
+/// dropped on the server fails here (the client is what the `authbridge` command uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typed_client_reads_every_management_answer() {
+    use authbridge_client::{Client, ConnectionQuery, EndUser, NewApiKey, NewSession, NewWebhook};
+    let app = TestApp::start().await;
+    let ab = Client::new(&app.stack.gateway.url(), &app.stack.api_key).unwrap();
+    let session = ab
+        .create_session(&NewSession {
+            provider: "mock".into(),
+            connection_id: "typed".into(),
+            return_url: Some(crate::support::RETURN_URL.into()),
+            end_user: Some(EndUser { id: "u-1".into(), organization_id: Some("org".into()), ..Default::default() }),
+            tags: Some([("plan".to_string(), "pro".to_string())].into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let authorize = app.follow(&session.connect_url).await;
+    let callback = app.follow(authorize.as_str()).await;
+    app.follow(callback.as_str()).await;
+    let c = ab.get_connection("mock", "typed").await.unwrap();
+    assert_eq!((c.status.as_str(), c.end_user.as_ref().unwrap().id.as_str()), ("active", "u-1"));
+    let q = ConnectionQuery { organization_id: Some("org".into()), ..Default::default() };
+    assert_eq!(ab.all_connections(&q).await.unwrap().len(), 1);
+    assert!(!ab.token("mock", "typed").await.unwrap().access_token.is_empty());
+    assert_eq!(ab.refresh_connection("mock", "typed").await.unwrap().status, "active");
+    assert!(ab.list_providers().await.unwrap().iter().any(|p| p.id == "mock" && p.configured));
+    let key = ab
+        .create_api_key(&NewApiKey { name: "typed".into(), scopes: vec!["proxy".into()], providers: vec![] })
+        .await
+        .unwrap();
+    assert!(key.key.is_some());
+    assert!(ab.list_api_keys().await.unwrap().iter().any(|k| k.id == key.id && k.key.is_none()));
+    ab.revoke_api_key(&key.id).await.unwrap();
+    let w = ab.create_webhook(&NewWebhook { url: "http://127.0.0.1:9/in".into(), ..Default::default() }).await.unwrap();
+    assert!(w.secret.as_deref().unwrap().starts_with("whsec_"));
+    let added = ab.add_webhook_secret(&w.id, None, Some(0)).await.unwrap();
+    assert_eq!(ab.get_webhook(&w.id).await.unwrap().secrets.len(), 1, "the old one stopped at once");
+    assert!(added.secret.starts_with("whsec_"));
+    ab.delete_connection("mock", "typed").await.unwrap();
+    let page = ab.list_deliveries(&w.id, None, None, None).await.unwrap();
+    assert_eq!(page.deliveries[0].event_type, "connection.deleted");
+    let audit = ab.audit(&Default::default()).await.unwrap();
+    assert!(audit.entries.iter().any(|e| e.action == "token.read"));
+    let err = ab.get_connection("mock", "typed").await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(404), Some("connection_not_found")));
+    ab.delete_webhook(&w.id).await.unwrap();
+    app.stop().await;
+}

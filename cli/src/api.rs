@@ -139,18 +139,8 @@ fn connection_text(c: &authbridge_client::Connection) -> String {
 async fn connections(c: &Client, k: Connections) -> Result<Shown, Error> {
     Ok(match k {
         Connections::List { provider, status, end_user_id, organization_id, tags } => {
-            let mut q = ConnectionQuery { provider, status, end_user_id, organization_id, ..Default::default() };
-            for t in tags {
-                let Some((k, v)) = t.split_once(':') else {
-                    return Err(Error::Api {
-                        status: 400,
-                        code: "invalid_request".into(),
-                        message: format!("--tag {t}: expected key:value"),
-                        retry_after: None,
-                    });
-                };
-                q.tags.insert(k.into(), v.into());
-            }
+            let tags = tags.into_iter().collect();
+            let q = ConnectionQuery { provider, status, end_user_id, organization_id, tags, ..Default::default() };
             let all = c.all_connections(&q).await?;
             let rows = all
                 .iter()

@@ -117,8 +117,8 @@ pub enum Connections {
         #[arg(long = "organization")]
         organization_id: Option<String>,
         /// `key:value` (repeat: all must match).
-        #[arg(long = "tag")]
-        tags: Vec<String>,
+        #[arg(long = "tag", value_parser = tag)]
+        tags: Vec<(String, String)>,
     },
     Show {
         provider: String,
@@ -209,6 +209,11 @@ pub enum Keys {
     Rotate,
     /// Re-seal everything not sealed with the primary key (after a rotation), with progress.
     Reencrypt,
+}
+
+/// A `--tag key:value`.
+fn tag(s: &str) -> Result<(String, String), String> {
+    shared::store::parse_tag_filter(s).ok_or_else(|| "expected key:value".to_owned())
 }
 
 /// Runs a command; returns the exit code.

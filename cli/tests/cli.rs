@@ -137,6 +137,8 @@ async fn exit_codes_say_what_went_wrong() {
     );
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("refused"));
+    let bad_tag = cli.run(&["connections", "list", "--tag", "nocolon"]);
+    assert_eq!(bad_tag.status.code(), Some(2), "a malformed --tag is a usage error");
     let bad = cli.run(&["connections", "frobnicate"]);
     assert_eq!(bad.status.code(), Some(2), "clap's usage errors exit 2");
     let completions = cli.run(&["completions", "bash"]);

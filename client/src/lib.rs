@@ -473,15 +473,14 @@ impl Client {
         secret: Option<&str>,
         expire_others_in_seconds: Option<u64>,
     ) -> Result<AddedSecret> {
-        let body = serde_json::json!({ "secret": secret, "expire_others_in_seconds": expire_others_in_seconds });
-        let body: serde_json::Map<String, serde_json::Value> = body
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        self.post(&format!("/v1/webhooks/{}/secrets", seg(id)), &body).await
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            secret: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expire_others_in_seconds: Option<u64>,
+        }
+        self.post(&format!("/v1/webhooks/{}/secrets", seg(id)), &Body { secret, expire_others_in_seconds }).await
     }
 
     pub async fn delete_webhook_secret(&self, id: &str, secret_id: &str) -> Result<()> {

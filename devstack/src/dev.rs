@@ -45,15 +45,11 @@ fn dev_key() -> anyhow::Result<String> {
 pub fn environment(process: BTreeMap<String, String>) -> anyhow::Result<Env> {
     let mut vars = process;
     let dev = |vars: &BTreeMap<String, String>, k: &str, d: &str| vars.get(k).cloned().unwrap_or_else(|| d.to_owned());
-    let port = |vars: &BTreeMap<String, String>, k: &str, d: &str| dev(vars, k, d);
-    let gw_port = port(&vars, "AUTHBRIDGE_DEV_GATEWAY_PORT", "8080");
+    let gw_port = dev(&vars, "AUTHBRIDGE_DEV_GATEWAY_PORT", "8080");
     let defaults = [
         (auth_gateway::settings::BIND, format!("127.0.0.1:{gw_port}")),
-        (api_proxy::settings::BIND, format!("127.0.0.1:{}", port(&vars, "AUTHBRIDGE_DEV_PROXY_PORT", "8081"))),
-        (
-            token_refresher::settings::BIND,
-            format!("127.0.0.1:{}", port(&vars, "AUTHBRIDGE_DEV_REFRESHER_PORT", "8082")),
-        ),
+        (api_proxy::settings::BIND, format!("127.0.0.1:{}", dev(&vars, "AUTHBRIDGE_DEV_PROXY_PORT", "8081"))),
+        (token_refresher::settings::BIND, format!("127.0.0.1:{}", dev(&vars, "AUTHBRIDGE_DEV_REFRESHER_PORT", "8082"))),
         (
             shared::config::DATABASE_URL,
             format!("postgres://postgres@127.0.0.1:5432/{}", dev(&vars, "AUTHBRIDGE_DEV_DATABASE", "authbridge_dev")),
@@ -106,21 +102,20 @@ fn add_demo(catalog: &mut shared::catalog::Catalog, env: &Env, mock_url: &str) -
         catalog.insert(mock);
         ids.push("mock".to_owned());
     }
+    // A built-in is the operator's once the file names it or any of its variables is set.
+    let built_ins = shared::catalog::Catalog::load(None, &|_| None).expect("the built-ins parse");
+    let set_in_env = |id: &str| {
+        built_ins
+            .get(id)
+            .is_some_and(|b| b.missing_configuration().iter().any(|v| env.get(v).is_some_and(|x| !x.is_empty())))
+    };
     for seed in crate::seed_providers_at_mock(mock_url) {
-        let touched = in_file.contains(&seed.id)
-            || catalog.get(&seed.id).is_some_and(|p| p.missing_configuration().len() < seed_variables(p).len());
-        if !touched {
+        if !in_file.contains(&seed.id) && !set_in_env(&seed.id) {
             ids.push(seed.id.clone());
             catalog.insert(seed);
         }
     }
     Demo { ids }
-}
-
-/// The variables a built-in provider is configured by (what it misses when none is set).
-fn seed_variables(p: &shared::catalog::Provider) -> Vec<String> {
-    let blank = shared::catalog::Catalog::load(None, &|_| None).expect("the built-ins parse");
-    blank.get(&p.id).map(|b| b.missing_configuration()).unwrap_or_default()
 }
 
 /// Where the demo provider keeps the tokens it issued between runs, so connections made before

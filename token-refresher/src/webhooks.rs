@@ -13,7 +13,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use shared::messaging::WebhookMessage;
 use shared::store::{AttemptOutcome, Claim, Claimed};
-use shared::webhooks::{is_public, signature_header, SEND_TIMEOUT};
+use shared::webhooks::{check_url, is_public, signature_header, SEND_TIMEOUT};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -79,15 +79,9 @@ impl Sender {
 
     /// One POST: the endpoint's status, or what went wrong before it answered.
     async fn send(&self, c: &Claimed, allow_private: bool) -> (Option<u16>, Option<String>) {
-        if let Ok(u) = url::Url::parse(&c.url) {
-            let literal = match u.host() {
-                Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-                _ => None,
-            };
-            if !allow_private && literal.is_some_and(|ip| !is_public(ip)) {
-                return (None, Some("the endpoint's address is not public".into()));
-            }
+        // The rules the endpoint was created under, again (names are checked by the resolver).
+        if let Err(e) = check_url(&c.url, allow_private) {
+            return (None, Some(e));
         }
         let timestamp = chrono::Utc::now().timestamp();
         let signature = signature_header(&c.secrets, &c.event_id, timestamp, &c.body);
@@ -103,7 +97,6 @@ impl Sender {
             .await;
         match sent {
             // The body is not read: only the status counts, and a slow body must not hold us.
-            Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), None),
             Ok(r) => (Some(r.status().as_u16()), None),
             Err(e) if e.is_timeout() => (None, Some(format!("no answer within {} s", SEND_TIMEOUT.as_secs()))),
             Err(e) => (None, Some(describe(&e))),

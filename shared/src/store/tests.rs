@@ -147,6 +147,11 @@ async fn connections_are_stored_sealed_replaced_with_a_new_version_listed_in_key
     drop(store, db).await;
 }
 
+/// The id of the one delivery a test made.
+async fn the_delivery(store: &Store) -> i64 {
+    store.client().await.unwrap().query_one("SELECT id FROM webhook_deliveries", &[]).await.unwrap().get(0)
+}
+
 /// An endpoint of `id` for `events` (empty: all) with one secret, `s1`.
 fn hook<'a>(id: &'a str, events: &'a [String], secret: &'a SigningSecret) -> NewWebhook<'a> {
     NewWebhook {
@@ -273,8 +278,7 @@ async fn a_delivery_is_claimed_once_retried_on_schedule_and_given_up_after_the_l
         .save_authorized("kartra", "a", &tokens("1"), &Profile::default(), &Actor::system(), |_| Vec::new())
         .await
         .unwrap();
-    let id: i64 =
-        store.client().await.unwrap().query_one("SELECT id FROM webhook_deliveries", &[]).await.unwrap().get(0);
+    let id: i64 = the_delivery(&store).await;
     let lease = std::time::Duration::from_secs(30);
     let claimed = store.claim_delivery(id, 0, lease).await.unwrap().got().expect("claimed");
     assert_eq!(claimed.secrets, vec![secret.clone()]);
@@ -320,8 +324,7 @@ async fn secrets_rotate_without_a_gap_and_the_last_one_stays() {
         .save_authorized("kartra", "a", &tokens("1"), &Profile::default(), &Actor::system(), |_| Vec::new())
         .await
         .unwrap();
-    let id: i64 =
-        store.client().await.unwrap().query_one("SELECT id FROM webhook_deliveries", &[]).await.unwrap().get(0);
+    let id: i64 = the_delivery(&store).await;
     let c = store.claim_delivery(id, 0, std::time::Duration::from_secs(1)).await.unwrap().got().unwrap();
     assert_eq!(c.secrets, vec![old.clone(), new.clone()]);
     assert_eq!(store.delete_webhook_secret("wh", "s1").await.unwrap(), SecretRemoval::Removed);

@@ -425,13 +425,15 @@ impl Store {
                                AND (leased_until IS NULL OR leased_until < now())
                             RETURNING id, endpoint_id, event_id)
                  SELECT d.id, e.id, e.url, ev.id, ev.type, ev.created_at, ev.payload::text,
-                        COALESCE((SELECT array_agg(s.id ORDER BY s.created_at) FROM webhook_secrets s
-                                   WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())), '{}'),
-                        COALESCE((SELECT array_agg(s.key_id ORDER BY s.created_at) FROM webhook_secrets s
-                                   WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())), '{}'),
-                        COALESCE((SELECT array_agg(s.secret ORDER BY s.created_at) FROM webhook_secrets s
-                                   WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())), '{}')
-                   FROM d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN webhook_events ev ON ev.id = d.event_id",
+                        COALESCE(live.ids, '{}'), COALESCE(live.key_ids, '{}'), COALESCE(live.secrets, '{}')
+                   FROM d JOIN webhook_endpoints e ON e.id = d.endpoint_id JOIN webhook_events ev ON ev.id = d.event_id
+                   -- The live secrets, read once, in the order they were added.
+                   LEFT JOIN LATERAL (
+                        SELECT array_agg(s.id ORDER BY s.created_at) AS ids,
+                               array_agg(s.key_id ORDER BY s.created_at) AS key_ids,
+                               array_agg(s.secret ORDER BY s.created_at) AS secrets
+                          FROM webhook_secrets s
+                         WHERE s.endpoint_id = e.id AND (s.expires_at IS NULL OR s.expires_at > now())) live ON true",
             )
             .await?;
         let Some(r) = client.query_opt(&stmt, &[&delivery_id, &attempt, &lease.as_secs_f64()]).await? else {

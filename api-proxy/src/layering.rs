@@ -5,6 +5,7 @@
 /// wires them together, is above all of them).
 const LAYERS: &[&str] = &[
     "clock",
+    "pace",
     "text",
     "settings",
     "key_memo",

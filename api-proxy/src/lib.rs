@@ -12,6 +12,7 @@ pub mod h1_server;
 pub mod inject;
 pub mod key_memo;
 pub mod outgoing;
+pub mod pace;
 pub mod pool;
 pub mod provider_limits;
 pub mod relay;

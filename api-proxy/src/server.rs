@@ -19,6 +19,7 @@
 use crate::forward;
 use crate::h1_server::{self, CallerBody, Stopping};
 use crate::key_memo::{self, ConnectionMemo};
+use crate::pace::Pace;
 use crate::relay::{error_response, full, json, ResponseBody};
 use crate::worker::{Shared, Worker};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -63,6 +64,9 @@ pub fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{bind}` names no address")))?;
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
+    // Accepted connections inherit it (Linux copies the listener's TCP options to each), which
+    // spares a system call per connection.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     let listener = socket.listen(1024)?.into_std()?;
     listener.set_nonblocking(true)?;
@@ -70,8 +74,8 @@ pub fn listen(bind: &str) -> std::io::Result<std::net::TcpListener> {
 }
 
 impl Server {
-    /// Starts `workers` worker threads serving `listener`, over TLS when `tls` is given. Must be
-    /// called within a tokio runtime: the acceptor runs on it.
+    /// Starts `workers` worker threads serving `listener` (from [`listen`]), over TLS when `tls`
+    /// is given. Must be called within a tokio runtime: the acceptor runs on it.
     pub fn start(
         shared: Shared,
         listener: std::net::TcpListener,
@@ -85,6 +89,13 @@ impl Server {
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let workers = workers.max(1);
         let load: Arc<[Counts]> = (0..workers).map(|_| Counts::default()).collect();
+        // Paced a little below the cap: a worker over its share sheds a batch at once, and the
+        // room a batch leaves must not be filled unpaced (each connection taken into it would
+        // make another batch close).
+        let settings = &shared.state.settings;
+        let cap = settings.max_connections;
+        let paced_from = cap.saturating_sub(2 * workers * shed_batch(worker_cap(cap, workers)));
+        let pace = Pace::new(settings.accept_rate_at_cap, paced_from, Instant::now());
         let mut done = Vec::with_capacity(workers + 1);
         let mut queues = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -112,7 +123,7 @@ impl Server {
         }
         let (finished, on_finish) = oneshot::channel();
         tokio::spawn(async move {
-            accept(listener, queues, load, stopped).await;
+            accept(listener, queues, load, pace, stopped).await;
             let _ = finished.send(());
         });
         done.push(on_finish);
@@ -199,22 +210,33 @@ impl Drop for Serving {
 /// turn among equals). Callers keep connections open for many calls, so how they are spread
 /// decides how the load is spread: left to whichever worker wakes first, a burst of new
 /// connections can land two to one on one worker, whose calls then queue while the other idles.
+/// At the connection cap, connections are taken at `pace` ([`crate::pace`]).
 async fn accept(
     listener: tokio::net::TcpListener,
-    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    queues: Vec<mpsc::UnboundedSender<Accepted>>,
     load: Arc<[Counts]>,
+    mut pace: Pace,
     mut stopped: watch::Receiver<Stop>,
 ) {
     let mut next = 0;
     loop {
+        let open: usize = load.iter().map(|c| c.open.load(Ordering::Relaxed)).sum();
+        if open >= pace.from {
+            if let Err(wait) = pace.take(Instant::now()) {
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        }
         let accepted = tokio::select! {
             biased;
             _ = stopped.changed() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let _ = stream.set_nodelay(true);
+            Ok((stream, peer)) => {
                 let Ok(stream) = stream.into_std() else { continue };
                 let pick = least_loaded(&load, next);
                 next = (pick + 1) % load.len();
@@ -223,7 +245,7 @@ async fn accept(
                 // until its first read says otherwise.
                 load[pick].open.fetch_add(1, Ordering::Relaxed);
                 load[pick].callers.fetch_add(1, Ordering::Relaxed);
-                if queues[pick].send(stream).is_err() {
+                if queues[pick].send((stream, peer)).is_err() {
                     load[pick].open.fetch_sub(1, Ordering::Relaxed);
                     load[pick].callers.fetch_sub(1, Ordering::Relaxed);
                 }
@@ -238,6 +260,20 @@ async fn accept(
     }
 }
 
+/// A connection as accepted: its socket and its caller's address.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// A worker's share of the connection cap.
+fn worker_cap(cap: usize, workers: usize) -> usize {
+    cap.div_ceil(workers).max(1)
+}
+
+/// How many connections a worker over its cap closes at once (one scan of its waiting
+/// connections chooses them all).
+fn shed_batch(worker_cap: usize) -> usize {
+    (worker_cap / 64).max(1)
+}
+
 /// The worker serving the fewest callers; among equals, the first from `next` on.
 fn least_loaded(load: &[Counts], next: usize) -> usize {
     let n = load.len();
@@ -245,7 +281,7 @@ fn least_loaded(load: &[Counts], next: usize) -> usize {
 }
 
 async fn serve_worker(
-    mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    mut incoming: mpsc::UnboundedReceiver<Accepted>,
     shared: Shared,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stopped: watch::Receiver<Stop>,
@@ -276,12 +312,12 @@ async fn serve_worker(
         hyper_only: settings.http_stack == crate::settings::HttpStack::Hyper,
     });
     // Each worker keeps its share of the connection cap (the acceptor spreads connections evenly).
-    let cap = settings.max_connections.div_ceil(load.all.len()).max(1);
-    let shed_batch = (cap / 64).max(1);
+    let cap = worker_cap(settings.max_connections, load.all.len());
+    let shed_batch = shed_batch(cap);
     let stopping = Rc::new(Stopping::default());
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             _ = stopped.changed() => break,
             stream = incoming.recv() => match stream {
@@ -308,6 +344,7 @@ async fn serve_worker(
             Ok(stream) => {
                 tokio::task::spawn_local(serve_connection(
                     stream,
+                    peer,
                     worker.clone(),
                     options.clone(),
                     tls.clone(),
@@ -329,6 +366,7 @@ async fn serve_worker(
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     worker: Rc<Worker>,
     options: Rc<h1_server::Options>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -336,7 +374,7 @@ async fn serve_connection(
     serving: Serving,
 ) {
     // The API key this connection presented last, and the decision for it.
-    let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(stream.peer_addr().ok().map(|a| a.ip()))));
+    let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(Some(peer.ip()))));
     // The request's future is `handle`'s own (no wrapper around it, which would be one more
     // copy of it per request).
     let gate = {
@@ -564,6 +602,24 @@ fn metrics(worker: &Worker) -> Response<ResponseBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accepted_connections_send_without_delay_and_pacing_starts_below_the_cap() {
+        // The listener's TCP_NODELAY is what every caller connection gets (none is set per
+        // connection).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let listener = rt.block_on(async { listen("127.0.0.1:0") }).unwrap();
+        let _caller = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let nodelay = rt.block_on(async { tokio::net::TcpStream::from_std(accepted).unwrap().nodelay().unwrap() });
+        assert!(nodelay, "an accepted connection has TCP_NODELAY");
+        // Two workers sharing 15,000: each sheds 117 at once, so pacing begins 468 below the cap.
+        assert_eq!(shed_batch(worker_cap(15_000, 2)), 117);
+        assert_eq!(15_000 - 2 * 2 * shed_batch(worker_cap(15_000, 2)), 14_532);
+        assert_eq!((worker_cap(1, 2), shed_batch(worker_cap(1, 2))), (1, 1));
+    }
 
     #[test]
     fn new_connections_go_to_the_worker_with_fewest_callers_and_in_turn_among_equals() {

@@ -25,6 +25,10 @@ pub const HEAD_TIMEOUT: &str = "AUTHBRIDGE_PROXY_HEAD_TIMEOUT_SECONDS";
 /// The most caller connections open at once; beyond it the connection that has waited longest
 /// for its caller is closed. Default: three quarters of the process's open-files limit.
 pub const MAX_CONNECTIONS: &str = "AUTHBRIDGE_PROXY_MAX_CONNECTIONS";
+/// At the connection cap, how many new connections a second the proxy takes (each makes the
+/// connection that has waited longest close); the rest wait in the kernel's listen queue.
+/// Default: the cap divided by the head timeout, and at least 1000.
+pub const ACCEPT_RATE_AT_CAP: &str = "AUTHBRIDGE_PROXY_ACCEPT_RATE_AT_CAP";
 
 /// Which HTTP/1.1 code serves callers and calls providers: `own` (the proxy's own server and
 /// client, with hyper for HTTP/2, streamed bodies and `Expect`) or `hyper` (hyper alone, a new
@@ -63,6 +67,8 @@ pub struct Settings {
     pub token_cache_ttl: Duration,
     pub head_timeout: Duration,
     pub max_connections: usize,
+    /// New connections a second taken at the cap ([`ACCEPT_RATE_AT_CAP`]).
+    pub accept_rate_at_cap: u32,
     pub stale: Duration,
     pub http_stack: HttpStack,
     /// Serve HTTPS with these files; `None`: plain HTTP (behind a TLS-terminating proxy).
@@ -89,6 +95,10 @@ impl Settings {
         if max_connections == 0 {
             r.fail(format!("{MAX_CONNECTIONS} must be at least 1"));
         }
+        let accept_rate_at_cap = r.parse(ACCEPT_RATE_AT_CAP, default_accept_rate_at_cap(max_connections, head_timeout));
+        if accept_rate_at_cap == 0 {
+            r.fail(format!("{ACCEPT_RATE_AT_CAP} must be at least 1"));
+        }
         let http_stack = HttpStack::parse(&r.string(HTTP_STACK, "own")).unwrap_or_else(|other| {
             r.fail(format!("{HTTP_STACK}={other:?} is not valid: `own` or `hyper`"));
             HttpStack::Own
@@ -106,6 +116,7 @@ impl Settings {
             token_cache_ttl,
             head_timeout,
             max_connections,
+            accept_rate_at_cap,
             stale,
             http_stack,
             tls,
@@ -125,6 +136,15 @@ pub fn default_max_connections() -> usize {
     soft.map_or(4096, |n| (n / 4 * 3).max(64))
 }
 
+/// The cap turned over once per head timeout: as fast again as the head timeout itself closes
+/// the connections of a slowloris that holds the cap. At least 1000 a second, so that with a
+/// small cap a caller's new connection waits behind at most a fraction of a second of the
+/// attack's in the listen queue.
+pub fn default_accept_rate_at_cap(max_connections: usize, head_timeout: Duration) -> u32 {
+    let per_second = max_connections as u64 / head_timeout.as_secs().max(1);
+    per_second.clamp(1000, u32::MAX as u64) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +162,16 @@ mod tests {
         let e = with(&[(HTTP_STACK, "nginx"), (HEAD_TIMEOUT, "0")]).unwrap_err().to_string();
         assert!(e.contains(HTTP_STACK) && e.contains("nginx"), "{e}");
         assert!(e.contains(HEAD_TIMEOUT), "every problem is reported at once: {e}");
+    }
+
+    #[test]
+    fn the_pace_at_the_cap_turns_the_cap_over_once_per_head_timeout_and_no_slower_than_1000() {
+        let s = with(&[(MAX_CONNECTIONS, "15000")]).unwrap();
+        assert_eq!(s.accept_rate_at_cap, 1500);
+        let s = with(&[(MAX_CONNECTIONS, "15000"), (HEAD_TIMEOUT, "30")]).unwrap();
+        assert_eq!(s.accept_rate_at_cap, 1000);
+        assert_eq!(with(&[(ACCEPT_RATE_AT_CAP, "250")]).unwrap().accept_rate_at_cap, 250);
+        let e = with(&[(ACCEPT_RATE_AT_CAP, "0")]).unwrap_err().to_string();
+        assert!(e.contains(ACCEPT_RATE_AT_CAP), "{e}");
     }
 }

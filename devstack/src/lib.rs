@@ -100,6 +100,8 @@ pub struct StackOptions {
     /// The proxy's head timeout and connection cap.
     pub proxy_head_timeout: Duration,
     pub proxy_max_connections: usize,
+    /// `None`: the proxy's default for its cap and head timeout.
+    pub proxy_accept_rate_at_cap: Option<u32>,
     /// How long the proxy serves from memory while PostgreSQL cannot be reached.
     pub proxy_stale: Duration,
     /// The proxy's HTTP/1.1 code: by default what `AUTHBRIDGE_PROXY_HTTP_STACK` names in the
@@ -144,6 +146,7 @@ impl Default for StackOptions {
             mock_api_base: None,
             proxy_head_timeout: Duration::from_secs(10),
             proxy_max_connections: api_proxy::settings::default_max_connections(),
+            proxy_accept_rate_at_cap: None,
             proxy_stale: Duration::from_secs(300),
             proxy_http_stack: std::env::var(api_proxy::settings::HTTP_STACK)
                 .ok()
@@ -173,6 +176,9 @@ fn proxy_settings(common: &CommonSettings, api_keys: &ApiKeys, opts: &StackOptio
         head_timeout: opts.proxy_head_timeout,
         stale: opts.proxy_stale,
         max_connections: opts.proxy_max_connections,
+        accept_rate_at_cap: opts.proxy_accept_rate_at_cap.unwrap_or_else(|| {
+            api_proxy::settings::default_accept_rate_at_cap(opts.proxy_max_connections, opts.proxy_head_timeout)
+        }),
         http_stack: opts.proxy_http_stack,
         tls: opts.tls.clone(),
     }

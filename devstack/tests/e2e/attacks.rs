@@ -117,6 +117,66 @@ async fn a_slowloris_past_the_connection_cap_does_not_keep_callers_out() {
     app.stop().await;
 }
 
+/// A slowloris holding more sockets than the cap, and reopening each one the proxy closes at
+/// once, cannot make the proxy take and shed connections as fast as its cores allow: at the cap
+/// new connections are taken at the configured pace, the rest wait in the listen queue. (Unpaced,
+/// the loop below turned connections over thousands of times a second.) A caller is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_a_reopening_slowloris_is_taken_at_the_pace() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let options =
+        StackOptions { proxy_max_connections: 100, proxy_accept_rate_at_cap: Some(100), ..Default::default() };
+    let app = TestApp::start_with(options).await;
+    app.connect("mock", "u1").await;
+    let addr = app.stack.proxy.url().trim_start_matches("http://").to_owned();
+    let kept_alive = reqwest::Client::new();
+    let call = |client: &reqwest::Client| {
+        client.get(app.px("/proxy/mock/u1/x")).header("Authorization", format!("Bearer {}", app.stack.api_key)).send()
+    };
+    assert_eq!(call(&kept_alive).await.unwrap().status(), StatusCode::OK);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attack = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let (addr, closed, stop) = (addr.clone(), closed.clone(), stop.clone());
+        attack.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await else { continue };
+                if s.write_all(b"GET /proxy/mock/u1/x HTTP/1.1\r\nHost: p\r\nX-Slow: ").await.is_err() {
+                    continue;
+                }
+                let mut buf = [0u8; 256];
+                tokio::select! {
+                    r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { closed.fetch_add(1, Ordering::Relaxed); },
+                    _ = async { while !stop.load(Ordering::Relaxed) { tokio::time::sleep(Duration::from_millis(20)).await } } => {}
+                }
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        // The caller's connection, idle since before the attack, may be the one that has waited
+        // longest and be closed first; its next one then waits its turn in the listen queue.
+        if call(&kept_alive).await.is_ok_and(|r| r.status() == StatusCode::OK) {
+            served += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let shed = closed.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    while attack.join_next().await.is_some() {}
+    assert!(served >= 1, "the caller was served during the attack");
+    // At most the first cap's worth unpaced, then 100 a second (and a tenth of a second's burst),
+    // doubled for slack. Unpaced, this loop closed thousands.
+    let bound = (2.0 * (100.0 + 10.0 + 100.0 * elapsed)) as usize;
+    assert!(shed > 50, "the cap was reached and connections were shed: {shed}");
+    assert!(shed <= bound, "{shed} connections closed in {elapsed:.1} s; the pace allows about {}", bound / 2);
+    app.stop().await;
+}
+
 /// Unknown keys are cheap: those that cannot have been issued cost no database lookup, and an
 /// address whose lookups keep failing is refused (429) without lookups, while keys that work
 /// keep working, even from that address.

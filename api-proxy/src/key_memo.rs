@@ -27,8 +27,8 @@ struct Remembered {
 }
 
 impl ConnectionMemo {
-    pub fn for_client(client: Option<std::net::IpAddr>) -> Self {
-        Self { remembered: None, client }
+    pub fn for_client(client: std::net::IpAddr) -> Self {
+        Self { remembered: None, client: Some(client) }
     }
 
     fn recall(&self, auth: &Authenticator, presented: &[u8], now: Instant) -> Option<Option<Caller>> {

@@ -374,7 +374,7 @@ async fn serve_connection(
     serving: Serving,
 ) {
     // The API key this connection presented last, and the decision for it.
-    let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(Some(peer.ip()))));
+    let memo = Rc::new(RefCell::new(ConnectionMemo::for_client(peer.ip())));
     // The request's future is `handle`'s own (no wrapper around it, which would be one more
     // copy of it per request).
     let gate = {

@@ -2,7 +2,9 @@
 # api-proxy under attack: legitimate callers' throughput while a slowloris holds 20,000 sockets
 # (two processes of 10,000, each socket sending a byte of a never-finished head every five
 # seconds and reopening when closed), and while a flood of made-up API keys arrives at a fixed
-# rate, each against the same callers with no attack, in alternating rounds of one run.
+# rate, each against the same callers with no attack, in alternating rounds of one run: with the
+# callers calling as fast as they can (every core busy, so whatever the attack costs anyone on
+# the machine shows), then calling at a steady rate of half that.
 # The attacking processes run under SCHED_IDLE (only on CPU time nothing else wants): on a
 # 2-core machine they would otherwise take their own CPU from the callers and the proxy alike,
 # and the figures would say how busy the attackers were rather than what the attack costs the
@@ -95,9 +97,10 @@ tick=$(getconf CLK_TCK)
 # CPU time over those seconds of the proxy and of the dev stack (the mock provider behind the
 # proxy), the callers' own, and the machine's by kind; and meanwhile a caller with no connection
 # open makes a call on a new connection every 100 ms.
+# With a second argument, the callers call at that rate instead of as fast as they can.
 phase() {
   local lg fr att p0 p1 d0 d1 m0 m1
-  "$bin/authbridge-loadgen" calls "$TARGET" "$PROXY_KEY" "$CONC" "$SECONDS_EACH" "$WARM" > "$work/calls.json" &
+  "$bin/authbridge-loadgen" calls "$TARGET" "$PROXY_KEY" "$CONC" "$SECONDS_EACH" "$WARM" ${2:-} > "$work/calls.json" &
   lg=$!
   sleep 1
   att=""
@@ -153,6 +156,20 @@ for round in $(seq "$ROUNDS"); do
   c=$(phase keyflood)
   after=$(lookups)
   echo "{\"round\":$round,\"phase\":\"keyflood\",\"calls\":$c,\"attack\":$(cat "$work/kf.json"),\"lookups\":$((after - before))}" >> "$results"
+
+  # The same attacks against callers at a steady rate, half what they reached in this round's
+  # first phase: how a proxy that is not already at the limit of its cores fares.
+  steady=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(round(r["calls"]["calls_per_second"] / 2))' "$(head -n "$(( (round - 1) * 7 + 1 ))" "$results" | tail -n 1)")
+  echo "round $round: at $steady calls/s, no attack"
+  echo "{\"round\":$round,\"phase\":\"steady-none\",\"calls\":$(phase none "$steady")}" >> "$results"
+  echo "round $round: at $steady calls/s, slowloris"
+  c=$(phase slowloris "$steady")
+  echo "{\"round\":$round,\"phase\":\"steady-slowloris\",\"calls\":$c,\"attack\":[$(cat "$work/sl1.json"),$(cat "$work/sl2.json")]}" >> "$results"
+  echo "round $round: at $steady calls/s, made-up keys"
+  before=$(lookups)
+  c=$(phase keyflood "$steady")
+  after=$(lookups)
+  echo "{\"round\":$round,\"phase\":\"steady-keyflood\",\"calls\":$c,\"attack\":$(cat "$work/kf.json"),\"lookups\":$((after - before))}" >> "$results"
 done
 
 python3 - "$results" "$limit" "$(rss)" "$CONC" "$SECONDS_EACH" "$SOCKETS" "$RATE" "$WARM" <<'PY'
@@ -165,7 +182,9 @@ out = []
 w = out.append
 w("# api-proxy under attack\n")
 w("Written by `bench/attacks.sh`. Legitimate callers: %s kept-alive connections calling the proxy "
-  "(a real connection, its API key checked, the mock provider's API behind it), opened a second "
+  "(a real connection, its API key checked, the mock provider's API behind it), first as fast as "
+  "they can (what the machine can serve), then at a steady rate of half that (a proxy with room "
+  "to spare, as a deployment normally runs); opened a second "
   "before the attack begins and counted for %s s from %s s into the phase; "
   "each attack phase is compared with the phases without an attack around it, in the same run on "
   "the same machine (2 cores shared by the proxy, the callers, the attackers and the mock; the "
@@ -184,7 +203,7 @@ w("|---|---|---|---|---|---|---|")
 ratios = {"slowloris": [], "keyflood": []}
 for n in rounds:
     rr = [r for r in rows if r["round"] == n]
-    base1, sl, base2, kf = rr
+    base1, sl, base2, kf = rr[:4]
     r1 = rate_of(sl) / rate_of(base1)
     r2 = rate_of(kf) / rate_of(base2)
     ratios["slowloris"].append(r1)
@@ -203,6 +222,22 @@ w("Median rate of each kind of phase: %.0f calls/s without an attack; during the
   statistics.median(rate_of(r) for r in rows if r["phase"] == "slowloris") / calm,
   statistics.median(rate_of(r) for r in rows if r["phase"] == "keyflood"),
   statistics.median(rate_of(r) for r in rows if r["phase"] == "keyflood") / calm))
+w("")
+w("At a steady rate (half what the callers reached in the round's first phase), the rate served and "
+  "the latency of the calls counted from when each was due:\n")
+w("| round | offered (calls/s) | no attack: served, p50 ms, p99 ms | slowloris: served, p50, p99 | ratio | made-up keys: served, p50, p99 | ratio |")
+w("|---|---|---|---|---|---|---|")
+steady = {"slowloris": [], "keyflood": []}
+def lat(r): return "%.0f, %.2f, %.2f" % (rate_of(r), r["calls"]["latency_ms"]["p50"], r["calls"]["latency_ms"]["p99"])
+for n in rounds:
+    rr = {r["phase"]: r for r in rows if r["round"] == n}
+    b, sl, kf = rr["steady-none"], rr["steady-slowloris"], rr["steady-keyflood"]
+    steady["slowloris"].append(rate_of(sl) / rate_of(b))
+    steady["keyflood"].append(rate_of(kf) / rate_of(b))
+    w("| %d | %.0f | %s | %s | %.2f | %s | %.2f |" % (n, b["calls"]["offered_per_second"], lat(b), lat(sl), steady["slowloris"][-1], lat(kf), steady["keyflood"][-1]))
+w("")
+w("Median ratio at a steady rate: **%.2f** during the slowloris, **%.2f** during the flood of made-up keys." %
+  (statistics.median(steady["slowloris"]), statistics.median(steady["keyflood"])))
 w("")
 w("Every phase: legitimate calls, the failed ones (non-2xx answers or errors), latency, and the "
   "proxy's CPU time per legitimate call (the attack's cost included):\n")
@@ -234,14 +269,14 @@ for r in rows:
 w("")
 w("What the attacks saw:\n")
 for r in rows:
-    if r["phase"] == "slowloris":
+    if r["phase"] in ("slowloris", "steady-slowloris"):
         held = sum(a["peak_held"] for a in r["attack"])
         opened = sum(a["connections_opened"] for a in r["attack"])
         closed = sum(a["closed_by_server"] for a in r["attack"])
-        w("- round %d, slowloris: %d sockets held at the peak (both processes), %d connections opened, %d closed by the proxy" % (r["round"], held, opened, closed))
-    if r["phase"] == "keyflood":
+        w("- round %d, %s: %d sockets held at the peak (both processes), %d connections opened, %d closed by the proxy" % (r["round"], r["phase"], held, opened, closed))
+    if r["phase"] in ("keyflood", "steady-keyflood"):
         a = r["attack"]
-        w("- round %d, made-up keys: %d sent (%.0f/s), answers %s, database lookups %d" % (r["round"], a["sent"], a["per_second"], json.dumps(a["by_status"]), r["lookups"]))
+        w("- round %d, %s: %d sent (%.0f/s), answers %s, database lookups %d" % (r["round"], r["phase"], a["sent"], a["per_second"], json.dumps(a["by_status"]), r["lookups"]))
 w("\nPeak RSS of api-proxy over the run: %.0f MiB." % (int(rss) / 1024))
 open("docs/benchmarks-attacks.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))

@@ -40,6 +40,31 @@ pub use stopping::Stopping;
 use stopping::Watch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+/// A caller's connection, which can be made to close with a reset.
+pub trait Reset {
+    /// Makes closing the connection send a reset (RST) instead of ending it in order (FIN):
+    /// whatever is unsent is dropped, nothing more is exchanged, and the kernel keeps no
+    /// TIME_WAIT state for it.
+    fn reset_on_close(&self);
+}
+
+impl Reset for tokio::net::TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl<T: Reset> Reset for tokio_rustls::server::TlsStream<T> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+/// In-memory connections (tests) have no reset: they just close.
+impl Reset for tokio::io::DuplexStream {
+    fn reset_on_close(&self) {}
+}
+
 /// What HTTP/2's client preface starts with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -101,7 +126,7 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     stopping: Rc<Stopping>,
     caller: impl Fn(bool),
 ) where
-    T: Io,
+    T: Io + Reset,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
     Fut: Future<Output = Response<B>> + 'static,
     B: Body<Data = Bytes> + RawFields + 'static,
@@ -129,8 +154,10 @@ pub async fn serve<T, F, Fut, B, G, GFut>(
     // future among it) is allocated only once one has arrived, so a connection that never sends
     // a whole head, as a slowloris's do not, holds little memory.
     let first = conn.next_request(Some(&caller), &options, &stopping, &gate).await;
-    if matches!(first, Next::Closed) {
-        return;
+    match first {
+        Next::Closed => return,
+        Next::Reset => return conn.reset(),
+        _ => {}
     }
     Box::pin(serve_requests(conn, first, handler, gate, options, stopping)).await
 }
@@ -144,7 +171,7 @@ async fn serve_requests<T, F, Fut, B, G, GFut>(
     options: Rc<Options>,
     stopping: Rc<Stopping>,
 ) where
-    T: Io,
+    T: Io + Reset,
     F: Fn(Request<CallerBody>) -> Fut + Clone + 'static,
     Fut: Future<Output = Response<B>> + 'static,
     B: Body<Data = Bytes> + RawFields + 'static,
@@ -157,6 +184,7 @@ async fn serve_requests<T, F, Fut, B, G, GFut>(
         let (req, keep_alive) = match next {
             Next::Request(req, keep_alive) => (req, keep_alive),
             Next::Closed => return,
+            Next::Reset => return conn.reset(),
             Next::Answer(resp, head_request, v11) => {
                 // Refused before its body was read: the body's bytes are still on their way, so
                 // the connection cannot serve another request.
@@ -199,8 +227,18 @@ enum Next<B> {
     /// Write this answer (to a request that was a `HEAD`, over HTTP/1.1), then close: the gate
     /// refused the request before its body was read.
     Answer(Response<B>, bool, bool),
-    /// The caller closed the connection, or let it idle past the head timeout.
+    /// The caller closed the connection, or let it idle past the head timeout after an answer.
     Closed,
+    /// Close with a reset, answering nothing: a head did not arrive in time, or the connection
+    /// is closed (for idling past the head timeout, or shed) before it completed any request.
+    /// Such a connection is what a slowloris holds, by the thousand, reopening each one it
+    /// loses: a 408 and an orderly close would cost a write, a shutdown, the reads of a lingering
+    /// close and a TIME_WAIT per socket, all for an attacker (with the kernel's delivery into
+    /// its sockets, about two fifths of the proxy's CPU samples during one). A server may close
+    /// a connection at any time (RFC 9112 §9.6), and real callers send a head in one piece, not
+    /// over ten seconds. (A held body that is late gets its 408: its head carried an API key the
+    /// gate admitted.)
+    Reset,
     /// Answer with this status and message, then close.
     Refuse(StatusCode, &'static str),
     /// Let hyper's HTTP/1.1 server serve the connection from this request on (these bytes,
@@ -319,8 +357,11 @@ impl<T: Io> Conn<T> {
             }
             match self.read(READ_SIZE, idle).await {
                 Ok(Read::Some) => {}
-                Ok(Read::TimedOut) if !self.buf.is_empty() => {
-                    return Next::Refuse(StatusCode::REQUEST_TIMEOUT, "the request head did not arrive in time")
+                // Mid-head, or before any request was completed: see `Next::Reset`. (A graceful
+                // stop closes in order, whatever the connection.)
+                Ok(Read::TimedOut) if !self.buf.is_empty() || self.served == 0 => return Next::Reset,
+                Ok(Read::Stopping) if self.watch.shed() && (!self.buf.is_empty() || self.served == 0) => {
+                    return Next::Reset
                 }
                 Ok(_) | Err(_) => return Next::Closed,
             }
@@ -543,6 +584,13 @@ impl<T: Io> Conn<T> {
             }
         })
         .await;
+    }
+}
+
+impl<T: Io + Reset> Conn<T> {
+    /// Closes at once with a reset ([`Next::Reset`]).
+    fn reset(self) {
+        self.io.reset_on_close();
     }
 }
 

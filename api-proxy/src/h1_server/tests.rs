@@ -508,24 +508,45 @@ fn chunked_bodies_and_expect_go_to_hyper_for_that_request_alone_and_the_connecti
 }
 
 #[test]
-fn idle_connections_close_at_the_head_timeout_and_slow_heads_get_408() {
+fn slow_heads_and_connections_that_never_complete_a_request_are_reset_and_idle_callers_closed_in_order() {
     run(async {
         let (addr, _) = server(Duration::from_millis(200)).await;
+        // How the server ended a connection: what it sent, and whether it ended with a reset.
+        async fn ending(sock: &mut tokio::net::TcpStream) -> (Vec<u8>, bool) {
+            let mut out = Vec::new();
+            let r = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut out)).await;
+            let r = r.expect("the server closes the connection");
+            (out, matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset))
+        }
+        // A connection that sends nothing, and one whose head stops halfway: reset, unanswered,
+        // once the head timeout has passed.
         let started = Instant::now();
-        assert_eq!(exchange(addr, b"", None).await, "");
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ending(&mut idle).await, (vec![], true));
         assert!(started.elapsed() >= Duration::from_millis(200));
-        let t = exchange(addr, b"GET / HTTP/1.1\r\nHo", None).await;
-        assert!(t.starts_with("HTTP/1.1 408 "), "{t}");
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        assert_eq!(ending(&mut slow).await, (vec![], true));
+
         // The timeout counts from when the connection starts waiting for each head: a
         // connection used now and then stays open.
         let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = vec![0u8; 1024];
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(120)).await;
             sock.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-            let mut buf = vec![0u8; 1024];
             let n = sock.read(&mut buf).await.unwrap();
             assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
         }
+        // A caller's connection left idle after its answers is closed in order (its client sees
+        // the end of the stream, not an error)...
+        assert_eq!(ending(&mut sock).await, (vec![], false));
+        // ...and one whose next head stops halfway is reset like any other.
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHo").await.unwrap();
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+        assert_eq!(ending(&mut sock).await, (vec![], true));
     });
 }
 
@@ -580,21 +601,26 @@ fn when_shedding_the_connection_waiting_longest_for_its_caller_is_closed_first()
         let n = used.read(&mut buf).await.unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // Whether the connection was closed, and how: `Some(true)` with a reset.
         let closed = |mut s: tokio::net::TcpStream| async move {
             let mut out = Vec::new();
-            tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await.is_ok()
+            match tokio::time::timeout(Duration::from_millis(500), s.read_to_end(&mut out)).await {
+                Ok(r) => Some(matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)),
+                Err(_) => None,
+            }
         };
         assert_eq!(stop.shed_oldest(2), 2);
         assert_eq!(stop.shed_pending(), 2);
-        assert!(closed(oldest).await, "the oldest wait is closed first");
-        assert!(closed(older).await);
+        // Neither completed a request: reset, as a slowloris's sockets are.
+        assert_eq!(closed(oldest).await, Some(true), "the oldest wait is closed first");
+        assert_eq!(closed(older).await, Some(true));
         // The connection that was answered most recently is still served.
         used.write_all(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
         let n = used.read(&mut buf).await.unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"), "{}", String::from_utf8_lossy(&buf[..n]));
         assert_eq!(stop.shed_pending(), 0, "both have closed");
         assert_eq!(stop.shed_oldest(5), 1, "only one is left to shed");
-        assert!(closed(used).await);
+        assert_eq!(closed(used).await, Some(false), "a caller's connection is closed in order");
         assert_eq!(stop.shed_oldest(1), 0, "nothing left to shed");
     });
 }

@@ -10,10 +10,12 @@
 //! authbridge-loadgen due <provider> <id-prefix> <in-seconds>
 //!     Makes every connection under the prefix fall due at one instant, <in-seconds> from now, and
 //!     schedules their expiry events through the outbox, as the gateway would.
-//! authbridge-loadgen calls <url> <api-key> <concurrency> <seconds> [<warmup-seconds>]
+//! authbridge-loadgen calls <url> <api-key> <concurrency> <seconds> [<warmup-seconds> [<per-second>]]
 //!     Calls <url> with the key from <concurrency> kept-alive connections for <seconds> (after
 //!     <warmup-seconds> of calls that are not counted), and reports calls/s (2xx answers), other
-//!     answers and errors, and the latency percentiles.
+//!     answers and errors, and the latency percentiles. Each connection calls again as soon as
+//!     it has its answer; or, given <per-second>, the connections together call at that rate,
+//!     each call's latency counted from when it was due.
 //! authbridge-loadgen fresh <url> <api-key> <every-ms> <seconds>
 //!     One call every <every-ms>, each on a new connection, and the calls' latency (connecting
 //!     included): what a caller with no connection open yet waits.
@@ -322,30 +324,51 @@ async fn drain(args: &[String]) -> anyhow::Result<serde_json::Value> {
 }
 
 async fn calls(args: &[String]) -> anyhow::Result<serde_json::Value> {
-    let (url, api_key, concurrency, seconds, warmup) = match args {
-        [url, key, concurrency, seconds] => (url, key, concurrency, seconds, "0"),
-        [url, key, concurrency, seconds, warmup] => (url, key, concurrency, seconds, warmup.as_str()),
-        _ => bail!("calls <url> <api-key> <concurrency> <seconds> [<warmup-seconds>]"),
+    let (url, api_key, concurrency, seconds, warmup, rate) = match args {
+        [url, key, concurrency, seconds] => (url, key, concurrency, seconds, "0", None),
+        [url, key, concurrency, seconds, warmup] => (url, key, concurrency, seconds, warmup.as_str(), None),
+        [url, key, concurrency, seconds, warmup, rate] => {
+            (url, key, concurrency, seconds, warmup.as_str(), Some(rate.parse::<f64>()?))
+        }
+        _ => bail!("calls <url> <api-key> <concurrency> <seconds> [<warmup-seconds> [<calls-per-second>]]"),
     };
     let (concurrency, seconds, warmup): (usize, u64, u64) = (concurrency.parse()?, seconds.parse()?, warmup.parse()?);
+    let concurrency = concurrency.max(1);
     // Calls begun before `from` are made but not counted.
     let from = Instant::now() + Duration::from_secs(warmup);
     let until = from + Duration::from_secs(seconds);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..concurrency.max(1) {
+    for c in 0..concurrency {
         // One client each: one kept-alive connection each, as services keep theirs.
         let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
         let (url, auth) = (url.clone(), format!("Bearer {api_key}"));
+        // At a given rate, each connection calls on a schedule of its own (staggered), and a
+        // call's latency counts from when it was due, so a call held up behind a slow one is
+        // charged the wait (no coordinated omission); without one, each calls as soon as its
+        // last answer is read.
+        let mut schedule = rate.map(|r| {
+            let every = Duration::from_secs_f64(concurrency as f64 / r.max(0.001));
+            let first = tokio::time::Instant::now() + every.mul_f64(c as f64 / concurrency as f64);
+            let mut tick = tokio::time::interval_at(first, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            tick
+        });
         tasks.spawn(async move {
             let (mut ok, mut other, mut errors) = (Vec::new(), 0u64, 0u64);
             while Instant::now() < until {
-                let started = Instant::now();
-                let counted = started >= from;
+                let due = match schedule.as_mut() {
+                    Some(tick) => tick.tick().await.into_std(),
+                    None => Instant::now(),
+                };
+                if due >= until {
+                    break;
+                }
+                let counted = due >= from;
                 match http.get(&url).header("Authorization", &auth).send().await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.bytes().await;
                         if counted {
-                            ok.push(started.elapsed().as_secs_f64() * 1000.0);
+                            ok.push(due.elapsed().as_secs_f64() * 1000.0);
                         }
                     }
                     Ok(_) => other += counted as u64,
@@ -365,6 +388,7 @@ async fn calls(args: &[String]) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "calls": ok.len(),
         "calls_per_second": ok.len() as f64 / seconds as f64,
+        "offered_per_second": rate,
         "other_answers": other,
         "errors": errors,
         "latency_ms": summary(ok),

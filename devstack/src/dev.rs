@@ -193,6 +193,11 @@ async fn ensure_database(url: &str) -> anyhow::Result<()> {
 
 /// Runs the whole system until Ctrl-C or SIGTERM (call with telemetry initialised).
 pub fn run() -> anyhow::Result<()> {
+    // As each service does on its own (`shared::http::run_service`): the proxy's connection cap
+    // is derived from the limit.
+    if let Err(e) = shared::http::raise_open_files_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     let env = environment(std::env::vars().collect())?;
     let fail = |e: shared::config::ConfigErrors| anyhow::anyhow!("{e}");
     let mut gateway = auth_gateway::Settings::from_env(&env).map_err(fail)?;

@@ -336,8 +336,22 @@ where
     }
 }
 
-/// The body of every service's `main`: telemetry, settings from the environment (exit code 2
-/// with every problem listed when they are invalid), then `run` on a multi-threaded runtime.
+/// Raises this process's soft limit on open files to its hard limit; the limits before and after.
+///
+/// Every connection a service holds is a file, and the proxy's connection cap is derived from
+/// this limit. A soft limit of 1,024 (what a shell or systemd gives by default, under a hard
+/// limit of 524,288 or more) would cap the proxy at 768 connections, which a small slowloris
+/// fills; the hard limit is the operator's bound, the soft one only a default for programs that
+/// do not ask (Go's runtime raises it the same way).
+pub fn raise_open_files_limit() -> std::io::Result<(u64, u64)> {
+    let (before, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    let after = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok((before, after))
+}
+
+/// The body of every service's `main`: telemetry, the open-files limit raised
+/// ([`raise_open_files_limit`]), settings from the environment (exit code 2 with every problem
+/// listed when they are invalid), then `run` on a multi-threaded runtime.
 pub fn run_service<S, F, Fut>(
     service: &'static str,
     load: fn(&crate::config::Env) -> Result<S, crate::config::ConfigErrors>,
@@ -348,6 +362,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let _telemetry = crate::telemetry::init(service);
+    // Before the settings: their defaults may be derived from the limit.
+    match raise_open_files_limit() {
+        Ok((before, after)) if after > before => tracing::info!(before, after, "open-files limit raised"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let settings = match load(&crate::config::Env::from_process()) {
         Ok(s) => s,
         Err(e) => {
@@ -389,6 +409,41 @@ pub async fn shutdown_signal() {
 mod tests {
     use super::{bearer_credential, record_request};
     use std::time::Duration;
+
+    /// Run in a process of its own (this test binary again, started with a soft limit of 256 by
+    /// the test below), as a service would be: lowering the limit of the test process itself
+    /// would fail the tests running beside it.
+    #[test]
+    fn raise_the_open_files_limit_when_run_by_the_test_below() {
+        if std::env::var_os("AUTHBRIDGE_TEST_RAISE_NOFILE").is_some() {
+            let (before, after) = super::raise_open_files_limit().unwrap();
+            let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+            let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+            println!("raised {before} {after} | {soft}");
+        }
+    }
+
+    #[test]
+    fn a_service_raises_its_open_files_limit_to_the_hard_limit() {
+        let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        assert!(hard > 256, "this machine's hard limit is {hard}");
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ulimit -Sn 256 && exec \"$0\" --exact \"$1\" --nocapture --test-threads 1"])
+            .arg(std::env::current_exe().unwrap())
+            .arg("http::tests::raise_the_open_files_limit_when_run_by_the_test_below")
+            .env("AUTHBRIDGE_TEST_RAISE_NOFILE", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        let line = stdout.split_once("raised ").map(|(_, l)| l.lines().next().unwrap_or(""));
+        let line = line.unwrap_or_else(|| panic!("{stdout}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[0], "256", "the child started at 256: {line}");
+        assert_eq!(f[1], hard.to_string(), "raised to the hard limit: {line}");
+        // And the process's own view agrees (what the proxy's connection cap is derived from).
+        assert_eq!(f[6], hard.to_string(), "{line}");
+    }
 
     #[test]
     fn requests_with_made_up_methods_share_one_series_whatever_their_number() {

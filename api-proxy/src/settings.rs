@@ -127,13 +127,10 @@ impl Settings {
 /// Three quarters of the open-files limit (the rest is for upstream and database connections),
 /// or 4096 where the limit cannot be read.
 pub fn default_max_connections() -> usize {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<usize>().ok());
-    soft.map_or(4096, |n| (n / 4 * 3).max(64))
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => (usize::try_from(soft).unwrap_or(usize::MAX) / 4 * 3).max(64),
+        Err(_) => 4096,
+    }
 }
 
 /// The cap turned over once per head timeout: as fast again as the head timeout itself closes
@@ -162,6 +159,16 @@ mod tests {
         let e = with(&[(HTTP_STACK, "nginx"), (HEAD_TIMEOUT, "0")]).unwrap_err().to_string();
         assert!(e.contains(HTTP_STACK) && e.contains("nginx"), "{e}");
         assert!(e.contains(HEAD_TIMEOUT), "every problem is reported at once: {e}");
+    }
+
+    #[test]
+    fn the_default_cap_is_three_quarters_of_the_open_files_limit() {
+        // The kernel's own account of the limit, read apart from the code under test.
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let soft: usize = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert_eq!(default_max_connections(), (soft / 4 * 3).max(64));
+        assert_eq!(with(&[]).unwrap().max_connections, default_max_connections());
     }
 
     #[test]

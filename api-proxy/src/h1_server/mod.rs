@@ -61,6 +61,7 @@ impl<T: Reset> Reset for tokio_rustls::server::TlsStream<T> {
 }
 
 /// In-memory connections (tests) have no reset: they just close.
+#[cfg(test)]
 impl Reset for tokio::io::DuplexStream {
     fn reset_on_close(&self) {}
 }
@@ -305,6 +306,12 @@ impl<T: Io> Conn<T> {
         .await
     }
 
+    /// Whether the connection has not shown itself a caller's: it is mid-head, or has never
+    /// completed a request.
+    fn unproven(&self) -> bool {
+        !self.buf.is_empty() || self.served == 0
+    }
+
     /// Waits for the next request's head (and its held body) and decides how it is served.
     /// `first` is given for a connection's first request: told when a read leaves the head
     /// unfinished (`false`), and when it completes after that (`true`).
@@ -357,12 +364,9 @@ impl<T: Io> Conn<T> {
             }
             match self.read(READ_SIZE, idle).await {
                 Ok(Read::Some) => {}
-                // Mid-head, or before any request was completed: see `Next::Reset`. (A graceful
-                // stop closes in order, whatever the connection.)
-                Ok(Read::TimedOut) if !self.buf.is_empty() || self.served == 0 => return Next::Reset,
-                Ok(Read::Stopping) if self.watch.shed() && (!self.buf.is_empty() || self.served == 0) => {
-                    return Next::Reset
-                }
+                // See `Next::Reset`. (A graceful stop closes in order, whatever the connection.)
+                Ok(Read::TimedOut) if self.unproven() => return Next::Reset,
+                Ok(Read::Stopping) if self.watch.shed() && self.unproven() => return Next::Reset,
                 Ok(_) | Err(_) => return Next::Closed,
             }
         }
